@@ -1,0 +1,251 @@
+//! `POST /api/v1/events`, `POST /api/v1/events/batch`, `GET /api/v1/events`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::body::{BodyKind, body_kind, malformed, parse_json, read_body};
+use super::error::ApiError;
+use super::params::RequestedRange;
+use crate::model::Event;
+use crate::model::event::{format_timestamp, now_ms};
+use crate::pipeline::validate::Rejection;
+use crate::store::EventQuery;
+
+fn rejection_error(rejection: &Rejection) -> ApiError {
+    match rejection {
+        Rejection::Invalid(error) => {
+            ApiError::bad_request(error.to_string()).with_details(json!({"field": error.field()}))
+        }
+        Rejection::Schema { violations, .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.to_string())
+                .with_details(json!({"field": "properties", "violations": violations}))
+        }
+    }
+}
+
+/// `POST /api/v1/events`: track one event; answered after the commit.
+pub async fn track_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    body_kind(&headers, false)?;
+    let bytes = read_body(body, state.settings.max_body_bytes)?;
+    let value = parse_json(&bytes).map_err(|error| malformed(&error))?;
+    let event = state
+        .validator
+        .validate(value, now_ms(), Uuid::now_v7)
+        .map_err(|rejection| {
+            state.telemetry.record_rejected(&rejection.field());
+            rejection_error(&rejection)
+        })?;
+    let event_id = event.id;
+    let inserted = state.pipeline.submit(vec![event]).await?;
+    if inserted.first().copied().unwrap_or(false) {
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({"success": true, "event_id": event_id})),
+        )
+            .into_response())
+    } else {
+        Ok((
+            StatusCode::OK,
+            Json(json!({"success": true, "event_id": event_id, "duplicate": true})),
+        )
+            .into_response())
+    }
+}
+
+/// One refused item of a batch.
+#[derive(Debug, Serialize)]
+struct RejectedItem {
+    index: usize,
+    error: String,
+    field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
+}
+
+/// Splits a batch body into its items: a JSON array, `{"events": [...]}`,
+/// or NDJSON (one event per non-blank line). NDJSON lines that are not JSON
+/// become per-item errors rather than failing the batch.
+fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<Value, String>>, ApiError> {
+    match kind {
+        BodyKind::Json => {
+            let value = parse_json(bytes).map_err(|error| malformed(&error))?;
+            let items = match value {
+                Value::Array(items) => items,
+                Value::Object(mut object) => match object.remove("events") {
+                    Some(Value::Array(items)) => items,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "batch must be a JSON array of events or an object {\"events\": [...]}",
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "batch must be a JSON array of events or an object {\"events\": [...]}",
+                    ));
+                }
+            };
+            Ok(items.into_iter().map(Ok).collect())
+        }
+        BodyKind::Ndjson => Ok(bytes
+            .split(|byte| *byte == b'\n')
+            .filter(|line| line.iter().any(|byte| !byte.is_ascii_whitespace()))
+            .map(|line| parse_json(line).map_err(|error| format!("malformed JSON: {error}")))
+            .collect()),
+    }
+}
+
+/// `POST /api/v1/events/batch`: many events in one request and one commit.
+pub async fn track_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let kind = body_kind(&headers, true)?;
+    let bytes = read_body(body, state.settings.max_body_bytes)?;
+    let items = batch_items(kind, &bytes)?;
+    if items.is_empty() {
+        return Err(ApiError::bad_request("batch is empty"));
+    }
+    let limit = state.settings.max_batch_events;
+    if items.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "batch has {} events, more than the limit of {limit}",
+                items.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut events: Vec<Event> = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let outcome = item
+            .map_err(|error| RejectedItem {
+                index,
+                error,
+                field: String::new(),
+                details: None,
+            })
+            .and_then(|value| {
+                state
+                    .validator
+                    .validate(value, now, Uuid::now_v7)
+                    .map_err(|rejection| {
+                        state.telemetry.record_rejected(&rejection.field());
+                        RejectedItem {
+                            index,
+                            error: rejection.to_string(),
+                            field: rejection.field(),
+                            details: match &rejection {
+                                Rejection::Schema { violations, .. } => {
+                                    Some(json!({"violations": violations}))
+                                }
+                                Rejection::Invalid(_) => None,
+                            },
+                        }
+                    })
+            });
+        match outcome {
+            Ok(event) => events.push(event),
+            Err(item) => rejected.push(item),
+        }
+    }
+    let submitted = events.len();
+    let inserted = state.pipeline.submit(events).await?;
+    let accepted = inserted.iter().filter(|flag| **flag).count();
+    let mut body = json!({
+        "accepted": accepted,
+        "duplicates": submitted - accepted,
+        "rejected": rejected,
+    });
+    if submitted == 0 {
+        body["error"] = json!("no valid events in the batch");
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Wire form of a stored event.
+#[derive(Debug, Serialize)]
+pub struct EventOut {
+    id: Uuid,
+    event_type: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    properties: Map<String, Value>,
+    timestamp: String,
+    created_at: String,
+}
+
+impl From<Event> for EventOut {
+    fn from(event: Event) -> Self {
+        EventOut {
+            id: event.id,
+            event_type: event.event_type,
+            user_id: event.user_id,
+            session_id: event.session_id,
+            properties: event.properties,
+            timestamp: format_timestamp(event.timestamp_ms),
+            created_at: format_timestamp(event.created_at_ms),
+        }
+    }
+}
+
+/// `GET /api/v1/events`: events in a range, newest first.
+pub async fn list_events(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let range = RequestedRange::from_params(&params, now_ms())?;
+    let limit = match params.get("limit") {
+        None => state.settings.default_limit,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=state.settings.max_results).contains(limit))
+            .ok_or_else(|| {
+                ApiError::bad_request("Invalid limit parameter").with_details(json!({
+                    "field": "limit",
+                    "allowed": format!("1..={}", state.settings.max_results)
+                }))
+            })?,
+    };
+    let half_open = range.half_open();
+    let events = state
+        .query
+        .store()
+        .list_events(EventQuery {
+            start_ms: half_open.start_ms,
+            end_ms: half_open.end_ms,
+            event_type: params
+                .get("event_type")
+                .filter(|text| !text.is_empty())
+                .cloned(),
+            limit,
+        })
+        .await?;
+    let events: Vec<EventOut> = events.into_iter().map(EventOut::from).collect();
+    Ok(Json(json!({
+        "count": events.len(),
+        "events": events,
+        "start_time": range.start_text(),
+        "end_time": range.end_text(),
+    }))
+    .into_response())
+}

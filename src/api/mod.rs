@@ -1,0 +1,118 @@
+//! The HTTP API: routes, shared state, and the middleware every request
+//! passes through. Handlers live one resource per file.
+
+mod body;
+mod custom_events;
+pub mod error;
+mod events;
+pub mod health;
+mod params;
+mod queries;
+pub mod request_id;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use self::error::ApiError;
+use self::health::Readiness;
+use crate::pipeline::Pipeline;
+use crate::pipeline::validate::EventValidator;
+use crate::query::QueryEngine;
+use crate::telemetry::Telemetry;
+
+/// Limits and defaults the handlers apply, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_results: usize,
+    pub default_limit: usize,
+    pub query_timeout: Duration,
+    pub custom_events_enabled: bool,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub validator: Arc<EventValidator>,
+    pub query: QueryEngine,
+    pub telemetry: Arc<Telemetry>,
+    pub readiness: Arc<Readiness>,
+    pub settings: Arc<ApiSettings>,
+}
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    let api = Router::new()
+        .route(
+            "/api/v1/events",
+            post(events::track_event).get(events::list_events),
+        )
+        .route("/api/v1/events/batch", post(events::track_batch))
+        .route("/api/v1/events/stats", get(queries::stats))
+        .route("/api/v1/metrics", get(queries::metrics))
+        .route("/api/v1/dashboard/metrics", get(queries::dashboard_metrics))
+        .route(
+            "/api/v1/custom-events",
+            post(custom_events::create).get(custom_events::list),
+        )
+        .route(
+            "/api/v1/custom-events/{name}",
+            get(custom_events::get)
+                .put(custom_events::update)
+                .delete(custom_events::deactivate),
+        )
+        .route(
+            "/api/v1/internal/ingestion-metrics",
+            get(queries::ingestion_metrics),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_during_shutdown,
+        ));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/healthz", get(health::health))
+        .route("/ready", get(health::ready))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_id::track_request,
+        ))
+        .with_state(state)
+}
+
+/// Once shutdown has begun, API requests are refused (health and readiness
+/// still answer, so a load balancer sees the state).
+async fn refuse_during_shutdown(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.readiness.is_shutting_down() {
+        return ApiError::unavailable("the service is shutting down", 5).into_response();
+    }
+    next.run(request).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed",
+    )
+}

@@ -1,0 +1,228 @@
+//! B25 Analytics: the event-analytics service of the B25 trading platform.
+//!
+//! [`run`] wires the parts together for one process: the store, the ingest
+//! pipeline, the query engine and the HTTP listeners. `main.rs` only parses
+//! the command line and calls it; tests call it with listeners bound to
+//! port 0.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod model;
+pub mod pipeline;
+pub mod query;
+pub mod rollup;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::health::Readiness;
+use crate::api::{ApiSettings, AppState};
+use crate::config::{Config, LoadedConfig, SqliteSynchronous, StoreDriver};
+use crate::model::{CompiledDefinition, EventLimits};
+use crate::pipeline::validate::EventValidator;
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::query::QueryEngine;
+use crate::rollup::Interval;
+use crate::store::Store;
+use crate::store::sqlite::{SqliteStore, Synchronous};
+use crate::telemetry::Telemetry;
+
+/// The sockets the service serves on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    pub api: TcpListener,
+    /// `None` when `metrics.enabled` is false.
+    pub metrics: Option<TcpListener>,
+}
+
+/// The configured rollup intervals, finest first.
+pub fn configured_intervals(config: &Config) -> anyhow::Result<Vec<Interval>> {
+    let mut intervals = config
+        .analytics
+        .aggregation
+        .intervals
+        .iter()
+        .map(|text| {
+            Interval::parse(text).with_context(|| {
+                format!("analytics.aggregation.intervals: unknown interval {text:?}")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    intervals.sort();
+    intervals.dedup();
+    Ok(intervals)
+}
+
+/// Opens the configured store and applies its migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let intervals = configured_intervals(config)?;
+    match config.database.driver {
+        StoreDriver::Sqlite => {
+            let path = config.database.path.clone();
+            let synchronous = match config.database.sqlite_synchronous {
+                SqliteSynchronous::Normal => Synchronous::Normal,
+                SqliteSynchronous::Full => Synchronous::Full,
+            };
+            let store = tokio::task::spawn_blocking(move || {
+                SqliteStore::open(&path, synchronous, &intervals)
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the SQLite store {}",
+                    config.database.path.display()
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        StoreDriver::Postgres => anyhow::bail!(
+            "database.driver: postgres is not available yet in this version; use sqlite (the default)"
+        ),
+    }
+}
+
+/// Loads the stored custom event definitions into the validator.
+async fn load_definitions(store: &dyn Store, validator: &EventValidator) -> anyhow::Result<()> {
+    for definition in store.list_definitions().await? {
+        let name = definition.name.clone();
+        match CompiledDefinition::compile(definition) {
+            Ok(compiled) => validator.install(compiled),
+            // A stored schema that no longer compiles must not stop the
+            // service; its events are accepted unchecked and this says so.
+            Err(error) => {
+                tracing::error!(name = %name, error = %error, "stored custom event schema does not compile; not enforced")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the service until `shutdown` is cancelled, then drains: the API
+/// stops taking requests, queued events are committed, and it returns.
+pub async fn run(
+    loaded: LoadedConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = loaded.config;
+    if !loaded.unhonoured_keys.is_empty() {
+        tracing::warn!(
+            keys = %loaded.unhonoured_keys.join(", "),
+            "these configuration keys are accepted but not honoured yet by this version"
+        );
+    }
+    let telemetry = Arc::new(Telemetry::new());
+    let readiness = Arc::new(Readiness::default());
+    let store = open_store(&config).await?;
+    let intervals = configured_intervals(&config)?;
+    let validator = Arc::new(EventValidator::new(EventLimits {
+        max_properties: config.custom_events.max_properties,
+        max_property_size: config.custom_events.max_property_size,
+        max_future_skew_ms: duration_ms(config.analytics.ingestion.max_future_skew),
+        max_age_ms: duration_ms(config.analytics.retention.raw_events),
+    }));
+    if config.custom_events.enabled {
+        load_definitions(&*store, &validator).await?;
+    }
+    let (pipeline, committer) = Pipeline::start(
+        Arc::clone(&store),
+        PipelineSettings {
+            batch_size: config.analytics.ingestion.batch_size,
+            buffer_size: config.analytics.ingestion.buffer_size,
+        },
+        Arc::clone(&telemetry),
+    );
+    let state = AppState {
+        pipeline,
+        validator,
+        query: QueryEngine::new(Arc::clone(&store), &intervals),
+        telemetry: Arc::clone(&telemetry),
+        readiness: Arc::clone(&readiness),
+        settings: Arc::new(ApiSettings {
+            max_body_bytes: config.analytics.ingestion.max_body_bytes,
+            max_batch_events: config.analytics.ingestion.max_batch_events,
+            max_results: config.analytics.query.max_results,
+            default_limit: config.analytics.query.default_limit,
+            query_timeout: config.analytics.query.timeout,
+            custom_events_enabled: config.custom_events.enabled,
+        }),
+    };
+    let api_addr = listeners.api.local_addr()?;
+    let metrics_addr = match listeners.metrics {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let path = config.metrics.path.clone();
+            let telemetry = Arc::clone(&telemetry);
+            let app =
+                axum::Router::new().route(&path, get(move || async move { telemetry.render() }));
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(error = %error, "metrics listener failed");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = {
+        let token = shutdown.clone();
+        let readiness = Arc::clone(&readiness);
+        async move {
+            token.cancelled().await;
+            readiness.mark_shutting_down();
+            tracing::info!("shutdown requested: refusing new requests, draining");
+        }
+    };
+    let mut server = tokio::spawn(
+        axum::serve(listeners.api, app)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    readiness.mark_started();
+    tracing::info!(
+        api_addr = %api_addr,
+        metrics_addr = %metrics_addr.map(|addr| addr.to_string()).unwrap_or_else(|| "disabled".into()),
+        database = %config.database.path.display(),
+        "analytics listening"
+    );
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let deadline = {
+        let token = shutdown.clone();
+        async move {
+            token.cancelled().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        }
+    };
+    tokio::select! {
+        served = &mut server => served.context("api server task failed")?.context("api server failed")?,
+        () = deadline => {
+            tracing::warn!(timeout = ?shutdown_timeout, "requests still open at the shutdown deadline; closing them");
+            server.abort();
+        }
+    }
+    // The server (and with it every pipeline handle) is gone: the committer
+    // commits what is queued and stops.
+    match tokio::time::timeout(shutdown_timeout, committer).await {
+        Ok(joined) => joined.context("ingest committer failed")?,
+        Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
+    }
+    tracing::info!("analytics stopped");
+    Ok(())
+}
+
+fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

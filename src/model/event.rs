@@ -1,0 +1,377 @@
+//! Events: the wire form clients send, and the validated form the rest of the
+//! service works with.
+//!
+//! Parsing happens once, at the edge: [`parse_event`] turns a JSON value into an
+//! [`Event`] or an [`EventError`] that names the offending field. Everything
+//! past this point may rely on the invariants of `Event`: the type is a
+//! non-empty bounded string, `properties` is an object within the configured
+//! limits, and the timestamp lies inside the accepted window.
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest accepted `event_type`, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+/// Longest accepted `user_id` / `session_id`, in bytes.
+pub const MAX_ID_FIELD_LEN: usize = 256;
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Uuid,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub properties: Map<String, Value>,
+    /// Event time, epoch milliseconds UTC.
+    pub timestamp_ms: i64,
+    /// Ingestion time, epoch milliseconds UTC.
+    pub created_at_ms: i64,
+}
+
+impl Event {
+    /// A numeric property, accepting JSON numbers and numeric strings (as
+    /// exchanges send them). Non-finite values are treated as absent.
+    pub fn number(&self, name: &str) -> Option<f64> {
+        number_of(self.properties.get(name)?)
+    }
+
+    /// A string property (numbers are not coerced).
+    pub fn string(&self, name: &str) -> Option<&str> {
+        match self.properties.get(name)? {
+            Value::String(text) if !text.is_empty() => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a JSON number or a numeric string as `f64`.
+pub fn number_of(value: &Value) -> Option<f64> {
+    let number = match value {
+        Value::Number(number) => number.as_f64()?,
+        Value::String(text) => text.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    number.is_finite().then_some(number)
+}
+
+/// What limits an event must respect; built from the configuration.
+#[derive(Debug, Clone)]
+pub struct EventLimits {
+    pub max_properties: usize,
+    pub max_property_size: usize,
+    /// How far in the future (ms) an event time may lie.
+    pub max_future_skew_ms: i64,
+    /// How far in the past (ms) an event time may lie (raw-event retention).
+    pub max_age_ms: i64,
+}
+
+/// Why an event was refused. Each variant names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    #[error("event_type is required")]
+    MissingEventType,
+    #[error("event_type must be a string")]
+    EventTypeNotString,
+    #[error("event_type must not be empty")]
+    EmptyEventType,
+    #[error("event_type must be at most {MAX_EVENT_TYPE_LEN} bytes")]
+    EventTypeTooLong,
+    #[error("event_type must not contain control characters or surrounding whitespace")]
+    EventTypeInvalidCharacters,
+    #[error("{0} must be a string")]
+    FieldNotString(&'static str),
+    #[error("{0} must be at most {MAX_ID_FIELD_LEN} bytes")]
+    FieldTooLong(&'static str),
+    #[error("id must be a UUID")]
+    InvalidId,
+    #[error("properties must be a JSON object")]
+    PropertiesNotObject,
+    #[error("properties has {count} keys, more than the limit of {limit}")]
+    TooManyProperties { count: usize, limit: usize },
+    #[error("properties.{key} is {size} bytes, more than the limit of {limit}")]
+    PropertyTooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("timestamp must be an RFC 3339 string or integer epoch milliseconds")]
+    InvalidTimestamp,
+    #[error("timestamp is more than {skew_seconds}s in the future")]
+    TimestampInFuture { skew_seconds: i64 },
+    #[error("timestamp is older than the raw-event retention of {retention_days} days")]
+    TimestampTooOld { retention_days: i64 },
+}
+
+impl EventError {
+    /// The wire field this error is about.
+    pub fn field(&self) -> String {
+        match self {
+            EventError::NotAnObject => "".into(),
+            EventError::MissingEventType
+            | EventError::EventTypeNotString
+            | EventError::EmptyEventType
+            | EventError::EventTypeTooLong
+            | EventError::EventTypeInvalidCharacters => "event_type".into(),
+            EventError::FieldNotString(field) | EventError::FieldTooLong(field) => (*field).into(),
+            EventError::InvalidId => "id".into(),
+            EventError::PropertiesNotObject | EventError::TooManyProperties { .. } => {
+                "properties".into()
+            }
+            EventError::PropertyTooLarge { key, .. } => format!("properties.{key}"),
+            EventError::InvalidTimestamp
+            | EventError::TimestampInFuture { .. }
+            | EventError::TimestampTooOld { .. } => "timestamp".into(),
+        }
+    }
+}
+
+/// Parses and validates one wire event. `now_ms` is the receipt time; an event
+/// without `id` gets `default_id()` (a time-ordered UUIDv7 for HTTP, a
+/// deterministic UUIDv5 for stream and file sources).
+pub fn parse_event(
+    value: Value,
+    limits: &EventLimits,
+    now_ms: i64,
+    default_id: impl FnOnce() -> Uuid,
+) -> Result<Event, EventError> {
+    let Value::Object(mut object) = value else {
+        return Err(EventError::NotAnObject);
+    };
+    let event_type = parse_event_type(object.remove("event_type"))?;
+    let user_id = parse_optional_string(object.remove("user_id"), "user_id")?;
+    let session_id = parse_optional_string(object.remove("session_id"), "session_id")?;
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => default_id(),
+        Some(Value::String(text)) => Uuid::parse_str(&text).map_err(|_| EventError::InvalidId)?,
+        Some(_) => return Err(EventError::InvalidId),
+    };
+    let properties = match object.remove("properties") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(properties)) => properties,
+        Some(_) => return Err(EventError::PropertiesNotObject),
+    };
+    check_property_limits(&properties, limits)?;
+    let timestamp_ms = match object.remove("timestamp") {
+        None | Some(Value::Null) => now_ms,
+        Some(value) => parse_timestamp_value(&value).ok_or(EventError::InvalidTimestamp)?,
+    };
+    if timestamp_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
+        return Err(EventError::TimestampInFuture {
+            skew_seconds: limits.max_future_skew_ms / 1000,
+        });
+    }
+    if timestamp_ms < now_ms.saturating_sub(limits.max_age_ms) {
+        return Err(EventError::TimestampTooOld {
+            retention_days: limits.max_age_ms / 86_400_000,
+        });
+    }
+    Ok(Event {
+        id,
+        event_type,
+        user_id,
+        session_id,
+        properties,
+        timestamp_ms,
+        created_at_ms: now_ms,
+    })
+}
+
+/// Validates an event type name (also used for custom event definitions).
+pub fn validate_event_type(text: &str) -> Result<(), EventError> {
+    if text.is_empty() {
+        return Err(EventError::EmptyEventType);
+    }
+    if text.len() > MAX_EVENT_TYPE_LEN {
+        return Err(EventError::EventTypeTooLong);
+    }
+    if text.chars().any(char::is_control) || text.trim() != text {
+        return Err(EventError::EventTypeInvalidCharacters);
+    }
+    Ok(())
+}
+
+fn parse_event_type(value: Option<Value>) -> Result<String, EventError> {
+    match value {
+        None | Some(Value::Null) => Err(EventError::MissingEventType),
+        Some(Value::String(text)) => {
+            validate_event_type(&text)?;
+            Ok(text)
+        }
+        Some(_) => Err(EventError::EventTypeNotString),
+    }
+}
+
+fn parse_optional_string(
+    value: Option<Value>,
+    field: &'static str,
+) -> Result<Option<String>, EventError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.len() > MAX_ID_FIELD_LEN => {
+            Err(EventError::FieldTooLong(field))
+        }
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(EventError::FieldNotString(field)),
+    }
+}
+
+fn check_property_limits(
+    properties: &Map<String, Value>,
+    limits: &EventLimits,
+) -> Result<(), EventError> {
+    if properties.len() > limits.max_properties {
+        return Err(EventError::TooManyProperties {
+            count: properties.len(),
+            limit: limits.max_properties,
+        });
+    }
+    for (key, value) in properties {
+        // Scalars are cheap to size without serialising; only nested values pay
+        // for a serialisation.
+        let size = match value {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+            Value::String(text) => text.len() + 2,
+            nested => serde_json::to_vec(nested)
+                .map(|bytes| bytes.len())
+                .unwrap_or(usize::MAX),
+        };
+        if size > limits.max_property_size {
+            return Err(EventError::PropertyTooLarge {
+                key: key.clone(),
+                size,
+                limit: limits.max_property_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses a timestamp given as RFC 3339 text or integer epoch milliseconds.
+pub fn parse_timestamp_value(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => parse_timestamp_text(text),
+        Value::Number(number) => number.as_i64(),
+        _ => None,
+    }
+}
+
+/// Parses RFC 3339 text, or a string of integer epoch milliseconds.
+pub fn parse_timestamp_text(text: &str) -> Option<i64> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Some(millis);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|time| time.timestamp_millis())
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn format_timestamp(millis: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => millis.to_string(),
+    }
+}
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> EventLimits {
+        EventLimits {
+            max_properties: 3,
+            max_property_size: 16,
+            max_future_skew_ms: 300_000,
+            max_age_ms: 90 * 86_400_000,
+        }
+    }
+
+    const NOW: i64 = 1_759_492_800_000; // 2025-10-03T12:00:00Z
+
+    fn parse(value: Value) -> Result<Event, EventError> {
+        parse_event(value, &limits(), NOW, Uuid::now_v7)
+    }
+
+    #[test]
+    fn accepts_the_spec_example() {
+        let event = parse(json!({
+            "event_type": "order.placed", "user_id": "user123", "session_id": "s",
+            "properties": {"symbol": "BTCUSDT", "price": "50000.5"},
+            "timestamp": "2025-10-03T12:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!(event.timestamp_ms, NOW);
+        assert_eq!(event.number("price"), Some(50000.5));
+        assert_eq!(event.string("symbol"), Some("BTCUSDT"));
+    }
+
+    #[test]
+    fn epoch_millis_and_default_timestamp() {
+        assert_eq!(
+            parse(json!({"event_type": "a", "timestamp": NOW - 5}))
+                .unwrap()
+                .timestamp_ms,
+            NOW - 5
+        );
+        assert_eq!(parse(json!({"event_type": "a"})).unwrap().timestamp_ms, NOW);
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let cases = [
+            (json!([]), ""),
+            (json!({}), "event_type"),
+            (json!({"event_type": 5}), "event_type"),
+            (json!({"event_type": ""}), "event_type"),
+            (json!({"event_type": "x".repeat(129)}), "event_type"),
+            (json!({"event_type": "a", "user_id": 5}), "user_id"),
+            (json!({"event_type": "a", "id": "nope"}), "id"),
+            (json!({"event_type": "a", "properties": [1]}), "properties"),
+            (
+                json!({"event_type": "a", "properties": {"a":1,"b":2,"c":3,"d":4}}),
+                "properties",
+            ),
+            (
+                json!({"event_type": "a", "properties": {"a": "x".repeat(20)}}),
+                "properties.a",
+            ),
+            (
+                json!({"event_type": "a", "timestamp": "yesterday"}),
+                "timestamp",
+            ),
+            (
+                json!({"event_type": "a", "timestamp": NOW + 301_000}),
+                "timestamp",
+            ),
+            (
+                json!({"event_type": "a", "timestamp": NOW - 91 * 86_400_000}),
+                "timestamp",
+            ),
+        ];
+        for (body, field) in cases {
+            let error = parse(body.clone()).expect_err(&body.to_string());
+            assert_eq!(error.field(), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn client_id_is_kept() {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            parse(json!({"event_type": "a", "id": id.to_string()}))
+                .unwrap()
+                .id,
+            id
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The rollup metrics an event feeds, and the metric names the API answers.
+//!
+//! Two vocabularies meet here. *Stored* metrics are what the rollup table
+//! keeps (a name plus a dimensions string). *Query* metrics are the names a
+//! client passes to `GET /api/v1/metrics`; each maps onto one or more stored
+//! metrics. [`for_each_contribution`] is the single definition of what an
+//! event contributes: ingest uses it to update rollups and queries use it on
+//! the raw events of partial edge buckets, so both always agree.
+
+use super::event::Event;
+
+/// Count of events, dimension = event type.
+pub const EVENTS_COUNT: &str = "events.count";
+/// `latency_ms` of `order.*` events, no dimension.
+pub const ORDERS_LATENCY_MS: &str = "orders.latency_ms";
+/// `price × quantity` of `order.filled` events, no dimension.
+pub const FILLED_NOTIONAL: &str = "trading.filled_notional";
+/// `price × quantity` of `order.filled` events, dimension = symbol.
+pub const FILLED_NOTIONAL_BY_SYMBOL: &str = "trading.filled_notional.symbol";
+/// Prefix of per-property metrics (`property.price`), dimension = event type.
+pub const PROPERTY_PREFIX: &str = "property.";
+
+/// The numeric properties summarised per event type (count, sum, min, max,
+/// quantiles).
+pub const NUMERIC_PROPERTIES: [&str; 8] = [
+    "price",
+    "quantity",
+    "latency_ms",
+    "commission",
+    "pnl",
+    "bid",
+    "ask",
+    "volume",
+];
+
+/// One contribution of an event to a stored metric: a count (`value` None) or
+/// a value.
+pub struct Contribution<'a> {
+    pub metric: &'a str,
+    pub dimensions: &'a str,
+    pub value: Option<f64>,
+}
+
+/// Calls `sink` once for every stored metric `event` contributes to.
+pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribution<'a>)) {
+    sink(Contribution {
+        metric: EVENTS_COUNT,
+        dimensions: &event.event_type,
+        value: None,
+    });
+    for (index, name) in NUMERIC_PROPERTIES.iter().enumerate() {
+        if let Some(value) = event.number(name) {
+            sink(Contribution {
+                metric: PROPERTY_METRICS[index],
+                dimensions: &event.event_type,
+                value: Some(value),
+            });
+        }
+    }
+    if event.event_type.starts_with("order.")
+        && let Some(latency) = event.number("latency_ms")
+    {
+        sink(Contribution {
+            metric: ORDERS_LATENCY_MS,
+            dimensions: "",
+            value: Some(latency),
+        });
+    }
+    if event.event_type == "order.filled"
+        && let (Some(price), Some(quantity)) = (event.number("price"), event.number("quantity"))
+    {
+        let notional = price * quantity;
+        sink(Contribution {
+            metric: FILLED_NOTIONAL,
+            dimensions: "",
+            value: Some(notional),
+        });
+        if let Some(symbol) = event.string("symbol") {
+            sink(Contribution {
+                metric: FILLED_NOTIONAL_BY_SYMBOL,
+                dimensions: symbol,
+                value: Some(notional),
+            });
+        }
+    }
+}
+
+/// Stored metric names of [`NUMERIC_PROPERTIES`], index for index.
+const PROPERTY_METRICS: [&str; 8] = [
+    "property.price",
+    "property.quantity",
+    "property.latency_ms",
+    "property.commission",
+    "property.pnl",
+    "property.bid",
+    "property.ask",
+    "property.volume",
+];
+
+/// A metric name a client may query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryMetric {
+    /// `events.count.<event_type>`
+    EventCount(String),
+    /// `trading.order_fill_rate`
+    OrderFillRate,
+    /// `trading.total_volume`
+    TotalVolume,
+    /// `trading.volume.<symbol>`
+    SymbolVolume(String),
+    /// `orders.latency_ms`
+    OrderLatency,
+    /// `<event_type>.<property>`, e.g. `order.filled.price`
+    Property {
+        event_type: String,
+        property: String,
+    },
+}
+
+impl QueryMetric {
+    /// Parses a client's `metric_name`; the error explains the accepted forms.
+    pub fn parse(name: &str) -> Result<QueryMetric, String> {
+        if let Some(event_type) = name.strip_prefix("events.count.")
+            && !event_type.is_empty()
+        {
+            return Ok(QueryMetric::EventCount(event_type.to_string()));
+        }
+        match name {
+            "trading.order_fill_rate" => return Ok(QueryMetric::OrderFillRate),
+            "trading.total_volume" => return Ok(QueryMetric::TotalVolume),
+            ORDERS_LATENCY_MS => return Ok(QueryMetric::OrderLatency),
+            _ => {}
+        }
+        if let Some(symbol) = name.strip_prefix("trading.volume.")
+            && !symbol.is_empty()
+        {
+            return Ok(QueryMetric::SymbolVolume(symbol.to_string()));
+        }
+        for property in NUMERIC_PROPERTIES {
+            if let Some(event_type) = name
+                .strip_suffix(property)
+                .and_then(|rest| rest.strip_suffix('.'))
+                && !event_type.is_empty()
+            {
+                return Ok(QueryMetric::Property {
+                    event_type: event_type.to_string(),
+                    property: property.to_string(),
+                });
+            }
+        }
+        Err(format!(
+            "unknown metric_name {name:?}; expected events.count.<event_type>, \
+             trading.order_fill_rate, trading.total_volume, trading.volume.<symbol>, \
+             orders.latency_ms or <event_type>.<property> with property one of {}",
+            NUMERIC_PROPERTIES.join(", ")
+        ))
+    }
+
+    /// The stored metric and dimension filter this query reads. For
+    /// `OrderFillRate` the caller reads `events.count` for the three order
+    /// types.
+    pub fn stored(&self) -> (String, Option<String>) {
+        match self {
+            QueryMetric::EventCount(event_type) => {
+                (EVENTS_COUNT.to_string(), Some(event_type.clone()))
+            }
+            QueryMetric::OrderFillRate => (EVENTS_COUNT.to_string(), None),
+            QueryMetric::TotalVolume => (FILLED_NOTIONAL.to_string(), Some(String::new())),
+            QueryMetric::SymbolVolume(symbol) => {
+                (FILLED_NOTIONAL_BY_SYMBOL.to_string(), Some(symbol.clone()))
+            }
+            QueryMetric::OrderLatency => (ORDERS_LATENCY_MS.to_string(), Some(String::new())),
+            QueryMetric::Property {
+                event_type,
+                property,
+            } => (
+                format!("{PROPERTY_PREFIX}{property}"),
+                Some(event_type.clone()),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            QueryMetric::parse("events.count.order.placed"),
+            Ok(QueryMetric::EventCount("order.placed".into()))
+        );
+        assert_eq!(
+            QueryMetric::parse("trading.order_fill_rate"),
+            Ok(QueryMetric::OrderFillRate)
+        );
+        assert_eq!(
+            QueryMetric::parse("trading.total_volume"),
+            Ok(QueryMetric::TotalVolume)
+        );
+        assert_eq!(
+            QueryMetric::parse("trading.volume.BTCUSDT"),
+            Ok(QueryMetric::SymbolVolume("BTCUSDT".into()))
+        );
+        assert_eq!(
+            QueryMetric::parse("orders.latency_ms"),
+            Ok(QueryMetric::OrderLatency)
+        );
+        assert_eq!(
+            QueryMetric::parse("market.data.update.bid"),
+            Ok(QueryMetric::Property {
+                event_type: "market.data.update".into(),
+                property: "bid".into()
+            })
+        );
+        assert!(QueryMetric::parse("events.count.").is_err());
+        assert!(QueryMetric::parse("nonsense").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Answers from rollups: the aggregation engine every read endpoint uses.
+//!
+//! A range is decomposed into whole buckets of the stored intervals plus the
+//! raw events of its partial edges ([`crate::rollup::decompose`]). Whole
+//! buckets are read from the rollup table; edge events are scanned and fed
+//! through the same [`for_each_contribution`] that ingest uses, so the sum is
+//! exact for any range while a query reads O(buckets), not O(events).
+
+pub mod dashboard;
+pub mod series;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::model::metric::for_each_contribution;
+use crate::rollup::{Accumulator, Interval, Piece, TimeRange, decompose};
+use crate::store::{Store, StoreError};
+
+/// Which stored metric to aggregate, optionally restricted to one dimension
+/// value.
+#[derive(Debug, Clone)]
+pub struct MetricFilter {
+    pub metric: String,
+    pub dimensions: Option<String>,
+}
+
+impl MetricFilter {
+    pub fn new(metric: &str, dimensions: Option<&str>) -> Self {
+        MetricFilter {
+            metric: metric.to_string(),
+            dimensions: dimensions.map(str::to_string),
+        }
+    }
+
+    fn matches(&self, metric: &str, dimensions: &str) -> bool {
+        self.metric == metric
+            && self
+                .dimensions
+                .as_deref()
+                .is_none_or(|wanted| wanted == dimensions)
+    }
+}
+
+/// Accumulators by group start (epoch ms) and dimension value.
+pub type Grouped = BTreeMap<i64, HashMap<String, Accumulator>>;
+
+/// Reads aggregates over ranges.
+#[derive(Clone)]
+pub struct QueryEngine {
+    store: Arc<dyn Store>,
+    intervals: Arc<[Interval]>,
+}
+
+fn merge_into(
+    target: &mut HashMap<String, Accumulator>,
+    dimensions: &str,
+    accumulator: &Accumulator,
+) {
+    match target.get_mut(dimensions) {
+        Some(existing) => existing.merge(accumulator),
+        None => {
+            target.insert(dimensions.to_string(), accumulator.clone());
+        }
+    }
+}
+
+impl QueryEngine {
+    pub fn new(store: Arc<dyn Store>, intervals: &[Interval]) -> Self {
+        QueryEngine {
+            store,
+            intervals: intervals.into(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Aggregates each filter over `range`. With `group` the result is split
+    /// into buckets of that interval (keyed by bucket start); without, one
+    /// group keyed by `range.start_ms` holds everything. One result per
+    /// filter, in order.
+    pub async fn aggregate(
+        &self,
+        filters: &[MetricFilter],
+        range: TimeRange,
+        group: Option<Interval>,
+    ) -> Result<Vec<Grouped>, StoreError> {
+        let group_of = |timestamp_ms: i64| match group {
+            Some(interval) => interval.bucket_start(timestamp_ms),
+            None => range.start_ms,
+        };
+        // Only intervals that nest inside the grouping interval may be read,
+        // so no stored bucket straddles two groups.
+        let usable: Vec<Interval> = self
+            .intervals
+            .iter()
+            .copied()
+            .filter(|interval| group.is_none_or(|group| *interval <= group))
+            .collect();
+        let mut results: Vec<Grouped> = vec![Grouped::new(); filters.len()];
+        for piece in decompose(range, &usable) {
+            match piece {
+                Piece::Buckets {
+                    interval,
+                    start_ms,
+                    end_ms,
+                } => {
+                    for (filter, result) in filters.iter().zip(results.iter_mut()) {
+                        let rows = self
+                            .store
+                            .read_rollups(
+                                &filter.metric,
+                                filter.dimensions.as_deref(),
+                                interval,
+                                start_ms,
+                                end_ms,
+                            )
+                            .await?;
+                        for row in rows {
+                            let target = result.entry(group_of(row.bucket_start_ms)).or_default();
+                            merge_into(target, &row.dimensions, &row.accumulator);
+                        }
+                    }
+                }
+                Piece::Raw { start_ms, end_ms } => {
+                    let events = self.store.scan_events(start_ms, end_ms).await?;
+                    for event in &events {
+                        for_each_contribution(event, |contribution| {
+                            for (filter, result) in filters.iter().zip(results.iter_mut()) {
+                                if !filter.matches(contribution.metric, contribution.dimensions) {
+                                    continue;
+                                }
+                                let target =
+                                    result.entry(group_of(event.timestamp_ms)).or_default();
+                                let accumulator = match target.get_mut(contribution.dimensions) {
+                                    Some(accumulator) => accumulator,
+                                    None => target
+                                        .entry(contribution.dimensions.to_string())
+                                        .or_insert_with(|| match contribution.value {
+                                            None => Accumulator::new_count_only(),
+                                            Some(_) => Accumulator::new_with_values(),
+                                        }),
+                                };
+                                match contribution.value {
+                                    None => accumulator.record_event(),
+                                    Some(value) => accumulator.record_value(value),
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Aggregates each filter over `range` into one accumulator per filter
+    /// (all dimension values merged).
+    pub async fn totals(
+        &self,
+        filters: &[MetricFilter],
+        range: TimeRange,
+    ) -> Result<Vec<Accumulator>, StoreError> {
+        let grouped = self.aggregate(filters, range, None).await?;
+        Ok(grouped
+            .into_iter()
+            .map(|groups| {
+                let mut total = Accumulator::new_count_only();
+                for accumulator in groups.values().flat_map(HashMap::values) {
+                    total.merge(accumulator);
+                }
+                total
+            })
+            .collect())
+    }
+}

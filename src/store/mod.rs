@@ -1,0 +1,134 @@
+//! Storage: the [`Store`] trait every backend implements, and what the
+//! backends share.
+//!
+//! Invariants every implementation keeps:
+//! - [`Store::commit_batch`] is atomic: the new events and the rollups of
+//!   exactly those events are committed in one transaction, or nothing is.
+//! - An event whose id is already stored is skipped and contributes nothing
+//!   (exactly-once rollups under retries and redelivery).
+//! - Rollups are additive and bucketed by event time, so late events update
+//!   the bucket they belong to.
+//!
+//! Nothing above this trait knows which backend it talks to.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::model::metric::for_each_contribution;
+use crate::model::{CustomEventDefinition, Event};
+use crate::rollup::{Accumulator, Interval, RollupBatch};
+
+/// A storage failure. Client mistakes never reach this layer; everything
+/// here is either a conflict the API reports or a fault it hides behind 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the write; retrying later may work.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated (e.g. a custom event name already exists).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// One stored rollup bucket.
+#[derive(Debug, Clone)]
+pub struct RollupRow {
+    pub dimensions: String,
+    pub bucket_start_ms: i64,
+    pub accumulator: Accumulator,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Inclusive start, epoch ms.
+    pub start_ms: i64,
+    /// Exclusive end, epoch ms.
+    pub end_ms: i64,
+    pub event_type: Option<String>,
+    pub limit: usize,
+}
+
+/// The storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the events whose ids are new and applies their rollups, in one
+    /// transaction. Returns, index for index, whether each event was
+    /// inserted (`false`: its id was already stored, or appeared earlier in
+    /// the same batch).
+    async fn commit_batch(&self, events: Vec<Event>) -> Result<Vec<bool>, StoreError>;
+
+    /// Events in `[start_ms, end_ms)`, newest first.
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// All events in `[start_ms, end_ms)` (the raw edges of a query).
+    async fn scan_events(&self, start_ms: i64, end_ms: i64) -> Result<Vec<Event>, StoreError>;
+
+    /// Rollup rows of `metric` at `interval` whose bucket starts lie in
+    /// `[start_ms, end_ms)`, optionally for one dimension value.
+    async fn read_rollups(
+        &self,
+        metric: &str,
+        dimensions: Option<&str>,
+        interval: Interval,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<RollupRow>, StoreError>;
+
+    /// Distinct non-empty `user_id`s of events in `[start_ms, end_ms)`.
+    async fn count_distinct_users(&self, start_ms: i64, end_ms: i64) -> Result<u64, StoreError>;
+
+    /// Distinct `properties.strategy_id` of `strategy.*` events in `[start_ms, end_ms)`.
+    async fn count_distinct_strategies(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Succeeds when the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new definition; `Conflict` when the name exists.
+    async fn create_definition(&self, definition: &CustomEventDefinition)
+    -> Result<(), StoreError>;
+
+    /// Replaces the stored definition with the same name.
+    async fn update_definition(&self, definition: &CustomEventDefinition)
+    -> Result<(), StoreError>;
+
+    /// The definition with this name, if any.
+    async fn get_definition(&self, name: &str)
+    -> Result<Option<CustomEventDefinition>, StoreError>;
+
+    /// Every definition, by name.
+    async fn list_definitions(&self) -> Result<Vec<CustomEventDefinition>, StoreError>;
+}
+
+/// The rollup deltas of `events` for every interval: the one definition of
+/// what an inserted batch adds to the rollups, shared by all backends.
+pub fn rollups_for<'a>(
+    events: impl Iterator<Item = &'a Event>,
+    intervals: &[Interval],
+) -> RollupBatch {
+    let mut batch = RollupBatch::new(intervals);
+    for event in events {
+        for_each_contribution(event, |contribution| match contribution.value {
+            None => batch.add_count(
+                contribution.metric,
+                contribution.dimensions,
+                event.timestamp_ms,
+            ),
+            Some(value) => batch.add_value(
+                contribution.metric,
+                contribution.dimensions,
+                event.timestamp_ms,
+                value,
+            ),
+        });
+    }
+    batch
+}

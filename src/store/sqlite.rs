@@ -1,0 +1,602 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One writer connection (SQLite allows one writer at a time) serves the
+//! pipeline's group commits; a small pool of reader connections serves
+//! queries concurrently with the writer, which WAL permits. All SQLite work
+//! runs on the blocking thread pool so async tasks never block.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{EventQuery, RollupRow, Store, StoreError, rollups_for};
+use crate::model::{CustomEventDefinition, Event};
+use crate::rollup::{Accumulator, Interval};
+
+/// Versioned migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))];
+
+/// Reader connections kept open between queries.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How SQLite syncs commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Durable against a crash of the process (WAL is synced at checkpoints).
+    Normal,
+    /// Durable against power loss: every commit is fsynced.
+    Full,
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    intervals: Arc<[Interval]>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match &error {
+            rusqlite::Error::SqliteFailure(failure, _)
+                if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(error.to_string())
+            }
+            _ => StoreError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending
+    /// migrations.
+    pub fn open(
+        path: &Path,
+        synchronous: Synchronous,
+        intervals: &[Interval],
+    ) -> Result<Self, StoreError> {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StoreError::Unavailable(format!("cannot create {}: {error}", parent.display()))
+            })?;
+        }
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(
+            None,
+            "synchronous",
+            match synchronous {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        writer.pragma_update(None, "busy_timeout", 5000)?;
+        writer.pragma_update(None, "cache_size", -65536)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            intervals: intervals.into(),
+        })
+    }
+
+    /// Runs `work` on the writer connection on the blocking pool.
+    async fn with_writer<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let writer = Arc::clone(&self.writer);
+        run_blocking(move || {
+            let mut connection = writer
+                .lock()
+                .map_err(|_| StoreError::Unavailable("writer connection poisoned".into()))?;
+            work(&mut connection)
+        })
+        .await
+    }
+
+    /// Runs `work` on a reader connection on the blocking pool.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let path = self.path.clone();
+        run_blocking(move || {
+            let idle = readers.lock().ok().and_then(|mut idle| idle.pop());
+            let connection = match idle {
+                Some(connection) => connection,
+                None => open_reader(&path)?,
+            };
+            let result = work(&connection);
+            if let Ok(mut idle) = readers.lock()
+                && idle.len() < MAX_IDLE_READERS
+            {
+                idle.push(connection);
+            }
+            result
+        })
+        .await
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("storage task failed: {error}")))?
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path)?;
+    connection.pragma_update(None, "busy_timeout", 5000)?;
+    connection.pragma_update(None, "query_only", 1)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let applied: i64 = transaction.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    for (version, name, sql) in MIGRATIONS
+        .iter()
+        .filter(|(version, _, _)| *version > applied)
+    {
+        transaction.execute_batch(sql)?;
+        transaction.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![version, name, crate::model::event::now_ms()],
+        )?;
+        tracing::info!(version, name, "applied sqlite migration");
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
+
+const UPSERT_COUNT: &str = "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (metric, interval, bucket_start, dimensions) DO UPDATE SET count = count + excluded.count";
+
+const SELECT_ROLLUP: &str = "SELECT count, sum, min, max, sketch FROM rollups
+     WHERE metric = ?1 AND interval = ?2 AND bucket_start = ?3 AND dimensions = ?4";
+
+const UPSERT_VALUES: &str =
+    "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count, sum, min, max, sketch)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (metric, interval, bucket_start, dimensions) DO UPDATE SET
+         count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+         sketch = excluded.sketch";
+
+const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties, created_at";
+
+fn commit_blocking(
+    connection: &mut Connection,
+    events: &[Event],
+    intervals: &[Interval],
+) -> Result<Vec<bool>, StoreError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut inserted = Vec::with_capacity(events.len());
+    {
+        let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
+        let mut properties_json = Vec::with_capacity(256);
+        for event in events {
+            properties_json.clear();
+            serde_json::to_writer(&mut properties_json, &event.properties)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let properties_text = std::str::from_utf8(&properties_json)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let changed = insert.execute(params![
+                event.id.as_bytes().as_slice(),
+                event.timestamp_ms,
+                event.event_type,
+                event.user_id,
+                event.session_id,
+                properties_text,
+                event.created_at_ms,
+            ])?;
+            inserted.push(changed == 1);
+        }
+    }
+    let rollups = rollups_for(
+        events
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, was_inserted)| **was_inserted)
+            .map(|(event, _)| event),
+        intervals,
+    );
+    {
+        let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
+        let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
+        let mut upsert_values = transaction.prepare_cached(UPSERT_VALUES)?;
+        for (key, delta) in rollups.into_sorted() {
+            let interval = key.interval.as_str();
+            if !delta.has_values() {
+                upsert_count.execute(params![
+                    key.metric,
+                    interval,
+                    key.bucket_start_ms,
+                    key.dimensions,
+                    delta.count() as i64
+                ])?;
+                continue;
+            }
+            let stored = select
+                .query_row(
+                    params![key.metric, interval, key.bucket_start_ms, key.dimensions],
+                    read_accumulator_columns,
+                )
+                .optional()?;
+            let merged = match stored {
+                Some(parts) => {
+                    let mut accumulator = parts.into_accumulator()?;
+                    accumulator.merge(&delta);
+                    accumulator
+                }
+                None => delta,
+            };
+            upsert_values.execute(params![
+                key.metric,
+                interval,
+                key.bucket_start_ms,
+                key.dimensions,
+                merged.count() as i64,
+                merged.sum(),
+                merged.min(),
+                merged.max(),
+                merged.sketch_bytes(),
+            ])?;
+        }
+    }
+    transaction.commit()?;
+    Ok(inserted)
+}
+
+/// The stored columns of one rollup row, before decoding.
+struct AccumulatorColumns {
+    count: i64,
+    sum: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    sketch: Option<Vec<u8>>,
+}
+
+impl AccumulatorColumns {
+    fn into_accumulator(self) -> Result<Accumulator, StoreError> {
+        Accumulator::from_parts(
+            u64::try_from(self.count).unwrap_or(0),
+            self.sum,
+            self.min,
+            self.max,
+            self.sketch.as_deref(),
+        )
+        .map_err(|error| StoreError::Corrupt(error.to_string()))
+    }
+}
+
+fn read_accumulator_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccumulatorColumns> {
+    Ok(AccumulatorColumns {
+        count: row.get(0)?,
+        sum: row.get(1)?,
+        min: row.get(2)?,
+        max: row.get(3)?,
+        sketch: row.get(4)?,
+    })
+}
+
+/// An event row before its JSON and id are decoded.
+struct EventColumns {
+    id: Vec<u8>,
+    timestamp_ms: i64,
+    event_type: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    properties: String,
+    created_at_ms: i64,
+}
+
+fn read_event_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventColumns> {
+    Ok(EventColumns {
+        id: row.get(0)?,
+        timestamp_ms: row.get(1)?,
+        event_type: row.get(2)?,
+        user_id: row.get(3)?,
+        session_id: row.get(4)?,
+        properties: row.get(5)?,
+        created_at_ms: row.get(6)?,
+    })
+}
+
+impl EventColumns {
+    fn into_event(self) -> Result<Event, StoreError> {
+        let id =
+            Uuid::from_slice(&self.id).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let properties: Map<String, Value> = serde_json::from_str(&self.properties)
+            .map_err(|error| StoreError::Corrupt(format!("event {id} properties: {error}")))?;
+        Ok(Event {
+            id,
+            event_type: self.event_type,
+            user_id: self.user_id,
+            session_id: self.session_id,
+            properties,
+            timestamp_ms: self.timestamp_ms,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+}
+
+fn collect_events(
+    rows: impl Iterator<Item = rusqlite::Result<EventColumns>>,
+) -> Result<Vec<Event>, StoreError> {
+    rows.map(|row| {
+        row.map_err(StoreError::from)
+            .and_then(EventColumns::into_event)
+    })
+    .collect()
+}
+
+/// A definition row before its JSON and id are decoded.
+fn read_definition(row: &rusqlite::Row<'_>) -> rusqlite::Result<DefinitionColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+type DefinitionColumns = (Vec<u8>, String, String, String, String, bool, i64, i64);
+
+fn decode_definition(columns: DefinitionColumns) -> Result<CustomEventDefinition, StoreError> {
+    let (id, name, display_name, description, schema, is_active, created_at_ms, updated_at_ms) =
+        columns;
+    Ok(CustomEventDefinition {
+        id: Uuid::from_slice(&id).map_err(|error| StoreError::Corrupt(error.to_string()))?,
+        schema: serde_json::from_str(&schema)
+            .map_err(|error| StoreError::Corrupt(format!("schema of {name}: {error}")))?,
+        name,
+        display_name,
+        description,
+        is_active,
+        created_at_ms,
+        updated_at_ms,
+    })
+}
+
+const DEFINITION_COLUMNS: &str =
+    "id, name, display_name, description, schema, is_active, created_at, updated_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit_batch(&self, events: Vec<Event>) -> Result<Vec<bool>, StoreError> {
+        let intervals = Arc::clone(&self.intervals);
+        self.with_writer(move |connection| commit_blocking(connection, &events, &intervals))
+            .await
+    }
+
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.with_reader(move |connection| {
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            match &query.event_type {
+                Some(event_type) => {
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= ?1 AND ts < ?2 AND event_type = ?3
+                         ORDER BY ts DESC, seq DESC LIMIT ?4"
+                    ))?;
+                    let rows = statement.query_map(
+                        params![query.start_ms, query.end_ms, event_type, limit],
+                        read_event_columns,
+                    )?;
+                    collect_events(rows)
+                }
+                None => {
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= ?1 AND ts < ?2
+                         ORDER BY ts DESC, seq DESC LIMIT ?3"
+                    ))?;
+                    let rows = statement.query_map(
+                        params![query.start_ms, query.end_ms, limit],
+                        read_event_columns,
+                    )?;
+                    collect_events(rows)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn scan_events(&self, start_ms: i64, end_ms: i64) -> Result<Vec<Event>, StoreError> {
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= ?1 AND ts < ?2"
+            ))?;
+            let rows = statement.query_map(params![start_ms, end_ms], read_event_columns)?;
+            collect_events(rows)
+        })
+        .await
+    }
+
+    async fn read_rollups(
+        &self,
+        metric: &str,
+        dimensions: Option<&str>,
+        interval: Interval,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let metric = metric.to_string();
+        let dimensions = dimensions.map(str::to_string);
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
+                 WHERE metric = ?1 AND interval = ?2 AND bucket_start >= ?3 AND bucket_start < ?4
+                   AND (?5 IS NULL OR dimensions = ?5)",
+            )?;
+            let rows = statement.query_map(
+                params![metric, interval.as_str(), start_ms, end_ms, dimensions],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        AccumulatorColumns {
+                            count: row.get(2)?,
+                            sum: row.get(3)?,
+                            min: row.get(4)?,
+                            max: row.get(5)?,
+                            sketch: row.get(6)?,
+                        },
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (dimensions, bucket_start_ms, columns) = row?;
+                Ok(RollupRow {
+                    dimensions,
+                    bucket_start_ms,
+                    accumulator: columns.into_accumulator()?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn count_distinct_users(&self, start_ms: i64, end_ms: i64) -> Result<u64, StoreError> {
+        self.with_reader(move |connection| {
+            let count: i64 = connection.prepare_cached(
+                "SELECT COUNT(DISTINCT user_id) FROM events WHERE ts >= ?1 AND ts < ?2 AND user_id IS NOT NULL",
+            )?
+            .query_row(params![start_ms, end_ms], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn count_distinct_strategies(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.with_reader(move |connection| {
+            let count: i64 = connection.prepare_cached(
+                "SELECT COUNT(DISTINCT CAST(json_extract(properties, '$.strategy_id') AS TEXT)) FROM events
+                 WHERE ts >= ?1 AND ts < ?2 AND event_type LIKE 'strategy.%'
+                   AND json_extract(properties, '$.strategy_id') IS NOT NULL",
+            )?
+            .query_row(params![start_ms, end_ms], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_reader(|connection| {
+            connection.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_definition(
+        &self,
+        definition: &CustomEventDefinition,
+    ) -> Result<(), StoreError> {
+        let definition = definition.clone();
+        self.with_writer(move |connection| {
+            connection.execute(
+                &format!("INSERT INTO custom_event_definitions ({DEFINITION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    definition.id.as_bytes().as_slice(),
+                    definition.name,
+                    definition.display_name,
+                    definition.description,
+                    definition.schema.to_string(),
+                    definition.is_active,
+                    definition.created_at_ms,
+                    definition.updated_at_ms,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_definition(
+        &self,
+        definition: &CustomEventDefinition,
+    ) -> Result<(), StoreError> {
+        let definition = definition.clone();
+        self.with_writer(move |connection| {
+            connection.execute(
+                "UPDATE custom_event_definitions SET display_name = ?2, description = ?3, schema = ?4,
+                     is_active = ?5, updated_at = ?6 WHERE name = ?1",
+                params![
+                    definition.name,
+                    definition.display_name,
+                    definition.description,
+                    definition.schema.to_string(),
+                    definition.is_active,
+                    definition.updated_at_ms,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_definition(
+        &self,
+        name: &str,
+    ) -> Result<Option<CustomEventDefinition>, StoreError> {
+        let name = name.to_string();
+        self.with_reader(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM custom_event_definitions WHERE name = ?1"
+                ))?
+                .query_row(params![name], read_definition)
+                .optional()?
+                .map(decode_definition)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<CustomEventDefinition>, StoreError> {
+        self.with_reader(|connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {DEFINITION_COLUMNS} FROM custom_event_definitions ORDER BY name"
+            ))?;
+            let rows = statement.query_map([], read_definition)?;
+            rows.map(|row| decode_definition(row?)).collect()
+        })
+        .await
+    }
+}
