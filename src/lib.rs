@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod config;
+pub mod import;
+pub mod loadgen;
 pub mod model;
 pub mod pipeline;
 pub mod query;
@@ -90,7 +92,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// Loads the stored custom event definitions into the validator.
-async fn load_definitions(store: &dyn Store, validator: &EventValidator) -> anyhow::Result<()> {
+pub async fn load_definitions(store: &dyn Store, validator: &EventValidator) -> anyhow::Result<()> {
     for definition in store.list_definitions().await? {
         let name = definition.name.clone();
         match CompiledDefinition::compile(definition) {

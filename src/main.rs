@@ -30,6 +30,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Generate a realistic B25 event stream: HTTP load, or an NDJSON file.
+    Loadgen(analytics::loadgen::LoadgenArgs),
+    /// Import an NDJSON or CSV file through the ingest pipeline.
+    Import(analytics::import::ImportArgs),
+    /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
+    #[command(hide = true)]
+    BenchBaseline(analytics::loadgen::baseline::BaselineArgs),
 }
 
 #[derive(Subcommand)]
@@ -86,7 +93,54 @@ fn main() -> ExitCode {
             tracing::info!("migrations applied");
             Ok(())
         }),
+        Command::Loadgen(args) => with_tool_runtime(&loaded, async move {
+            analytics::loadgen::run(args).await.map(drop)
+        }),
+        Command::Import(args) => with_tool_runtime(&loaded, async {
+            let report = analytics::import::run(&loaded.config, &args).await?;
+            // Rejected records are reported, not fatal; a script still
+            // learns of them from the exit code.
+            if report.rejected > 0 {
+                anyhow::bail!("{} records were rejected", report.rejected);
+            }
+            Ok(())
+        }),
+        Command::BenchBaseline(args) => with_tool_runtime(&loaded, async move {
+            let report = tokio::task::spawn_blocking(move || {
+                analytics::loadgen::baseline::run_baseline(&args).map(|report| (report, args.json))
+            })
+            .await??;
+            let (report, json) = report;
+            eprintln!(
+                "raw insert {:.0} events/s, store commit {:.0} events/s, ratio {:.3} ({} events, batches of {}, synchronous {})",
+                report.raw_insert_events_per_second,
+                report.store_commit_events_per_second,
+                report.ratio,
+                report.events,
+                report.batch_size,
+                report.synchronous
+            );
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }),
     }
+}
+
+/// Like [`with_runtime`] for the command-line tools (loadgen, import):
+/// logs go to stderr, so stdout carries only their `--json` report.
+fn with_tool_runtime(
+    loaded: &LoadedConfig,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut tool = loaded.clone();
+    tool.config.logging.output = "stderr".into();
+    tool.config.logging.format = "console".into();
+    if tool.config.logging.level == "info" {
+        tool.config.logging.level = "warn".into();
+    }
+    with_runtime(&tool, work)
 }
 
 fn with_runtime(
