@@ -75,9 +75,10 @@ impl TestApp {
     async fn wait_ready(&self) {
         for _ in 0..200 {
             if let Ok(response) = self.client.get(self.url("/ready")).send().await
-                && response.status() == 200 {
-                    return;
-                }
+                && response.status() == 200
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("service did not become ready");
