@@ -1,4 +1,4 @@
-//! Store-level ingest comparison: `SqliteStore::commit_batch` of 10 000
+//! Store-level ingest comparison: preparing and committing (with its fsync) 10 000
 //! realistic events (rollups included) against inserting the same rows
 //! straight into the same SQLite schema with one prepared statement in one
 //! transaction (the baseline). Both write into fresh temp files with the
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use analytics::loadgen::baseline::{open_raw, raw_insert, realistic_events};
 use analytics::model::Event;
 use analytics::rollup::Interval;
-use analytics::store::Store;
 use analytics::store::sqlite::{SqliteStore, Synchronous};
+use analytics::store::{PreparedBatch, Store};
 use criterion::{BatchSize, Criterion, Throughput};
 
 const EVENTS: usize = 10_000;
@@ -38,8 +38,16 @@ fn store_commit(runtime: &tokio::runtime::Runtime, events: &[Event]) -> Duration
         Arc::new(SqliteStore::open(&target.path, Synchronous::Full, &Interval::ALL).unwrap());
     let owned = events.to_vec();
     let started = Instant::now();
-    black_box(runtime.block_on(store.commit_batch(owned)).unwrap());
+    commit_and_sync(runtime, &store, owned);
     started.elapsed()
+}
+
+/// Everything the service does for a batch: preparation (properties JSON,
+/// rollup deltas), the commit, and the fsync before the acknowledgement.
+fn commit_and_sync(runtime: &tokio::runtime::Runtime, store: &SqliteStore, events: Vec<Event>) {
+    let batch = PreparedBatch::prepare(events, &Interval::ALL);
+    black_box(runtime.block_on(store.commit_batch(batch)).unwrap());
+    runtime.block_on(store.sync()).unwrap();
 }
 
 fn raw(events: &[Event]) -> Duration {
@@ -77,7 +85,7 @@ fn main() {
                     (target, Arc::new(store), events.clone())
                 },
                 |(target, store, owned)| {
-                    black_box(runtime.block_on(store.commit_batch(owned)).unwrap());
+                    commit_and_sync(&runtime, &store, owned);
                     target
                 },
                 BatchSize::PerIteration,

@@ -209,6 +209,7 @@ pub async fn import_file(config: &Config, args: &ImportArgs) -> anyhow::Result<I
         PipelineSettings {
             batch_size: ingestion.batch_size,
             buffer_size: ingestion.buffer_size,
+            intervals: crate::configured_intervals(config)?,
         },
         Arc::new(Telemetry::new()),
     );

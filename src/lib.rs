@@ -139,6 +139,7 @@ pub async fn run(
         PipelineSettings {
             batch_size: config.analytics.ingestion.batch_size,
             buffer_size: config.analytics.ingestion.buffer_size,
+            intervals: intervals.clone(),
         },
         Arc::clone(&telemetry),
     );

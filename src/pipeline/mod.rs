@@ -8,6 +8,11 @@
 //! back to each submitter only after the commit, which is when a source may
 //! acknowledge (answer HTTP, store a Kafka offset, ack a NATS message).
 //!
+//! A committed batch is answered only after [`Store::sync`] made it durable.
+//! A separate syncer task runs the syncs, so one fsync covers every batch
+//! committed while the previous one ran and the committer never waits for
+//! the disk (group sync).
+//!
 //! Memory is bounded: a semaphore holds one permit per queued event
 //! (`buffer_size`), and a submission that cannot get its permits at once is
 //! refused with [`SubmitError::Overloaded`] instead of queueing without
@@ -22,7 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::model::Event;
-use crate::store::Store;
+use crate::rollup::Interval;
+use crate::store::{PreparedBatch, Store};
 use crate::telemetry::Telemetry;
 
 /// Why a submission was not committed. None of these acknowledge anything.
@@ -40,16 +46,22 @@ pub enum SubmitError {
 }
 
 /// Sizes of the pipeline, from `analytics.ingestion`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PipelineSettings {
     /// Most events committed in one transaction.
     pub batch_size: usize,
     /// Most events queued (waiting or being committed) at once.
     pub buffer_size: usize,
+    /// The rollup intervals of the store.
+    pub intervals: Vec<Interval>,
 }
 
+/// Submissions larger than this are prepared on the blocking pool, so a
+/// 10 000-event batch never stalls an async worker.
+const PREPARE_INLINE_MAX_EVENTS: usize = 64;
+
 struct Submission {
-    events: Vec<Event>,
+    batch: PreparedBatch,
     reply: oneshot::Sender<Result<Vec<bool>, SubmitError>>,
     _permits: OwnedSemaphorePermit,
 }
@@ -61,6 +73,7 @@ pub struct Pipeline {
     sender: mpsc::Sender<Submission>,
     permits: Arc<Semaphore>,
     buffer_size: usize,
+    intervals: Arc<[Interval]>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -85,6 +98,7 @@ impl Pipeline {
             sender,
             permits: Arc::new(Semaphore::new(buffer_size)),
             buffer_size,
+            intervals: settings.intervals.into(),
             telemetry,
         };
         (pipeline, committer)
@@ -108,9 +122,27 @@ impl Pipeline {
         };
         let queued = events.len() as i64;
         self.telemetry.queue_depth.add(queued);
+        // Work that needs no database happens here, in the submitter's task,
+        // so submissions prepare in parallel and the committer only writes.
+        let batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
+            PreparedBatch::prepare(events, &self.intervals)
+        } else {
+            let intervals = Arc::clone(&self.intervals);
+            match tokio::task::spawn_blocking(move || PreparedBatch::prepare(events, &intervals))
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.telemetry.queue_depth.sub(queued);
+                    return Err(SubmitError::CommitFailed(format!(
+                        "preparing the batch failed: {error}"
+                    )));
+                }
+            }
+        };
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
-            events,
+            batch,
             reply,
             _permits: permits,
         };
@@ -123,14 +155,26 @@ impl Pipeline {
     }
 }
 
+/// A committed submission waiting for its sync before it is answered.
+struct AwaitingSync {
+    reply: oneshot::Sender<Result<Vec<bool>, SubmitError>>,
+    inserted: Vec<bool>,
+    _permits: OwnedSemaphorePermit,
+}
+
+/// Committed batches in flight between the committer and the syncer.
+const SYNC_QUEUE_BATCHES: usize = 64;
+
 async fn run_committer(
     mut receiver: mpsc::Receiver<Submission>,
     store: Arc<dyn Store>,
     batch_size: usize,
     telemetry: Arc<Telemetry>,
 ) {
+    let (to_syncer, syncer_queue) = mpsc::channel(SYNC_QUEUE_BATCHES);
+    let syncer = tokio::spawn(run_syncer(syncer_queue, Arc::clone(&store)));
     while let Some(first) = receiver.recv().await {
-        let mut total = first.events.len();
+        let mut total = first.batch.len();
         let mut submissions = vec![first];
         // Take what is already waiting; never wait for more. Under load the
         // queue refills while a commit runs, so batches grow by themselves;
@@ -138,31 +182,75 @@ async fn run_committer(
         while total < batch_size {
             match receiver.try_recv() {
                 Ok(submission) => {
-                    total += submission.events.len();
+                    total += submission.batch.len();
                     submissions.push(submission);
                 }
                 Err(_) => break,
             }
         }
-        commit(&*store, submissions, total, &telemetry).await;
+        if let Some(committed) = commit(&*store, submissions, total, &telemetry).await
+            && to_syncer.send(committed).await.is_err()
+        {
+            tracing::error!("syncer stopped early; committed events left unanswered");
+        }
+    }
+    drop(to_syncer);
+    if let Err(error) = syncer.await {
+        tracing::error!(error = %error, "syncer task failed");
     }
     tracing::debug!("ingest committer stopped: queue closed and drained");
 }
 
+/// Answers committed batches once they are durable. Each sync covers every
+/// batch committed before it began, so under load one fsync answers many
+/// batches while the committer goes on with the next.
+async fn run_syncer(mut queue: mpsc::Receiver<Vec<AwaitingSync>>, store: Arc<dyn Store>) {
+    while let Some(first) = queue.recv().await {
+        let mut batches = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            batches.push(more);
+        }
+        let synced = store.sync().await;
+        if let Err(error) = &synced {
+            // The events are committed but may not be durable: they are not
+            // acknowledged. A client retry with the same id is deduplicated.
+            tracing::error!(error = %error, "sync after commit failed; batch not acknowledged");
+        }
+        for waiting in batches.into_iter().flatten() {
+            let answer = match &synced {
+                Ok(()) => Ok(waiting.inserted),
+                Err(error) => Err(SubmitError::CommitFailed(error.to_string())),
+            };
+            // A submitter that went away (client disconnected) no longer
+            // needs its answer; its events are committed all the same.
+            let _ = waiting.reply.send(answer);
+        }
+    }
+}
+
+/// Commits one batch. Failed batches are answered at once; committed ones
+/// are returned to wait for their sync.
 async fn commit(
     store: &dyn Store,
     mut submissions: Vec<Submission>,
     total: usize,
     telemetry: &Telemetry,
-) {
-    let mut events = Vec::with_capacity(total);
+) -> Option<Vec<AwaitingSync>> {
     let mut lengths = Vec::with_capacity(submissions.len());
+    let mut combined: Option<PreparedBatch> = None;
     for submission in &mut submissions {
-        lengths.push(submission.events.len());
-        events.append(&mut submission.events);
+        lengths.push(submission.batch.len());
+        let batch = std::mem::replace(&mut submission.batch, PreparedBatch::empty(&[], 0));
+        match &mut combined {
+            None => combined = Some(batch),
+            Some(combined) => combined.append(batch),
+        }
     }
+    let Some(combined) = combined else {
+        return Some(Vec::new());
+    };
     let started = Instant::now();
-    match store.commit_batch(events).await {
+    match store.commit_batch(combined).await {
         Ok(inserted) => {
             let new_events = inserted.iter().filter(|flag| **flag).count();
             telemetry.record_batch_committed(
@@ -172,13 +260,17 @@ async fn commit(
                 started.elapsed(),
             );
             let mut rest = inserted.as_slice();
+            let mut waiting = Vec::with_capacity(submissions.len());
             for (submission, length) in submissions.into_iter().zip(lengths) {
                 let (mine, others) = rest.split_at(length.min(rest.len()));
                 rest = others;
-                // A submitter that went away (client disconnected) no longer
-                // needs its answer; its events are committed all the same.
-                let _ = submission.reply.send(Ok(mine.to_vec()));
+                waiting.push(AwaitingSync {
+                    reply: submission.reply,
+                    inserted: mine.to_vec(),
+                    _permits: submission._permits,
+                });
             }
+            Some(waiting)
         }
         Err(error) => {
             telemetry.record_batch_failed(total);
@@ -189,6 +281,7 @@ async fn commit(
                     .reply
                     .send(Err(SubmitError::CommitFailed(message.clone())));
             }
+            None
         }
     }
 }

@@ -14,10 +14,10 @@
 //!   [`RollupKey`] order, so concurrent writers lock rows in the same order
 //!   and cannot deadlock.
 //!
-//! Hot path: `add_*` runs ~70 times per event (10 metrics x 7 intervals).
-//! Lookups borrow the caller's `&str`s (metric, then dimensions) and allocate
-//! only the first time a series is seen; buckets live in one small ordered
-//! map per series and interval.
+//! Hot path: `add_*` runs about ten times per event. It records into the
+//! finest interval only (coarser buckets are merged from the fine ones when
+//! the batch is drained); lookups borrow the caller's `&str`s (metric, then
+//! dimensions) and allocate only the first time a series is seen.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,24 +39,27 @@ pub struct RollupKey {
 
 /// The buckets of one (metric, dimensions) series: one map per configured
 /// interval, in the batch's interval order.
-type SeriesBuckets = Vec<BTreeMap<i64, Accumulator>>;
+/// The finest-interval buckets of one series (metric, dimensions), by
+/// bucket start.
+type FinestBuckets = BTreeMap<i64, Accumulator>;
 
-/// Accumulates the rollup deltas of one batch of events in memory, so a store
-/// writes one upsert per touched row, not per event.
+/// Accumulates the rollup deltas of one batch of events in memory, so a
+/// store writes one upsert per touched row, not per event.
+///
+/// Events are recorded at the finest interval only; the coarser intervals
+/// are merged from those buckets in [`RollupBatch::into_sorted`]. Every
+/// supported interval is a whole multiple of every finer one, so each
+/// coarse bucket is exactly the union of the fine buckets it contains, and
+/// an event costs one map update and one sketch insertion instead of one per
+/// interval.
 #[derive(Debug, Default)]
 pub struct RollupBatch {
-    /// Distinct intervals, finest first.
     intervals: Vec<Interval>,
-    /// metric -> dimensions -> per-interval buckets. Two levels so lookups
-    /// need no owned key.
-    series: HashMap<String, HashMap<String, SeriesBuckets>>,
-    /// Number of rows (distinct keys) held.
-    rows: usize,
+    series: HashMap<String, HashMap<String, FinestBuckets>>,
 }
 
 impl RollupBatch {
-    /// An empty batch rolling up into each of `intervals` (duplicates and
-    /// order do not matter; no intervals means nothing is recorded).
+    /// A batch that rolls up into `intervals` (any order; duplicates ignored).
     pub fn new(intervals: &[Interval]) -> Self {
         let mut intervals = intervals.to_vec();
         intervals.sort_unstable();
@@ -64,7 +67,6 @@ impl RollupBatch {
         RollupBatch {
             intervals,
             series: HashMap::new(),
-            rows: 0,
         }
     }
 
@@ -73,8 +75,7 @@ impl RollupBatch {
         &self.intervals
     }
 
-    /// Count one event for `metric`/`dimensions` at `timestamp_ms` in every
-    /// interval.
+    /// Count one event for `metric`/`dimensions` at `timestamp_ms` in every interval.
     pub fn add_count(&mut self, metric: &str, dimensions: &str, timestamp_ms: i64) {
         self.record(
             metric,
@@ -86,7 +87,7 @@ impl RollupBatch {
     }
 
     /// Record one value (count, sum, min, max, sketch) in every interval.
-    /// A non-finite value is ignored and touches no row.
+    /// Non-finite values are ignored and touch no row.
     pub fn add_value(&mut self, metric: &str, dimensions: &str, timestamp_ms: i64, value: f64) {
         if !value.is_finite() {
             return;
@@ -106,72 +107,183 @@ impl RollupBatch {
         dimensions: &str,
         timestamp_ms: i64,
         new_accumulator: fn() -> Accumulator,
-        mut apply: impl FnMut(&mut Accumulator),
+        apply: impl FnOnce(&mut Accumulator),
     ) {
-        if self.intervals.is_empty() {
+        let Some(finest) = self.intervals.first() else {
             return;
-        }
-        // get_mut first: the owned key is built only for a new series.
+        };
+        // Borrowed lookups first: an owned key is allocated only the first
+        // time a series appears in the batch.
         let by_dimensions = match self.series.get_mut(metric) {
             Some(by_dimensions) => by_dimensions,
             None => self.series.entry(metric.to_owned()).or_default(),
         };
         let buckets = match by_dimensions.get_mut(dimensions) {
             Some(buckets) => buckets,
-            None => by_dimensions
-                .entry(dimensions.to_owned())
-                .or_insert_with(|| vec![BTreeMap::new(); self.intervals.len()]),
+            None => by_dimensions.entry(dimensions.to_owned()).or_default(),
         };
-        for (interval, interval_buckets) in self.intervals.iter().zip(buckets.iter_mut()) {
-            let accumulator = interval_buckets
-                .entry(interval.bucket_start(timestamp_ms))
-                .or_insert_with(|| {
-                    self.rows += 1;
-                    new_accumulator()
-                });
-            apply(accumulator);
+        apply(
+            buckets
+                .entry(finest.bucket_start(timestamp_ms))
+                .or_insert_with(new_accumulator),
+        );
+    }
+
+    /// Adds every delta of `other` (built for the same intervals) to this
+    /// batch: the batch of the union of both batches' events.
+    pub fn merge(&mut self, other: RollupBatch) {
+        debug_assert_eq!(
+            self.intervals, other.intervals,
+            "merging batches of different intervals"
+        );
+        for (metric, other_by_dimensions) in other.series {
+            let by_dimensions = self.series.entry(metric).or_default();
+            for (dimensions, other_buckets) in other_by_dimensions {
+                let buckets = by_dimensions.entry(dimensions).or_default();
+                for (bucket_start_ms, accumulator) in other_buckets {
+                    match buckets.get_mut(&bucket_start_ms) {
+                        Some(existing) => existing.merge(&accumulator),
+                        None => {
+                            buckets.insert(bucket_start_ms, accumulator);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Number of distinct rows touched.
+    /// Number of rows (distinct keys across all intervals) the batch touches.
     pub fn len(&self) -> usize {
-        self.rows
+        self.series
+            .values()
+            .flat_map(HashMap::values)
+            .map(|buckets| {
+                self.intervals
+                    .iter()
+                    .map(|interval| distinct_buckets(buckets, *interval))
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
-    /// True when no row was touched.
+    /// Whether no event was recorded.
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.series
+            .values()
+            .all(|by_dimensions| by_dimensions.values().all(BTreeMap::is_empty))
     }
 
     /// The deltas, sorted by key (stores upsert in key order so concurrent
     /// writers never deadlock).
     pub fn into_sorted(self) -> Vec<(RollupKey, Accumulator)> {
-        let mut rows = Vec::with_capacity(self.rows);
+        let mut rows = Vec::new();
+        let Some((&finest, coarser)) = self.intervals.split_first() else {
+            return rows;
+        };
         for (metric, by_dimensions) in self.series {
             for (dimensions, buckets) in by_dimensions {
-                for (&interval, interval_buckets) in self.intervals.iter().zip(buckets) {
-                    for (bucket_start_ms, accumulator) in interval_buckets {
-                        let key = RollupKey {
-                            metric: metric.clone(),
-                            dimensions: dimensions.clone(),
-                            interval,
-                            bucket_start_ms,
-                        };
-                        rows.push((key, accumulator));
+                for &interval in coarser {
+                    let mut current: Option<(i64, Accumulator)> = None;
+                    // Ascending fine buckets: each coarse bucket is a run.
+                    for (&fine_start, accumulator) in &buckets {
+                        let start = interval.bucket_start(fine_start);
+                        match &mut current {
+                            Some((current_start, merged)) if *current_start == start => {
+                                merged.merge(accumulator)
+                            }
+                            _ => {
+                                if let Some((done_start, done)) =
+                                    current.replace((start, accumulator.clone()))
+                                {
+                                    rows.push((
+                                        key(&metric, &dimensions, interval, done_start),
+                                        done,
+                                    ));
+                                }
+                            }
+                        }
                     }
+                    if let Some((done_start, done)) = current {
+                        rows.push((key(&metric, &dimensions, interval, done_start), done));
+                    }
+                }
+                for (bucket_start_ms, accumulator) in buckets {
+                    rows.push((
+                        key(&metric, &dimensions, finest, bucket_start_ms),
+                        accumulator,
+                    ));
                 }
             }
         }
-        // Keys are unique, so an unstable sort is deterministic.
         rows.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
         rows
     }
+}
+
+fn key(metric: &str, dimensions: &str, interval: Interval, bucket_start_ms: i64) -> RollupKey {
+    RollupKey {
+        metric: metric.to_owned(),
+        dimensions: dimensions.to_owned(),
+        interval,
+        bucket_start_ms,
+    }
+}
+
+/// How many buckets of `interval` the (ascending) fine buckets fall into.
+fn distinct_buckets(buckets: &FinestBuckets, interval: Interval) -> usize {
+    let mut count = 0;
+    let mut last = None;
+    for &fine_start in buckets.keys() {
+        let start = interval.bucket_start(fine_start);
+        if last != Some(start) {
+            count += 1;
+            last = Some(start);
+        }
+    }
+    count
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn merged_batches_equal_the_batch_of_all_events() {
+        let events: Vec<(i64, f64)> = (0..500)
+            .map(|index| (index * 7_919 % 10_000_000, index as f64))
+            .collect();
+        let mut whole = RollupBatch::new(&Interval::ALL);
+        let mut left = RollupBatch::new(&Interval::ALL);
+        let mut right = RollupBatch::new(&Interval::ALL);
+        for (index, (timestamp, value)) in events.iter().enumerate() {
+            whole.add_value("latency", "", *timestamp, *value);
+            whole.add_count("events", "a", *timestamp);
+            let half = if index % 3 == 0 {
+                &mut left
+            } else {
+                &mut right
+            };
+            half.add_value("latency", "", *timestamp, *value);
+            half.add_count("events", "a", *timestamp);
+        }
+        left.merge(right);
+        let summary = |batch: RollupBatch| -> Vec<(RollupKey, u64, Option<f64>, Option<f64>)> {
+            batch
+                .into_sorted()
+                .into_iter()
+                .map(|(key, accumulator)| {
+                    (
+                        key,
+                        accumulator.count(),
+                        accumulator.sum(),
+                        accumulator.max(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(summary(left), summary(whole));
+    }
 
     #[test]
     fn one_event_touches_one_row_per_interval() {

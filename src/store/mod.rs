@@ -34,6 +34,80 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Events ready to commit, with the work that does not need the database
+/// done beforehand (by the submitting task, in parallel with other
+/// submissions): each event's properties as JSON text, and the rollup deltas
+/// of all the events. The store uses those deltas when every event turns out
+/// new, and recomputes them from the inserted events when some were
+/// duplicates, so rollups always count exactly the inserted events.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    pub events: Vec<Event>,
+    pub properties_json: Vec<String>,
+    pub rollups: RollupBatch,
+}
+
+impl PreparedBatch {
+    /// Prepares `events` for a store that rolls up into `intervals`.
+    pub fn prepare(events: Vec<Event>, intervals: &[Interval]) -> PreparedBatch {
+        let properties_json = events
+            .iter()
+            .map(|event| {
+                // A map with string keys and JSON values cannot fail to
+                // serialise (serde_json fails only on non-string map keys).
+                serde_json::to_string(&event.properties).expect("a JSON object always serialises")
+            })
+            .collect();
+        let rollups = rollups_for(events.iter(), intervals);
+        PreparedBatch {
+            events,
+            properties_json,
+            rollups,
+        }
+    }
+
+    /// An empty batch for `intervals`, to append prepared batches to.
+    pub fn empty(intervals: &[Interval], capacity: usize) -> PreparedBatch {
+        PreparedBatch {
+            events: Vec::with_capacity(capacity),
+            properties_json: Vec::with_capacity(capacity),
+            rollups: RollupBatch::new(intervals),
+        }
+    }
+
+    /// Moves `other`'s events and deltas into this batch.
+    pub fn append(&mut self, other: PreparedBatch) {
+        self.events.extend(other.events);
+        self.properties_json.extend(other.properties_json);
+        self.rollups.merge(other.rollups);
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The rollup deltas of exactly the inserted events (`inserted` index
+    /// for index with `events`).
+    pub fn into_rollups_of_inserted(self, inserted: &[bool]) -> RollupBatch {
+        if inserted.iter().all(|flag| *flag) {
+            return self.rollups;
+        }
+        let intervals = self.rollups.intervals().to_vec();
+        rollups_for(
+            self.events
+                .iter()
+                .zip(inserted)
+                .filter(|(_, was_inserted)| **was_inserted)
+                .map(|(event, _)| event),
+            &intervals,
+        )
+    }
+}
+
 /// One stored rollup bucket.
 #[derive(Debug, Clone)]
 pub struct RollupRow {
@@ -60,7 +134,14 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. Returns, index for index, whether each event was
     /// inserted (`false`: its id was already stored, or appeared earlier in
     /// the same batch).
-    async fn commit_batch(&self, events: Vec<Event>) -> Result<Vec<bool>, StoreError>;
+    async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError>;
+
+    /// Makes every batch committed before this call durable (on stable
+    /// storage). The pipeline acknowledges a batch only after a `sync` that
+    /// began after its commit, so one sync covers every batch committed in
+    /// the meantime (group sync) and the next commit need not wait for it.
+    /// Backends whose commit is already durable return at once.
+    async fn sync(&self) -> Result<(), StoreError>;
 
     /// Events in `[start_ms, end_ms)`, newest first.
     async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError>;

@@ -6,6 +6,7 @@
 //! runs on the blocking thread pool so async tasks never block.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{EventQuery, RollupRow, Store, StoreError, rollups_for};
+use super::{EventQuery, PreparedBatch, RollupRow, Store, StoreError};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
 
@@ -24,18 +25,24 @@ const MIGRATIONS: &[(i64, &str, &str)] =
 /// Reader connections kept open between queries.
 const MAX_IDLE_READERS: usize = 8;
 
-/// How SQLite syncs commits to disk.
+/// How durable an acknowledged commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
-    /// Durable against a crash of the process (WAL is synced at checkpoints).
+    /// Durable against a crash of the process; the WAL reaches the disk at
+    /// checkpoints, so a power loss may lose the last commits.
     Normal,
-    /// Durable against power loss: every commit is fsynced.
+    /// Durable against power loss: the WAL is fsynced before a batch is
+    /// acknowledged.
     Full,
 }
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    /// `Some(path of the WAL file)` when [`Store::sync`] must fsync it.
+    wal_to_sync: Option<PathBuf>,
+    /// Whether the WAL's directory entry has been fsynced once.
+    wal_directory_synced: Arc<AtomicBool>,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     intervals: Arc<[Interval]>,
@@ -72,19 +79,25 @@ impl SqliteStore {
         }
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
-        writer.pragma_update(
-            None,
-            "synchronous",
-            match synchronous {
-                Synchronous::Normal => "NORMAL",
-                Synchronous::Full => "FULL",
-            },
-        )?;
+        // SQLite itself never fsyncs at commit (NORMAL); with `Full` the
+        // store fsyncs the WAL in `sync`, outside the writer lock, so the
+        // next transaction commits while the previous one reaches the disk.
+        // A transaction whose WAL frames are on disk survives power loss:
+        // recovery replays every checksummed frame, and a checkpoint fsyncs
+        // the WAL before copying it and the database before reusing it.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.pragma_update(None, "busy_timeout", 5000)?;
         writer.pragma_update(None, "cache_size", -65536)?;
         migrate(&mut writer)?;
+        let wal_to_sync = (synchronous == Synchronous::Full).then(|| {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        });
         Ok(SqliteStore {
             path: path.to_path_buf(),
+            wal_to_sync,
+            wal_directory_synced: Arc::new(AtomicBool::new(false)),
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             intervals: intervals.into(),
@@ -137,6 +150,29 @@ async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| StoreError::Unavailable(format!("storage task failed: {error}")))?
+}
+
+/// fdatasync of `path`, and with `sync_directory` of its directory too (so
+/// the WAL's directory entry is durable; once is enough, the writer keeps
+/// the WAL open for the store's lifetime). Opened afresh each time, so it
+/// always reaches the file SQLite writes.
+fn sync_file(path: &Path, sync_directory: bool) -> Result<(), StoreError> {
+    let fail = |error: std::io::Error| {
+        StoreError::Unavailable(format!("fsync {}: {error}", path.display()))
+    };
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_data())
+        .map_err(fail)?;
+    if sync_directory {
+        let directory = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(directory)
+            .and_then(|file| file.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -194,40 +230,26 @@ const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties
 
 fn commit_blocking(
     connection: &mut Connection,
-    events: &[Event],
-    intervals: &[Interval],
+    batch: PreparedBatch,
 ) -> Result<Vec<bool>, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut inserted = Vec::with_capacity(events.len());
+    let mut inserted = Vec::with_capacity(batch.len());
     {
         let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
-        let mut properties_json = Vec::with_capacity(256);
-        for event in events {
-            properties_json.clear();
-            serde_json::to_writer(&mut properties_json, &event.properties)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-            let properties_text = std::str::from_utf8(&properties_json)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        for (event, properties_json) in batch.events.iter().zip(&batch.properties_json) {
             let changed = insert.execute(params![
                 event.id.as_bytes().as_slice(),
                 event.timestamp_ms,
                 event.event_type,
                 event.user_id,
                 event.session_id,
-                properties_text,
+                properties_json,
                 event.created_at_ms,
             ])?;
             inserted.push(changed == 1);
         }
     }
-    let rollups = rollups_for(
-        events
-            .iter()
-            .zip(&inserted)
-            .filter(|(_, was_inserted)| **was_inserted)
-            .map(|(event, _)| event),
-        intervals,
-    );
+    let rollups = batch.into_rollups_of_inserted(&inserted);
     {
         let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
         let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
@@ -395,10 +417,34 @@ const DEFINITION_COLUMNS: &str =
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn commit_batch(&self, events: Vec<Event>) -> Result<Vec<bool>, StoreError> {
-        let intervals = Arc::clone(&self.intervals);
-        self.with_writer(move |connection| commit_blocking(connection, &events, &intervals))
+    async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+        // Rollups prepared for other intervals would leave this store's
+        // intervals inconsistent with each other.
+        if batch.rollups.intervals() != &self.intervals[..] {
+            return Err(StoreError::Corrupt(format!(
+                "batch rolled up into {:?}, the store keeps {:?}",
+                batch.rollups.intervals(),
+                self.intervals
+            )));
+        }
+        self.with_writer(move |connection| commit_blocking(connection, batch))
             .await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let Some(wal) = self.wal_to_sync.clone() else {
+            return Ok(());
+        };
+        let directory_synced = Arc::clone(&self.wal_directory_synced);
+        run_blocking(move || {
+            let sync_directory = !directory_synced.load(Ordering::Acquire);
+            sync_file(&wal, sync_directory)?;
+            if sync_directory {
+                directory_synced.store(true, Ordering::Release);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
@@ -545,7 +591,8 @@ impl Store for SqliteStore {
             )?;
             Ok(())
         })
-        .await
+        .await?;
+        self.sync().await
     }
 
     async fn update_definition(
@@ -568,7 +615,8 @@ impl Store for SqliteStore {
             )?;
             Ok(())
         })
-        .await
+        .await?;
+        self.sync().await
     }
 
     async fn get_definition(
