@@ -698,7 +698,7 @@ mod tests {
         assert_eq!(second.rejected, 2);
 
         let store = crate::open_store(&config).await.unwrap();
-        let stored = store.scan_events(0, i64::MAX).await.unwrap();
+        let stored = store.scan_events(0, i64::MAX, true).await.unwrap();
         assert_eq!(stored.len(), 4);
     }
 
@@ -723,7 +723,7 @@ mod tests {
         assert_eq!((second.accepted, second.duplicates), (0, 2), "{second:?}");
 
         let store = crate::open_store(&config).await.unwrap();
-        let stored = store.scan_events(0, i64::MAX).await.unwrap();
+        let stored = store.scan_events(0, i64::MAX, true).await.unwrap();
         let filled = stored
             .iter()
             .find(|event| event.event_type == "order.filled")

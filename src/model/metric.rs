@@ -97,6 +97,32 @@ const PROPERTY_METRICS: [&str; 8] = [
     "property.volume",
 ];
 
+/// Distinct `user_id`s per minute (dashboard: active users).
+pub const DISTINCT_USERS: &str = "user_id";
+/// Distinct `properties.strategy_id` of `strategy.*` events per minute
+/// (dashboard: active strategies).
+pub const DISTINCT_STRATEGIES: &str = "strategy_id";
+
+/// Calls `sink(dimension, value)` for every distinct-value set `event`
+/// belongs to. Sets are kept per minute; adding a value twice changes
+/// nothing, so redelivered events need no special care.
+pub fn for_each_distinct(event: &Event, mut sink: impl FnMut(&'static str, String)) {
+    if let Some(user_id) = &event.user_id {
+        sink(DISTINCT_USERS, user_id.clone());
+    }
+    if event.event_type.starts_with("strategy.") {
+        match event.properties.get("strategy_id") {
+            Some(serde_json::Value::String(text)) if !text.is_empty() => {
+                sink(DISTINCT_STRATEGIES, text.clone())
+            }
+            Some(serde_json::Value::Number(number)) => {
+                sink(DISTINCT_STRATEGIES, number.to_string())
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A metric name a client may query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryMetric {

@@ -1,13 +1,22 @@
 //! Live dashboard figures (`GET /api/v1/dashboard/metrics`), every one of
 //! them computed (the old service left three at zero).
+//!
+//! Windows are whole minutes, so every figure is read from rollups and
+//! per-minute distinct sets and the cost never depends on how many events
+//! are stored or how fast they arrive: "the last hour" is the current
+//! minute and the 59 before it, "the last 5 minutes" the current minute and
+//! the 4 before it, and events per second are those of the last complete
+//! minute ÷ 60.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{MetricFilter, QueryEngine};
 use crate::model::event::format_timestamp;
-use crate::model::metric::{EVENTS_COUNT, FILLED_NOTIONAL, ORDERS_LATENCY_MS};
-use crate::rollup::TimeRange;
+use crate::model::metric::{
+    DISTINCT_STRATEGIES, DISTINCT_USERS, EVENTS_COUNT, FILLED_NOTIONAL, ORDERS_LATENCY_MS,
+};
+use crate::rollup::{Interval, TimeRange};
 use crate::store::StoreError;
 
 const MINUTE_MS: i64 = 60_000;
@@ -27,24 +36,40 @@ pub struct DashboardMetrics {
     pub last_updated: String,
 }
 
-/// Computes the dashboard as of `now_ms`. Windows end at `now_ms` inclusive.
-pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMetrics, StoreError> {
-    let end_ms = now_ms + 1;
-    let last_minute = TimeRange {
-        start_ms: end_ms - MINUTE_MS,
-        end_ms,
-    };
-    let last_five_minutes = TimeRange {
-        start_ms: end_ms - 5 * MINUTE_MS,
-        end_ms,
-    };
-    let last_hour = TimeRange {
-        start_ms: end_ms - 60 * MINUTE_MS,
-        end_ms,
-    };
+/// The whole-minute windows of a dashboard computed at `now_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardWindows {
+    pub last_complete_minute: TimeRange,
+    pub last_five_minutes: TimeRange,
+    pub last_hour: TimeRange,
+}
 
+impl DashboardWindows {
+    pub fn at(now_ms: i64) -> Self {
+        let next_minute = Interval::M1.bucket_start(now_ms) + MINUTE_MS;
+        let ending_now = |minutes: i64| TimeRange {
+            start_ms: next_minute - minutes * MINUTE_MS,
+            end_ms: next_minute,
+        };
+        DashboardWindows {
+            last_complete_minute: TimeRange {
+                start_ms: next_minute - 2 * MINUTE_MS,
+                end_ms: next_minute - MINUTE_MS,
+            },
+            last_five_minutes: ending_now(5),
+            last_hour: ending_now(60),
+        }
+    }
+}
+
+/// Computes the dashboard as of `now_ms`.
+pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMetrics, StoreError> {
+    let windows = DashboardWindows::at(now_ms);
     let per_minute = engine
-        .totals(&[MetricFilter::new(EVENTS_COUNT, None)], last_minute)
+        .totals(
+            &[MetricFilter::new(EVENTS_COUNT, None)],
+            windows.last_complete_minute,
+        )
         .await?;
     let hour = engine
         .totals(
@@ -56,15 +81,16 @@ pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMet
                 MetricFilter::new(FILLED_NOTIONAL, Some("")),
                 MetricFilter::new(ORDERS_LATENCY_MS, Some("")),
             ],
-            last_hour,
+            windows.last_hour,
         )
         .await?;
     let store = engine.store();
+    let five = windows.last_five_minutes;
     let active_users = store
-        .count_distinct_users(last_five_minutes.start_ms, last_five_minutes.end_ms)
+        .count_distinct(DISTINCT_USERS, five.start_ms, five.end_ms)
         .await?;
     let active_strategies = store
-        .count_distinct_strategies(last_five_minutes.start_ms, last_five_minutes.end_ms)
+        .count_distinct(DISTINCT_STRATEGIES, five.start_ms, five.end_ms)
         .await?;
 
     let count = |index: usize| {
@@ -113,4 +139,37 @@ pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMet
         custom_metrics,
         last_updated: format_timestamp(now_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_whole_minutes_ending_with_the_current_one() {
+        let now = 1_759_492_845_123; // 12:00:45.123
+        let minute = 1_759_492_800_000;
+        let windows = DashboardWindows::at(now);
+        assert_eq!(
+            windows.last_hour,
+            TimeRange {
+                start_ms: minute - 59 * MINUTE_MS,
+                end_ms: minute + MINUTE_MS
+            }
+        );
+        assert_eq!(
+            windows.last_five_minutes,
+            TimeRange {
+                start_ms: minute - 4 * MINUTE_MS,
+                end_ms: minute + MINUTE_MS
+            }
+        );
+        assert_eq!(
+            windows.last_complete_minute,
+            TimeRange {
+                start_ms: minute - MINUTE_MS,
+                end_ms: minute
+            }
+        );
+    }
 }

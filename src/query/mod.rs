@@ -13,7 +13,7 @@ pub mod stats;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::metric::for_each_contribution;
+use crate::model::metric::{EVENTS_COUNT, for_each_contribution};
 use crate::rollup::{Accumulator, Interval, Piece, TimeRange, decompose};
 use crate::store::{Store, StoreError};
 
@@ -100,6 +100,9 @@ impl QueryEngine {
             .filter(|interval| group.is_none_or(|group| *interval <= group))
             .collect();
         let mut results: Vec<Grouped> = vec![Grouped::new(); filters.len()];
+        // Counting by type needs no properties; skipping their JSON makes
+        // the raw edges much cheaper.
+        let include_properties = filters.iter().any(|filter| filter.metric != EVENTS_COUNT);
         for piece in decompose(range, &usable) {
             match piece {
                 Piece::Buckets {
@@ -125,7 +128,10 @@ impl QueryEngine {
                     }
                 }
                 Piece::Raw { start_ms, end_ms } => {
-                    let events = self.store.scan_events(start_ms, end_ms).await?;
+                    let events = self
+                        .store
+                        .scan_events(start_ms, end_ms, include_properties)
+                        .await?;
                     for event in &events {
                         for_each_contribution(event, |contribution| {
                             for (filter, result) in filters.iter().zip(results.iter_mut()) {

@@ -15,7 +15,9 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::model::metric::for_each_contribution;
+use std::collections::BTreeSet;
+
+use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupBatch};
 
@@ -45,6 +47,8 @@ pub struct PreparedBatch {
     pub events: Vec<Event>,
     pub properties_json: Vec<String>,
     pub rollups: RollupBatch,
+    /// Distinct values per minute: (dimension, minute start, value).
+    pub distinct: BTreeSet<(&'static str, i64, String)>,
 }
 
 impl PreparedBatch {
@@ -59,10 +63,18 @@ impl PreparedBatch {
             })
             .collect();
         let rollups = rollups_for(events.iter(), intervals);
+        let mut distinct = BTreeSet::new();
+        for event in &events {
+            let minute = Interval::M1.bucket_start(event.timestamp_ms);
+            for_each_distinct(event, |dimension, value| {
+                distinct.insert((dimension, minute, value));
+            });
+        }
         PreparedBatch {
             events,
             properties_json,
             rollups,
+            distinct,
         }
     }
 
@@ -72,6 +84,7 @@ impl PreparedBatch {
             events: Vec::with_capacity(capacity),
             properties_json: Vec::with_capacity(capacity),
             rollups: RollupBatch::new(intervals),
+            distinct: BTreeSet::new(),
         }
     }
 
@@ -80,6 +93,7 @@ impl PreparedBatch {
         self.events.extend(other.events);
         self.properties_json.extend(other.properties_json);
         self.rollups.merge(other.rollups);
+        self.distinct.extend(other.distinct);
     }
 
     pub fn len(&self) -> usize {
@@ -91,20 +105,25 @@ impl PreparedBatch {
     }
 
     /// The rollup deltas of exactly the inserted events (`inserted` index
-    /// for index with `events`).
-    pub fn into_rollups_of_inserted(self, inserted: &[bool]) -> RollupBatch {
+    /// for index with `events`), and the distinct values (idempotent, so
+    /// those of duplicates change nothing).
+    pub fn into_rollups_of_inserted(
+        self,
+        inserted: &[bool],
+    ) -> (RollupBatch, BTreeSet<(&'static str, i64, String)>) {
         if inserted.iter().all(|flag| *flag) {
-            return self.rollups;
+            return (self.rollups, self.distinct);
         }
         let intervals = self.rollups.intervals().to_vec();
-        rollups_for(
+        let rollups = rollups_for(
             self.events
                 .iter()
                 .zip(inserted)
                 .filter(|(_, was_inserted)| **was_inserted)
                 .map(|(event, _)| event),
             &intervals,
-        )
+        );
+        (rollups, self.distinct)
     }
 }
 
@@ -147,7 +166,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError>;
 
     /// All events in `[start_ms, end_ms)` (the raw edges of a query).
-    async fn scan_events(&self, start_ms: i64, end_ms: i64) -> Result<Vec<Event>, StoreError>;
+    /// Without `include_properties` the events come with empty properties,
+    /// which is all that counting by type needs and much cheaper.
+    async fn scan_events(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        include_properties: bool,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// Rollup rows of `metric` at `interval` whose bucket starts lie in
     /// `[start_ms, end_ms)`, optionally for one dimension value.
@@ -160,12 +186,12 @@ pub trait Store: Send + Sync + 'static {
         end_ms: i64,
     ) -> Result<Vec<RollupRow>, StoreError>;
 
-    /// Distinct non-empty `user_id`s of events in `[start_ms, end_ms)`.
-    async fn count_distinct_users(&self, start_ms: i64, end_ms: i64) -> Result<u64, StoreError>;
-
-    /// Distinct `properties.strategy_id` of `strategy.*` events in `[start_ms, end_ms)`.
-    async fn count_distinct_strategies(
+    /// Number of distinct values of `dimension` (see
+    /// [`crate::model::metric::for_each_distinct`]) over the minutes whose
+    /// starts lie in `[start_ms, end_ms)`.
+    async fn count_distinct(
         &self,
+        dimension: &str,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<u64, StoreError>;

@@ -19,8 +19,14 @@ use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        "distinct_values",
+        include_str!("migrations/sqlite/0002_distinct_values.sql"),
+    ),
+];
 
 /// Reader connections kept open between queries.
 const MAX_IDLE_READERS: usize = 8;
@@ -228,6 +234,8 @@ const UPSERT_VALUES: &str =
 
 const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties, created_at";
 
+const INSERT_DISTINCT: &str = "INSERT INTO distinct_values (dimension, bucket_start, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+
 fn commit_blocking(
     connection: &mut Connection,
     batch: PreparedBatch,
@@ -249,7 +257,13 @@ fn commit_blocking(
             inserted.push(changed == 1);
         }
     }
-    let rollups = batch.into_rollups_of_inserted(&inserted);
+    let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
+    {
+        let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
+        for (dimension, minute, value) in &distinct {
+            insert_distinct.execute(params![dimension, minute, value])?;
+        }
+    }
     {
         let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
         let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
@@ -478,11 +492,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn scan_events(&self, start_ms: i64, end_ms: i64) -> Result<Vec<Event>, StoreError> {
+    async fn scan_events(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        include_properties: bool,
+    ) -> Result<Vec<Event>, StoreError> {
         self.with_reader(move |connection| {
-            let mut statement = connection.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= ?1 AND ts < ?2"
-            ))?;
+            let mut statement = connection.prepare_cached(if include_properties {
+                "SELECT id, ts, event_type, user_id, session_id, properties, created_at FROM events
+                 WHERE ts >= ?1 AND ts < ?2"
+            } else {
+                "SELECT id, ts, event_type, user_id, session_id, '{}', created_at FROM events
+                 WHERE ts >= ?1 AND ts < ?2"
+            })?;
             let rows = statement.query_map(params![start_ms, end_ms], read_event_columns)?;
             collect_events(rows)
         })
@@ -534,29 +557,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn count_distinct_users(&self, start_ms: i64, end_ms: i64) -> Result<u64, StoreError> {
-        self.with_reader(move |connection| {
-            let count: i64 = connection.prepare_cached(
-                "SELECT COUNT(DISTINCT user_id) FROM events WHERE ts >= ?1 AND ts < ?2 AND user_id IS NOT NULL",
-            )?
-            .query_row(params![start_ms, end_ms], |row| row.get(0))?;
-            Ok(u64::try_from(count).unwrap_or(0))
-        })
-        .await
-    }
-
-    async fn count_distinct_strategies(
+    async fn count_distinct(
         &self,
+        dimension: &str,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<u64, StoreError> {
+        let dimension = dimension.to_string();
         self.with_reader(move |connection| {
-            let count: i64 = connection.prepare_cached(
-                "SELECT COUNT(DISTINCT CAST(json_extract(properties, '$.strategy_id') AS TEXT)) FROM events
-                 WHERE ts >= ?1 AND ts < ?2 AND event_type LIKE 'strategy.%'
-                   AND json_extract(properties, '$.strategy_id') IS NOT NULL",
-            )?
-            .query_row(params![start_ms, end_ms], |row| row.get(0))?;
+            let count: i64 = connection
+                .prepare_cached(
+                    "SELECT COUNT(DISTINCT value) FROM distinct_values
+                     WHERE dimension = ?1 AND bucket_start >= ?2 AND bucket_start < ?3",
+                )?
+                .query_row(params![dimension, start_ms, end_ms], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
         })
         .await

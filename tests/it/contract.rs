@@ -261,39 +261,58 @@ async fn latency_percentiles_and_aggregation_parameter() {
     assert_eq!(price["result"]["data_points"][0]["value"], 100.0, "{price}");
 }
 
-#[tokio::test]
-async fn dashboard_computes_every_field() {
-    let app = spawn_app().await;
+/// Waits, if needed, so that the next few seconds stay inside one minute
+/// (the dashboard's windows are whole minutes of the server's clock).
+async fn away_from_a_minute_boundary() -> i64 {
     let now = now_ms();
+    if now.rem_euclid(60_000) > 50_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(
+            (61_000 - now.rem_euclid(60_000)) as u64,
+        ))
+        .await;
+    }
+    now_ms()
+}
+
+#[tokio::test]
+async fn dashboard_computes_every_field_over_whole_minute_windows() {
+    let app = spawn_app().await;
+    let now = away_from_a_minute_boundary().await;
+    let minute = now - now.rem_euclid(60_000);
+    let m = 60_000;
     let events = json!([
-        {"event_type": "order.placed", "user_id": "a", "timestamp": now - 10_000, "properties": {"latency_ms": 10}},
-        {"event_type": "order.placed", "user_id": "b", "timestamp": now - 20_000, "properties": {"latency_ms": 30}},
-        {"event_type": "order.placed", "user_id": "a", "timestamp": now - 30_000},
-        {"event_type": "order.placed", "user_id": "c", "timestamp": now - 40 * 60_000},
-        {"event_type": "order.filled", "timestamp": now - 5_000, "properties": {"price": 100, "quantity": 3, "latency_ms": 20}},
-        {"event_type": "order.rejected", "timestamp": now - 5_000},
-        {"event_type": "strategy.started", "timestamp": now - 60_000, "properties": {"strategy_id": "s1"}},
-        {"event_type": "strategy.started", "timestamp": now - 60_000, "properties": {"strategy_id": "s2"}},
-        {"event_type": "strategy.stopped", "timestamp": now - 50_000, "properties": {"strategy_id": "s1"}},
-        {"event_type": "order.placed", "user_id": "z", "timestamp": now - 2 * 3_600_000},
+        {"event_type": "order.placed", "user_id": "a", "timestamp": now, "properties": {"latency_ms": 10}},
+        {"event_type": "order.placed", "user_id": "b", "timestamp": minute - 2 * m + 5_000, "properties": {"latency_ms": 30}},
+        {"event_type": "order.placed", "user_id": "a", "timestamp": minute - 3 * m},
+        {"event_type": "order.placed", "user_id": "d", "timestamp": minute - 6 * m},
+        {"event_type": "order.placed", "user_id": "c", "timestamp": minute - 40 * m},
+        {"event_type": "order.filled", "timestamp": now, "properties": {"price": 100, "quantity": 3, "latency_ms": 20}},
+        {"event_type": "order.rejected", "timestamp": now},
+        {"event_type": "strategy.started", "timestamp": minute - m + 1_000, "properties": {"strategy_id": "s1"}},
+        {"event_type": "strategy.started", "timestamp": minute - m + 1_000, "properties": {"strategy_id": "s2"}},
+        {"event_type": "strategy.stopped", "timestamp": minute - m + 2_000, "properties": {"strategy_id": "s1"}},
+        {"event_type": "strategy.started", "timestamp": minute - 10 * m, "properties": {"strategy_id": "s3"}},
+        {"event_type": "order.placed", "user_id": "z", "timestamp": minute - 61 * m},
     ]);
     assert_eq!(app.post_json("/api/v1/events/batch", &events).await.0, 200);
     let (status, dashboard) = app.get("/api/v1/dashboard/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(dashboard["active_users"], 2, "{dashboard}"); // a, b (c is 40 min ago)
-    assert_eq!(dashboard["orders_placed"], 4);
+    // The last 5 minutes are the current minute and the 4 before it.
+    assert_eq!(dashboard["active_users"], 2, "a and b: {dashboard}");
+    assert_eq!(dashboard["active_strategies"], 2, "s1 and s2: {dashboard}");
+    // The last hour is the current minute and the 59 before it.
+    assert_eq!(dashboard["orders_placed"], 5, "{dashboard}");
     assert_eq!(dashboard["orders_filled"], 1);
-    assert_eq!(dashboard["active_strategies"], 2);
     assert_eq!(dashboard["total_volume"], 300.0);
     assert_eq!(dashboard["average_latency"], 20.0);
-    assert_eq!(dashboard["error_rate"], 0.25);
-    // Six events lie in the last 60 s (the strategy starts at -60 s do not).
+    assert_eq!(dashboard["error_rate"], 0.2);
+    // Events per second: the last complete minute, which holds the three strategy events.
     assert_eq!(
         dashboard["events_per_second"].as_f64().unwrap(),
-        6.0 / 60.0,
+        3.0 / 60.0,
         "{dashboard}"
     );
-    assert!(dashboard["custom_metrics"].is_object());
+    assert_eq!(dashboard["custom_metrics"]["orders_rejected"], 1);
     assert!(dashboard["last_updated"].is_string());
 }
 
