@@ -11,6 +11,7 @@
 //!
 //! Nothing above this trait knows which backend it talks to.
 
+mod rollup_cache;
 pub mod sqlite;
 
 use async_trait::async_trait;

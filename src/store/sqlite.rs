@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::rollup_cache::RollupCache;
 use super::{EventQuery, PreparedBatch, RollupRow, Store, StoreError};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
@@ -27,6 +28,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_distinct_values.sql"),
     ),
 ];
+
+/// Value rows the writer keeps in memory (see [`RollupCache`]); a few MiB.
+const ROLLUP_CACHE_ROWS: usize = 20_000;
+
+/// The one writer connection and what it knows about the rows it wrote.
+struct Writer {
+    connection: Connection,
+    cache: RollupCache,
+}
 
 /// Reader connections kept open between queries.
 const MAX_IDLE_READERS: usize = 8;
@@ -49,7 +59,7 @@ pub struct SqliteStore {
     wal_to_sync: Option<PathBuf>,
     /// Whether the WAL's directory entry has been fsynced once.
     wal_directory_synced: Arc<AtomicBool>,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     intervals: Arc<[Interval]>,
 }
@@ -104,7 +114,10 @@ impl SqliteStore {
             path: path.to_path_buf(),
             wal_to_sync,
             wal_directory_synced: Arc::new(AtomicBool::new(false)),
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(Writer {
+                connection: writer,
+                cache: RollupCache::new(ROLLUP_CACHE_ROWS),
+            })),
             readers: Arc::new(Mutex::new(Vec::new())),
             intervals: intervals.into(),
         })
@@ -113,14 +126,14 @@ impl SqliteStore {
     /// Runs `work` on the writer connection on the blocking pool.
     async fn with_writer<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&mut Writer) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let writer = Arc::clone(&self.writer);
         run_blocking(move || {
-            let mut connection = writer
+            let mut writer = writer
                 .lock()
                 .map_err(|_| StoreError::Unavailable("writer connection poisoned".into()))?;
-            work(&mut connection)
+            work(&mut writer)
         })
         .await
     }
@@ -236,11 +249,25 @@ const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties
 
 const INSERT_DISTINCT: &str = "INSERT INTO distinct_values (dimension, bucket_start, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
 
-fn commit_blocking(
+fn commit_blocking(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+    let Writer { connection, cache } = writer;
+    let result = commit_transaction(connection, cache, batch);
+    if result.is_err() {
+        // Rows merged in memory for the failed transaction were never
+        // stored; start from the database again.
+        cache.clear();
+    }
+    result
+}
+
+fn commit_transaction(
     connection: &mut Connection,
+    cache: &mut RollupCache,
     batch: PreparedBatch,
 ) -> Result<Vec<bool>, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+    cache.validate(data_version);
     let mut inserted = Vec::with_capacity(batch.len());
     {
         let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
@@ -258,6 +285,7 @@ fn commit_blocking(
         }
     }
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
+    let mut written = Vec::new();
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
         for (dimension, minute, value) in &distinct {
@@ -268,7 +296,9 @@ fn commit_blocking(
         let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
         let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
         let mut upsert_values = transaction.prepare_cached(UPSERT_VALUES)?;
-        for (key, delta) in rollups.into_sorted() {
+        let rows = rollups.into_sorted();
+        written.reserve(rows.len());
+        for (key, delta) in rows {
             let interval = key.interval.as_str();
             if !delta.has_values() {
                 upsert_count.execute(params![
@@ -280,19 +310,28 @@ fn commit_blocking(
                 ])?;
                 continue;
             }
-            let stored = select
-                .query_row(
-                    params![key.metric, interval, key.bucket_start_ms, key.dimensions],
-                    read_accumulator_columns,
-                )
-                .optional()?;
-            let merged = match stored {
-                Some(parts) => {
-                    let mut accumulator = parts.into_accumulator()?;
+            let merged = match cache.get(&key) {
+                Some(cached) => {
+                    let mut accumulator = cached.clone();
                     accumulator.merge(&delta);
                     accumulator
                 }
-                None => delta,
+                None => {
+                    let stored = select
+                        .query_row(
+                            params![key.metric, interval, key.bucket_start_ms, key.dimensions],
+                            read_accumulator_columns,
+                        )
+                        .optional()?;
+                    match stored {
+                        Some(parts) => {
+                            let mut accumulator = parts.into_accumulator()?;
+                            accumulator.merge(&delta);
+                            accumulator
+                        }
+                        None => delta,
+                    }
+                }
             };
             upsert_values.execute(params![
                 key.metric,
@@ -305,9 +344,11 @@ fn commit_blocking(
                 merged.max(),
                 merged.sketch_bytes(),
             ])?;
+            written.push((key, merged));
         }
     }
     transaction.commit()?;
+    cache.insert_committed(written);
     Ok(inserted)
 }
 
@@ -589,7 +630,8 @@ impl Store for SqliteStore {
         definition: &CustomEventDefinition,
     ) -> Result<(), StoreError> {
         let definition = definition.clone();
-        self.with_writer(move |connection| {
+        self.with_writer(move |writer| {
+            let connection = &mut writer.connection;
             connection.execute(
                 &format!("INSERT INTO custom_event_definitions ({DEFINITION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
                 params![
@@ -614,7 +656,8 @@ impl Store for SqliteStore {
         definition: &CustomEventDefinition,
     ) -> Result<(), StoreError> {
         let definition = definition.clone();
-        self.with_writer(move |connection| {
+        self.with_writer(move |writer| {
+            let connection = &mut writer.connection;
             connection.execute(
                 "UPDATE custom_event_definitions SET display_name = ?2, description = ?3, schema = ?4,
                      is_active = ?5, updated_at = ?6 WHERE name = ?1",
@@ -662,3 +705,7 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;

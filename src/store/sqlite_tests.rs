@@ -1,0 +1,101 @@
+//! Store-level tests of the SQLite backend's write path.
+
+use serde_json::Map;
+use uuid::Uuid;
+
+use super::*;
+use crate::model::metric::ORDERS_LATENCY_MS;
+use crate::rollup::Interval;
+
+fn order(timestamp_ms: i64, latency_ms: f64) -> Event {
+    let mut properties = Map::new();
+    properties.insert("latency_ms".into(), serde_json::json!(latency_ms));
+    Event {
+        id: Uuid::now_v7(),
+        event_type: "order.placed".into(),
+        user_id: None,
+        session_id: None,
+        properties,
+        timestamp_ms,
+        created_at_ms: timestamp_ms,
+    }
+}
+
+async fn latency_row(store: &SqliteStore, minute: i64) -> Accumulator {
+    let rows = store
+        .read_rollups(
+            ORDERS_LATENCY_MS,
+            Some(""),
+            Interval::M1,
+            minute,
+            minute + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    rows.into_iter().next().unwrap().accumulator
+}
+
+#[tokio::test]
+async fn cached_rows_are_dropped_when_another_connection_writes() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("cache.db");
+    let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
+    let minute = 1_759_492_800_000;
+    let commit =
+        |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
+    commit(vec![order(minute + 1, 10.0)]).await.unwrap();
+    assert_eq!(latency_row(&store, minute).await.count(), 1);
+    // Another connection changes the stored row behind the writer's back.
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute(
+            "UPDATE rollups SET count = 5, sum = 50 WHERE metric = ?1 AND interval = '1m'",
+            params![ORDERS_LATENCY_MS],
+        )
+        .unwrap();
+    commit(vec![order(minute + 2, 20.0)]).await.unwrap();
+    let row = latency_row(&store, minute).await;
+    assert_eq!(
+        row.count(),
+        6,
+        "merged into the row as stored, not the cached copy"
+    );
+    assert_eq!(row.sum(), Some(70.0));
+}
+
+#[tokio::test]
+async fn repeated_commits_to_one_bucket_accumulate_exactly() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &directory.path().join("a.db"),
+        Synchronous::Full,
+        &Interval::ALL,
+    )
+    .unwrap();
+    let minute = 1_759_492_800_000;
+    let mut expected_sum = 0.0;
+    for round in 0..50 {
+        let events: Vec<Event> = (0..10)
+            .map(|index| order(minute + round * 100 + index, (round * 10 + index) as f64))
+            .collect();
+        expected_sum += events
+            .iter()
+            .map(|event| event.number("latency_ms").unwrap())
+            .sum::<f64>();
+        store
+            .commit_batch(PreparedBatch::prepare(events, &Interval::ALL))
+            .await
+            .unwrap();
+        store.sync().await.unwrap();
+    }
+    let row = latency_row(&store, minute).await;
+    assert_eq!(row.count(), 500);
+    assert_eq!(row.sum(), Some(expected_sum));
+    assert_eq!((row.min(), row.max()), (Some(0.0), Some(499.0)));
+    let day = store
+        .read_rollups(ORDERS_LATENCY_MS, Some(""), Interval::D1, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(day[0].accumulator.count(), 500);
+}
