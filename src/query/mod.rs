@@ -17,30 +17,7 @@ use crate::model::metric::{EVENTS_COUNT, for_each_contribution};
 use crate::rollup::{Accumulator, Interval, Piece, TimeRange, decompose};
 use crate::store::{Store, StoreError};
 
-/// Which stored metric to aggregate, optionally restricted to one dimension
-/// value.
-#[derive(Debug, Clone)]
-pub struct MetricFilter {
-    pub metric: String,
-    pub dimensions: Option<String>,
-}
-
-impl MetricFilter {
-    pub fn new(metric: &str, dimensions: Option<&str>) -> Self {
-        MetricFilter {
-            metric: metric.to_string(),
-            dimensions: dimensions.map(str::to_string),
-        }
-    }
-
-    fn matches(&self, metric: &str, dimensions: &str) -> bool {
-        self.metric == metric
-            && self
-                .dimensions
-                .as_deref()
-                .is_none_or(|wanted| wanted == dimensions)
-    }
-}
+pub use crate::store::MetricFilter;
 
 /// Accumulators by group start (epoch ms) and dimension value.
 pub type Grouped = BTreeMap<i64, HashMap<String, Accumulator>>;
@@ -128,6 +105,35 @@ impl QueryEngine {
                     }
                 }
                 Piece::Raw { start_ms, end_ms } => {
+                    // A raw edge whose bucket holds no event outside the
+                    // edge equals that bucket: read it instead of scanning
+                    // (ranges ending "now" always qualify while nothing is
+                    // stamped in the future).
+                    if let Some(finest) = usable.first().copied() {
+                        let bucket_start_ms = finest.bucket_start(start_ms);
+                        let covered = self
+                            .store
+                            .read_bucket_if_covered(
+                                filters,
+                                finest,
+                                bucket_start_ms,
+                                start_ms,
+                                end_ms,
+                            )
+                            .await?;
+                        if let Some(rows_per_filter) = covered {
+                            for (rows, result) in
+                                rows_per_filter.into_iter().zip(results.iter_mut())
+                            {
+                                for row in rows {
+                                    let target =
+                                        result.entry(group_of(row.bucket_start_ms)).or_default();
+                                    merge_into(target, &row.dimensions, &row.accumulator);
+                                }
+                            }
+                            continue;
+                        }
+                    }
                     let events = self
                         .store
                         .scan_events(start_ms, end_ms, include_properties)

@@ -128,6 +128,32 @@ impl PreparedBatch {
     }
 }
 
+/// Which stored metric to read, optionally restricted to one dimension
+/// value.
+#[derive(Debug, Clone)]
+pub struct MetricFilter {
+    pub metric: String,
+    pub dimensions: Option<String>,
+}
+
+impl MetricFilter {
+    pub fn new(metric: &str, dimensions: Option<&str>) -> Self {
+        MetricFilter {
+            metric: metric.to_string(),
+            dimensions: dimensions.map(str::to_string),
+        }
+    }
+
+    /// Whether a contribution to `metric`/`dimensions` is selected.
+    pub fn matches(&self, metric: &str, dimensions: &str) -> bool {
+        self.metric == metric
+            && self
+                .dimensions
+                .as_deref()
+                .is_none_or(|wanted| wanted == dimensions)
+    }
+}
+
 /// One stored rollup bucket.
 #[derive(Debug, Clone)]
 pub struct RollupRow {
@@ -186,6 +212,20 @@ pub trait Store: Send + Sync + 'static {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<RollupRow>, StoreError>;
+
+    /// The rows of one bucket (`interval`, starting at `bucket_start_ms`)
+    /// for each filter, but only when every stored event of that bucket
+    /// lies in `[covered_start_ms, covered_end_ms)`: then the bucket is
+    /// exactly the raw events of that part. The check and the read see one
+    /// snapshot. `None` when the bucket holds events outside the part.
+    async fn read_bucket_if_covered(
+        &self,
+        filters: &[MetricFilter],
+        interval: Interval,
+        bucket_start_ms: i64,
+        covered_start_ms: i64,
+        covered_end_ms: i64,
+    ) -> Result<Option<Vec<Vec<RollupRow>>>, StoreError>;
 
     /// Number of distinct values of `dimension` (see
     /// [`crate::model::metric::for_each_distinct`]) over the minutes whose

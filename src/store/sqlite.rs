@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::rollup_cache::RollupCache;
-use super::{EventQuery, PreparedBatch, RollupRow, Store, StoreError};
+use super::{EventQuery, MetricFilter, PreparedBatch, RollupRow, Store, StoreError};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
 
@@ -352,6 +352,53 @@ fn commit_transaction(
     Ok(inserted)
 }
 
+/// Rollup rows of one filter at `interval` with bucket starts in
+/// `[start_ms, end_ms)`.
+fn query_rollup_rows(
+    connection: &Connection,
+    filter: &MetricFilter,
+    interval: Interval,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<RollupRow>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
+         WHERE metric = ?1 AND interval = ?2 AND bucket_start >= ?3 AND bucket_start < ?4
+           AND (?5 IS NULL OR dimensions = ?5)",
+    )?;
+    let rows = statement.query_map(
+        params![
+            filter.metric,
+            interval.as_str(),
+            start_ms,
+            end_ms,
+            filter.dimensions
+        ],
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                AccumulatorColumns {
+                    count: row.get(2)?,
+                    sum: row.get(3)?,
+                    min: row.get(4)?,
+                    max: row.get(5)?,
+                    sketch: row.get(6)?,
+                },
+            ))
+        },
+    )?;
+    rows.map(|row| {
+        let (dimensions, bucket_start_ms, columns) = row?;
+        Ok(RollupRow {
+            dimensions,
+            bucket_start_ms,
+            accumulator: columns.into_accumulator()?,
+        })
+    })
+    .collect()
+}
+
 /// The stored columns of one rollup row, before decoding.
 struct AccumulatorColumns {
     count: i64,
@@ -561,39 +608,58 @@ impl Store for SqliteStore {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<RollupRow>, StoreError> {
-        let metric = metric.to_string();
-        let dimensions = dimensions.map(str::to_string);
+        let filter = MetricFilter::new(metric, dimensions);
         self.with_reader(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
-                 WHERE metric = ?1 AND interval = ?2 AND bucket_start >= ?3 AND bucket_start < ?4
-                   AND (?5 IS NULL OR dimensions = ?5)",
+            query_rollup_rows(connection, &filter, interval, start_ms, end_ms)
+        })
+        .await
+    }
+
+    async fn read_bucket_if_covered(
+        &self,
+        filters: &[MetricFilter],
+        interval: Interval,
+        bucket_start_ms: i64,
+        covered_start_ms: i64,
+        covered_end_ms: i64,
+    ) -> Result<Option<Vec<Vec<RollupRow>>>, StoreError> {
+        let filters = filters.to_vec();
+        self.with_reader(move |connection| {
+            // One read transaction: the emptiness check and the bucket read
+            // see the same snapshot, so an event committed in between
+            // cannot slip into the bucket unseen.
+            let transaction = connection.unchecked_transaction()?;
+            let bucket_end_ms = bucket_start_ms.saturating_add(interval.millis());
+            let mut outside = transaction.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE ts >= ?1 AND ts < ?2)
+                     OR EXISTS (SELECT 1 FROM events WHERE ts >= ?3 AND ts < ?4)",
             )?;
-            let rows = statement.query_map(
-                params![metric, interval.as_str(), start_ms, end_ms, dimensions],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        AccumulatorColumns {
-                            count: row.get(2)?,
-                            sum: row.get(3)?,
-                            min: row.get(4)?,
-                            max: row.get(5)?,
-                            sketch: row.get(6)?,
-                        },
-                    ))
-                },
-            )?;
-            rows.map(|row| {
-                let (dimensions, bucket_start_ms, columns) = row?;
-                Ok(RollupRow {
-                    dimensions,
+            let has_outside: bool = outside.query_row(
+                params![
                     bucket_start_ms,
-                    accumulator: columns.into_accumulator()?,
+                    covered_start_ms,
+                    covered_end_ms,
+                    bucket_end_ms
+                ],
+                |row| row.get(0),
+            )?;
+            drop(outside);
+            if has_outside {
+                return Ok(None);
+            }
+            let rows = filters
+                .iter()
+                .map(|filter| {
+                    query_rollup_rows(
+                        &transaction,
+                        filter,
+                        interval,
+                        bucket_start_ms,
+                        bucket_start_ms + 1,
+                    )
                 })
-            })
-            .collect()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(rows))
         })
         .await
     }

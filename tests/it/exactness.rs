@@ -280,3 +280,42 @@ async fn resent_batches_are_not_counted_twice() {
         .sum();
     assert_eq!(total, 3000.0);
 }
+
+#[tokio::test]
+async fn event_stamped_ahead_in_the_current_minute_is_not_counted_early() {
+    let app = spawn_app().await;
+    let now = now_ms();
+    let minute_end = now - now.rem_euclid(60_000) + 60_000;
+    // Ahead of "now" but, when there is room, inside the current minute:
+    // the current bucket then holds an event outside the queried range.
+    let ahead = (now + 20_000).min(minute_end - 1).max(now + 1);
+    for (timestamp, event_type) in [(now - 1_000, "order.placed"), (ahead, "order.placed")] {
+        let (status, _) = app
+            .post_json(
+                "/api/v1/events",
+                &json!({"event_type": event_type, "timestamp": timestamp}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (_, stats) = app
+        .get_query(
+            "/api/v1/events/stats",
+            &[
+                ("start_time", rfc3339(now - 60_000)),
+                ("end_time", rfc3339(now)),
+            ],
+        )
+        .await;
+    assert_eq!(stats["total_events"], 1, "{stats}");
+    let (_, later) = app
+        .get_query(
+            "/api/v1/events/stats",
+            &[
+                ("start_time", rfc3339(now - 60_000)),
+                ("end_time", rfc3339(ahead)),
+            ],
+        )
+        .await;
+    assert_eq!(later["total_events"], 2, "{later}");
+}
