@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod import;
+pub mod limits;
 pub mod loadgen;
 pub mod model;
 pub mod pipeline;
