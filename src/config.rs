@@ -57,7 +57,6 @@ pub const NOT_HONOURED: &[&str] = &[
     "redis",
     "kafka",
     "realtime",
-    "security",
     "health",
     "analytics.aggregation.workers",
     "analytics.ingestion.workers",
@@ -65,8 +64,6 @@ pub const NOT_HONOURED: &[&str] = &[
     "analytics.retention.hour_aggregates",
     "analytics.retention.daily_aggregates",
     "analytics.query.cache_ttl",
-    "server.read_timeout",
-    "server.write_timeout",
 ];
 
 /// The old service's environment variables and the keys they set. They are
@@ -122,6 +119,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     #[serde(with = "duration_serde")]
     pub shutdown_timeout: Duration,
+    /// Requests served at once; more are answered 503 at once, not queued.
+    pub max_concurrent_requests: usize,
 }
 
 /// Which store backs the service.
@@ -319,15 +318,37 @@ pub struct RealtimeConfig {
     pub update_interval: Duration,
 }
 
-/// `security` (not honoured yet).
+/// `security`: API keys, rate limits, CORS.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
+    /// Every API request needs a key of [`SecurityConfig::api_keys`] with
+    /// the scope of its endpoint.
     pub api_key_enabled: bool,
+    /// The accepted keys, by SHA-256 digest (the keys themselves are never
+    /// stored). After [`load`]: digests are 64 lowercase hex characters,
+    /// scopes are among [`API_KEY_SCOPES`], names are unique, and the list
+    /// is not empty when `api_key_enabled` is true.
+    pub api_keys: Vec<ApiKeyConfig>,
     pub rate_limit: RateLimitConfig,
     pub cors: CorsConfig,
-    /// Proxies whose `X-Forwarded-For` is believed.
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+}
+
+/// The scopes an API key can grant.
+pub const API_KEY_SCOPES: &[&str] = &["ingest", "read", "admin"];
+
+/// One entry of `security.api_keys`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key; appears in logs and rate-limit keys, never the key.
+    pub name: String,
+    /// Hex SHA-256 of the key (`analytics keys generate` prints it).
+    pub sha256: String,
+    /// Any of `ingest`, `read`, `admin`.
+    pub scopes: Vec<String>,
 }
 
 /// `security.rate_limit`.
@@ -337,6 +358,8 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     pub requests_per_minute: usize,
     pub burst: usize,
+    /// Client addresses or CIDRs that are never limited.
+    pub exempt: Vec<String>,
 }
 
 /// `security.cors`.
@@ -805,7 +828,8 @@ impl Config {
             ("custom_events.max_properties", custom_events.max_properties, 1, 10_000),
             ("custom_events.max_property_size", custom_events.max_property_size, 1, 16 << 20),
             ("security.rate_limit.requests_per_minute", rate_limit.requests_per_minute, 1, 1_000_000),
-            ("security.rate_limit.burst", rate_limit.burst, 1, usize::MAX),
+            ("security.rate_limit.burst", rate_limit.burst, 1, 1_000_000),
+            ("server.max_concurrent_requests", server.max_concurrent_requests, 1, 1_000_000),
         ];
         for (key, value, min, max) in ranges {
             check.range(key, value, min, max);
@@ -880,6 +904,8 @@ impl Config {
             }
         }
 
+        self.security.validate(&mut check);
+
         let metrics = &self.metrics;
         if !metrics.path.starts_with('/') {
             check.fail(
@@ -908,6 +934,116 @@ impl Config {
         serde_yaml::to_string(self)
             .unwrap_or_else(|error| format!("# cannot render configuration: {error}\n"))
     }
+}
+
+impl SecurityConfig {
+    fn validate(&self, check: &mut Checker) {
+        if self.api_key_enabled && self.api_keys.is_empty() {
+            check.fail(
+                "security.api_key_enabled",
+                "is true but security.api_keys is empty, so no request could be authorised; \
+                 add keys (create them with `analytics keys generate --name NAME --scopes ingest,read`) \
+                 or set security.api_key_enabled: false"
+                    .into(),
+            );
+        }
+        for (index, key) in self.api_keys.iter().enumerate() {
+            let prefix = format!("security.api_keys[{index}]");
+            if key.name.trim().is_empty() {
+                check.fail(&format!("{prefix}.name"), "must not be empty".into());
+            }
+            if self.api_keys[..index]
+                .iter()
+                .any(|earlier| earlier.name == key.name)
+            {
+                check.fail(
+                    &format!("{prefix}.name"),
+                    format!("repeats \"{}\"; names must be unique", key.name),
+                );
+            }
+            let digest_ok =
+                key.sha256.len() == 64 && key.sha256.bytes().all(|byte| byte.is_ascii_hexdigit());
+            if !digest_ok {
+                check.fail(
+                    &format!("{prefix}.sha256"),
+                    format!(
+                        "must be a SHA-256 digest: 64 hex characters (got {} characters)",
+                        key.sha256.len()
+                    ),
+                );
+            }
+            if key.scopes.is_empty() {
+                check.fail(
+                    &format!("{prefix}.scopes"),
+                    format!("must name at least one of {}", API_KEY_SCOPES.join(", ")),
+                );
+            }
+            for (scope_index, scope) in key.scopes.iter().enumerate() {
+                check.one_of(
+                    &format!("{prefix}.scopes[{scope_index}]"),
+                    scope,
+                    API_KEY_SCOPES,
+                );
+            }
+        }
+        for (list, entries) in [
+            ("security.trusted_proxies", &self.trusted_proxies),
+            ("security.rate_limit.exempt", &self.rate_limit.exempt),
+        ] {
+            for (index, entry) in entries.iter().enumerate() {
+                if parse_network(entry).is_none() {
+                    check.fail(
+                        &format!("{list}[{index}]"),
+                        format!(
+                            "must be an IP address or CIDR such as 10.0.0.0/8 (got \"{entry}\")"
+                        ),
+                    );
+                }
+            }
+        }
+        let cors = &self.cors;
+        for (index, origin) in cors.allowed_origins.iter().enumerate() {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                check.fail(
+                    &format!("security.cors.allowed_origins[{index}]"),
+                    format!(
+                        "must be \"*\" or an origin such as https://app.example.com, without a path (got \"{origin}\")"
+                    ),
+                );
+            }
+        }
+        for (index, method) in cors.allowed_methods.iter().enumerate() {
+            if axum::http::Method::from_bytes(method.as_bytes()).is_err() {
+                check.fail(
+                    &format!("security.cors.allowed_methods[{index}]"),
+                    format!("is not an HTTP method (got \"{method}\")"),
+                );
+            }
+        }
+        for (index, header) in cors.allowed_headers.iter().enumerate() {
+            if header != "*" && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                check.fail(
+                    &format!("security.cors.allowed_headers[{index}]"),
+                    format!("is not a header name (got \"{header}\")"),
+                );
+            }
+        }
+    }
+}
+
+/// Parses an address (`10.0.0.1`, `::1`) or a CIDR (`10.0.0.0/8`) into a
+/// network; a bare address is a network of one.
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 /// Collects validation problems so all of them are reported at once.
@@ -1082,33 +1218,57 @@ mod tests {
     }
 
     #[test]
+    fn old_service_config_is_refused_for_keys_enabled_without_keys() {
+        // The old file parses (every key is known) but sets
+        // api_key_enabled: true with no key: the service now enforces keys,
+        // so it refuses to start rather than reject every request.
+        let message = error_text(load(Some(Path::new(OLD_CONFIG)), &[]));
+        assert!(
+            message.starts_with("security.api_key_enabled is true but security.api_keys is empty"),
+            "{message}"
+        );
+        assert!(message.contains("analytics keys generate"), "{message}");
+    }
+
+    /// The old file with keys switched off by the environment, which is how
+    /// an operator starts it before creating keys.
+    const OLD_CONFIG_WITHOUT_KEYS: (&str, &str) = ("ANALYTICS_SECURITY__API_KEY_ENABLED", "false");
+
+    #[test]
     fn old_service_config_loads_and_reports_unhonoured_keys() {
-        let loaded = load(Some(Path::new(OLD_CONFIG)), &[]).expect("old config loads");
+        let loaded = load(
+            Some(Path::new(OLD_CONFIG)),
+            &env(&[OLD_CONFIG_WITHOUT_KEYS]),
+        )
+        .expect("old config loads");
         assert_eq!(loaded.config.server.host, "0.0.0.0");
-        assert!(loaded.config.security.api_key_enabled);
+        assert!(!loaded.config.security.api_key_enabled);
         assert_eq!(
             loaded.config.analytics.aggregation.intervals,
             ["1m", "5m", "15m", "1h", "1d"]
         );
         assert_eq!(loaded.config.database.password.expose(), "change-me");
         let keys = &loaded.unhonoured_keys;
-        for expected in [
-            "kafka.brokers",
-            "security.api_key_enabled",
-            "database.password",
-            "redis.host",
-        ] {
+        for expected in ["kafka.brokers", "database.password", "redis.host"] {
             assert!(
                 keys.iter().any(|key| key == expected),
                 "{expected} missing from {keys:?}"
             );
         }
         // Honoured keys are not reported.
-        assert!(
-            !keys
-                .iter()
-                .any(|key| key == "server.port" || key == "analytics.ingestion.batch_size")
-        );
+        for honoured in [
+            "server.port",
+            "server.read_timeout",
+            "analytics.ingestion.batch_size",
+            "security.api_key_enabled",
+            "security.rate_limit.burst",
+            "security.cors.allowed_origins",
+        ] {
+            assert!(
+                !keys.iter().any(|key| key == honoured),
+                "{honoured} in {keys:?}"
+            );
+        }
         let mut sorted = keys.clone();
         sorted.sort();
         sorted.dedup();
@@ -1274,10 +1434,13 @@ mod tests {
 
     #[test]
     fn redacted_yaml_hides_secrets_and_round_trips() {
-        let vars = [(
-            "ANALYTICS_DATABASE__URL",
-            "postgres://u:hunter2@db/analytics",
-        )];
+        let vars = [
+            (
+                "ANALYTICS_DATABASE__URL",
+                "postgres://u:hunter2@db/analytics",
+            ),
+            OLD_CONFIG_WITHOUT_KEYS,
+        ];
         let loaded = load(Some(Path::new(OLD_CONFIG)), &env(&vars)).expect("loads");
         let yaml = loaded.config.to_redacted_yaml();
         assert!(!yaml.contains("change-me"), "{yaml}");
@@ -1332,9 +1495,19 @@ mod tests {
         );
     }
 
+    /// A well-formed SHA-256 digest (64 hex characters).
+    const DIGEST: &str = "0a8b8ce0a07e9f8c3c4f0b2d1c1e7f6f9f4d6c1b2a3e4d5c6b7a8f9e0d1c2b3a";
+
     #[test]
     fn validation_rules_name_their_keys() {
-        let cases = [
+        let unknown_scope =
+            format!("security:\n  api_keys: [{{name: a, sha256: {DIGEST}, scopes: [write]}}]\n");
+        let no_scopes =
+            format!("security:\n  api_keys: [{{name: a, sha256: {DIGEST}, scopes: []}}]\n");
+        let repeated_name = format!(
+            "security:\n  api_keys: [{{name: a, sha256: {DIGEST}, scopes: [read]}}, {{name: a, sha256: {DIGEST}, scopes: [admin]}}]\n"
+        );
+        let cases: Vec<(&str, &str)> = vec![
             (
                 "analytics:\n  ingestion:\n    buffer_size: 10\n",
                 "analytics.ingestion.buffer_size",
@@ -1371,11 +1544,51 @@ mod tests {
                 "security:\n  rate_limit:\n    burst: 0\n",
                 "security.rate_limit.burst",
             ),
+            (
+                "security:\n  api_key_enabled: true\n",
+                "security.api_key_enabled",
+            ),
+            (
+                "security:\n  api_keys: [{name: a, sha256: abc, scopes: [read]}]\n",
+                "security.api_keys[0].sha256",
+            ),
+            (&unknown_scope, "security.api_keys[0].scopes[0]"),
+            (&no_scopes, "security.api_keys[0].scopes"),
+            (&repeated_name, "security.api_keys[1].name"),
+            (
+                "security:\n  trusted_proxies: [10.0.0.0/33]\n",
+                "security.trusted_proxies[0]",
+            ),
+            (
+                "security:\n  rate_limit:\n    exempt: [localhost]\n",
+                "security.rate_limit.exempt[0]",
+            ),
+            (
+                "security:\n  cors:\n    allowed_origins: [\"example.com/\"]\n",
+                "security.cors.allowed_origins[0]",
+            ),
+            (
+                "server:\n  max_concurrent_requests: 0\n",
+                "server.max_concurrent_requests",
+            ),
         ];
         for (text, key) in cases {
             let message = error_text(load_text(text, &[]));
             assert!(message.starts_with(key), "{key}: {message}");
         }
+        let keys = format!(
+            "security:\n  api_key_enabled: true\n  api_keys: [{{name: a, sha256: {DIGEST}, scopes: [ingest, read]}}]\n  trusted_proxies: [10.0.0.1, \"10.1.0.0/16\"]\n"
+        );
+        let loaded = load_text(&keys, &[]).expect("a valid key list loads");
+        assert_eq!(
+            loaded.config.security.api_keys[0].scopes,
+            ["ingest", "read"]
+        );
+        assert!(
+            loaded.unhonoured_keys.is_empty(),
+            "{:?}",
+            loaded.unhonoured_keys
+        );
         // Both ports 0 is what tests use.
         load_text("server:\n  port: 0\nmetrics:\n  port: 0\n", &[]).expect("both ports 0 allowed");
     }

@@ -19,7 +19,6 @@ pub mod rollup;
 pub mod store;
 pub mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -28,8 +27,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::health::Readiness;
+use crate::api::security::{Security, cors_layer};
 use crate::api::{ApiSettings, AppState};
 use crate::config::{Config, LoadedConfig, SqliteSynchronous, StoreDriver};
+use crate::limits::server::ConnectionLimits;
 use crate::model::{CompiledDefinition, EventLimits};
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -158,6 +159,7 @@ pub async fn run(
             query_timeout: config.analytics.query.timeout,
             custom_events_enabled: config.custom_events.enabled,
         }),
+        security: Arc::new(Security::new(&config.security, &config.server, &telemetry)),
     };
     let api_addr = listeners.api.local_addr()?;
     let metrics_addr = match listeners.metrics {
@@ -180,7 +182,7 @@ pub async fn run(
         }
         None => None,
     };
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router(state, cors_layer(&config.security.cors));
     let signal = {
         let token = shutdown.clone();
         let readiness = Arc::clone(&readiness);
@@ -190,16 +192,23 @@ pub async fn run(
             tracing::info!("shutdown requested: refusing new requests, draining");
         }
     };
-    let mut server = tokio::spawn(
-        axum::serve(listeners.api, app)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let mut server = tokio::spawn(limits::server::serve(
+        listeners.api,
+        app,
+        ConnectionLimits {
+            read_timeout: config.server.read_timeout,
+            write_timeout: config.server.write_timeout,
+        },
+        telemetry.active_connections.clone(),
+        signal,
+    ));
     readiness.mark_started();
     tracing::info!(
         api_addr = %api_addr,
         metrics_addr = %metrics_addr.map(|addr| addr.to_string()).unwrap_or_else(|| "disabled".into()),
         database = %config.database.path.display(),
+        api_keys = if config.security.api_key_enabled { config.security.api_keys.len() } else { 0 },
+        rate_limit = %rate_limit_summary(&config),
         "analytics listening"
     );
     let shutdown_timeout = config.server.shutdown_timeout;
@@ -225,6 +234,23 @@ pub async fn run(
     }
     tracing::info!("analytics stopped");
     Ok(())
+}
+
+/// How the rate limit is set, for the startup log line.
+fn rate_limit_summary(config: &Config) -> String {
+    let rate = &config.security.rate_limit;
+    if !rate.enabled {
+        return "disabled".into();
+    }
+    let exempt = if rate.exempt.is_empty() {
+        "none".to_string()
+    } else {
+        rate.exempt.join(" ")
+    };
+    format!(
+        "{} per minute, burst {}, exempt: {exempt}",
+        rate.requests_per_minute, rate.burst
+    )
 }
 
 fn duration_ms(duration: std::time::Duration) -> i64 {

@@ -32,6 +32,11 @@ enum Command {
     },
     /// Generate a realistic B25 event stream: HTTP load, or an NDJSON file.
     Loadgen(analytics::loadgen::LoadgenArgs),
+    /// API key tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Import an NDJSON or CSV file through the ingest pipeline.
     Import(analytics::import::ImportArgs),
     /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
@@ -43,6 +48,67 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print the effective values, secrets redacted.
     Check,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random API key (once) and the security.api_keys entry
+    /// holding its SHA-256; the key itself is stored nowhere.
+    Generate {
+        /// Who will hold the key (unique among the configured keys).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: ingest, read, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+}
+
+/// `keys generate`: needs no configuration, so it works while the current
+/// one is refused (e.g. `api_key_enabled: true` and no keys yet).
+fn generate_key(name: &str, scopes: &[String]) -> ExitCode {
+    let name = name.trim();
+    if name.is_empty() {
+        eprintln!("error: --name must not be empty");
+        return ExitCode::from(2);
+    }
+    let mut scopes: Vec<&str> = scopes.iter().map(|scope| scope.trim()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    if let Some(bad) = scopes
+        .iter()
+        .find(|scope| !config::API_KEY_SCOPES.contains(scope))
+    {
+        eprintln!(
+            "error: unknown scope {bad:?}; scopes are {}",
+            config::API_KEY_SCOPES.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let mut secret = [0u8; 32];
+    if let Err(error) = getrandom::fill(&mut secret) {
+        eprintln!("error: the operating system's random source failed: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = format!(
+        "b25_{}",
+        secret
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    );
+    let digest = analytics::api::security::key_digest_hex(&key);
+    // JSON strings are valid YAML double-quoted scalars.
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"));
+    let scopes_yaml = scopes.iter().map(|scope| quote(scope)).collect::<Vec<_>>();
+    println!("API key (shown once; store it now, the service keeps only its hash):");
+    println!("{key}");
+    println!();
+    println!("Add this entry under security.api_keys (and set security.api_key_enabled: true):");
+    println!("  - name: {}", quote(name));
+    println!("    sha256: \"{digest}\"");
+    println!("    scopes: [{}]", scopes_yaml.join(", "));
+    ExitCode::SUCCESS
 }
 
 fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
@@ -64,6 +130,12 @@ fn load_config(flag: Option<PathBuf>) -> Result<LoadedConfig, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keys {
+        command: KeysCommand::Generate { name, scopes },
+    } = &cli.command
+    {
+        return generate_key(name, scopes);
+    }
     let loaded = match load_config(cli.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -87,6 +159,10 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        // Handled above, before the configuration; kept so the match is total.
+        Command::Keys {
+            command: KeysCommand::Generate { name, scopes },
+        } => generate_key(&name, &scopes),
         Command::Serve => with_runtime(&loaded, serve(loaded.clone())),
         Command::Migrate => with_runtime(&loaded, async {
             analytics::open_store(&loaded.config).await?;

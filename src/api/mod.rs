@@ -9,6 +9,7 @@ pub mod health;
 mod params;
 mod queries;
 pub mod request_id;
+pub mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,10 +47,13 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     pub readiness: Arc<Readiness>,
     pub settings: Arc<ApiSettings>,
+    /// API keys, rate limits and the in-flight cap.
+    pub security: Arc<security::Security>,
 }
 
-/// The API router.
-pub fn router(state: AppState) -> Router {
+/// The API router. `cors` is the layer of `security.cors` (`None` when
+/// disabled).
+pub fn router(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let body_limit = state.settings.max_body_bytes;
     let api = Router::new()
         .route(
@@ -78,7 +82,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_during_shutdown,
         ));
-    Router::new()
+    // Layers run outermost last-added: request id and log line, then CORS
+    // (preflights answered before any key is asked for), then the in-flight
+    // cap, then keys and rate limits (see `security`).
+    let mut router = Router::new()
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
@@ -86,6 +93,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::limit_in_flight,
+        ));
+    if let Some(cors) = cors {
+        router = router
+            .layer(cors)
+            .layer(middleware::from_fn(security::preflight_no_content));
+    }
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_id::track_request,

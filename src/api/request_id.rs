@@ -54,14 +54,12 @@ pub async fn track_request(
         tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     let started = Instant::now();
     let telemetry = &state.telemetry;
-    telemetry.active_connections.inc();
     let mut response = REQUEST_ID
         .scope(
             request_id.clone(),
             next.run(request).instrument(span.clone()),
         )
         .await;
-    telemetry.active_connections.dec();
     let elapsed = started.elapsed();
     let status = response.status();
     telemetry

@@ -32,6 +32,13 @@ pub struct Telemetry {
     pub overloaded: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Requests refused by the rate limiter (429).
+    pub rate_limited: IntCounter,
+    /// Requests refused for their API key, by reason (missing, unknown, scope).
+    pub auth_refused: IntCounterVec,
+    /// Requests answered 503 because `server.max_concurrent_requests` were
+    /// already in flight.
+    pub requests_shed: IntCounter,
     last_batch: Mutex<LastBatch>,
 }
 
@@ -164,8 +171,11 @@ impl Telemetry {
             ),
             active_connections: register(
                 &registry,
-                IntGauge::new("analytics_active_connections", "Requests in flight.")
-                    .expect("valid gauge"),
+                IntGauge::new(
+                    "analytics_active_connections",
+                    "Open client connections to the API listener.",
+                )
+                .expect("valid gauge"),
             ),
             queue_depth: register(
                 &registry,
@@ -202,6 +212,27 @@ impl Telemetry {
                     &["route"],
                 )
                 .expect("valid histogram"),
+            ),
+            rate_limited: counter(
+                &registry,
+                "analytics_rate_limited_requests_total",
+                "Requests refused by the rate limiter (429).",
+            ),
+            auth_refused: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "analytics_auth_refused_total",
+                        "Requests refused for their API key, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid counter"),
+            ),
+            requests_shed: counter(
+                &registry,
+                "analytics_requests_shed_total",
+                "Requests answered 503 because the in-flight cap was reached.",
             ),
             last_batch: Mutex::new(LastBatch::default()),
             registry,

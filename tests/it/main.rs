@@ -7,3 +7,4 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod security;
