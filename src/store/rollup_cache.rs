@@ -44,9 +44,11 @@ impl RollupCache {
         }
     }
 
-    /// The stored accumulator of `key`, if cached.
-    pub fn get(&self, key: &RollupKey) -> Option<&Accumulator> {
-        self.entries.get(key)
+    /// Takes the stored accumulator of `key` out of the cache, if cached:
+    /// the writer merges into it and puts it back once its transaction
+    /// committed (no copy of the sketch on the hot path).
+    pub fn take(&mut self, key: &RollupKey) -> Option<Accumulator> {
+        self.entries.remove(key)
     }
 
     /// Records rows that were just committed.
@@ -93,9 +95,10 @@ mod tests {
         cache.validate(1);
         cache.insert_committed([(key(0), Accumulator::new_with_values())]);
         cache.validate(1);
-        assert!(cache.get(&key(0)).is_some());
+        assert!(cache.take(&key(0)).is_some());
+        cache.insert_committed([(key(0), Accumulator::new_with_values())]);
         cache.validate(2);
-        assert!(cache.get(&key(0)).is_none());
+        assert!(cache.take(&key(0)).is_none());
     }
 
     #[test]
@@ -103,6 +106,6 @@ mod tests {
         let mut cache = RollupCache::new(3);
         cache.insert_committed((0..10).map(|bucket| (key(bucket), Accumulator::new_with_values())));
         assert!(cache.len() <= 3);
-        assert!(cache.get(&key(9)).is_some());
+        assert!(cache.take(&key(9)).is_some());
     }
 }

@@ -310,9 +310,8 @@ fn commit_transaction(
                 ])?;
                 continue;
             }
-            let merged = match cache.get(&key) {
-                Some(cached) => {
-                    let mut accumulator = cached.clone();
+            let merged = match cache.take(&key) {
+                Some(mut accumulator) => {
                     accumulator.merge(&delta);
                     accumulator
                 }
