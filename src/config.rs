@@ -60,9 +60,6 @@ pub const NOT_HONOURED: &[&str] = &[
     "health",
     "analytics.aggregation.workers",
     "analytics.ingestion.workers",
-    "analytics.retention.minute_aggregates",
-    "analytics.retention.hour_aggregates",
-    "analytics.retention.daily_aggregates",
     "analytics.query.cache_ttl",
 ];
 

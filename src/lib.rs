@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod retention;
 pub mod rollup;
 pub mod store;
 pub mod telemetry;
@@ -136,6 +137,12 @@ pub async fn run(
     if config.custom_events.enabled {
         load_definitions(&*store, &validator).await?;
     }
+    let retention = tokio::spawn(retention::run_on_schedule(
+        Arc::clone(&store),
+        config.analytics.retention.clone(),
+        intervals.clone(),
+        shutdown.clone(),
+    ));
     let (pipeline, committer) = Pipeline::start(
         Arc::clone(&store),
         PipelineSettings {
@@ -231,6 +238,15 @@ pub async fn run(
     match tokio::time::timeout(shutdown_timeout, committer).await {
         Ok(joined) => joined.context("ingest committer failed")?,
         Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
+    }
+    // Retention stops at its next step once shutdown is signalled.
+    if tokio::time::timeout(shutdown_timeout, retention)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "retention run still going at the shutdown deadline; it resumes at the next start"
+        );
     }
     tracing::info!("analytics stopped");
     Ok(())

@@ -25,6 +25,11 @@ enum Command {
     Serve,
     /// Apply pending store migrations and exit.
     Migrate,
+    /// Remove what `analytics.retention` has expired, now, and print what went.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -42,6 +47,12 @@ enum Command {
     /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
     #[command(hide = true)]
     BenchBaseline(analytics::loadgen::baseline::BaselineArgs),
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Run retention once.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +175,21 @@ fn main() -> ExitCode {
             command: KeysCommand::Generate { name, scopes },
         } => generate_key(&name, &scopes),
         Command::Serve => with_runtime(&loaded, serve(loaded.clone())),
+        Command::Retention {
+            command: RetentionCommand::Run,
+        } => with_runtime(&loaded, async {
+            let store = analytics::open_store(&loaded.config).await?;
+            let intervals = analytics::configured_intervals(&loaded.config)?;
+            let report = analytics::retention::run_once(
+                &*store,
+                &loaded.config.analytics.retention,
+                &intervals,
+                analytics::model::event::now_ms(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }),
         Command::Migrate => with_runtime(&loaded, async {
             analytics::open_store(&loaded.config).await?;
             tracing::info!("migrations applied");

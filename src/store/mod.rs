@@ -154,6 +154,25 @@ impl MetricFilter {
     }
 }
 
+/// What retention removes: everything stamped before these instants
+/// (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionCutoffs {
+    pub events_before_ms: i64,
+    /// Per rollup interval, the bucket start before which rows go.
+    pub rollups_before_ms: Vec<(Interval, i64)>,
+}
+
+/// What one retention run removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionReport {
+    pub events_deleted: u64,
+    pub rollup_rows_deleted: u64,
+    pub distinct_rows_deleted: u64,
+    /// Whole partitions dropped (stores that partition events by day).
+    pub partitions_dropped: u64,
+}
+
 /// One stored rollup bucket.
 #[derive(Debug, Clone)]
 pub struct RollupRow {
@@ -236,6 +255,16 @@ pub trait Store: Send + Sync + 'static {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Removes what retention has expired: raw events (and the per-minute
+    /// distinct sets) stamped before `cutoffs.events_before_ms`, and rollup
+    /// rows whose bucket starts before their interval's cutoff. Works in
+    /// bounded steps (chunks or whole partitions) so ingest is never
+    /// blocked for long. Idempotent.
+    async fn delete_expired(
+        &self,
+        cutoffs: &RetentionCutoffs,
+    ) -> Result<RetentionReport, StoreError>;
 
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -15,7 +15,10 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::rollup_cache::RollupCache;
-use super::{EventQuery, MetricFilter, PreparedBatch, RollupRow, Store, StoreError};
+use super::{
+    EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
+    StoreError,
+};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
 
@@ -28,6 +31,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_distinct_values.sql"),
     ),
 ];
+
+/// Rows one retention transaction deletes at most.
+const RETENTION_CHUNK_ROWS: usize = 5_000;
 
 /// Value rows the writer keeps in memory (see [`RollupCache`]); a few MiB.
 const ROLLUP_CACHE_ROWS: usize = 20_000;
@@ -136,6 +142,43 @@ impl SqliteStore {
             work(&mut writer)
         })
         .await
+    }
+
+    /// Runs `delete` (parameters: ?1 cutoff, ?2 chunk size, ?3 `extra`)
+    /// until it deletes less than a chunk; each chunk is its own short
+    /// transaction, so ingest commits interleave with a long retention run.
+    async fn delete_in_chunks(
+        &self,
+        delete: &'static str,
+        extra: Option<&'static str>,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0u64;
+        loop {
+            let chunk = self
+                .with_writer(move |writer| {
+                    let changed = match extra {
+                        Some(extra) => writer.connection.execute(
+                            delete,
+                            params![before_ms, RETENTION_CHUNK_ROWS as i64, extra],
+                        )?,
+                        None => writer
+                            .connection
+                            .execute(delete, params![before_ms, RETENTION_CHUNK_ROWS as i64])?,
+                    };
+                    if changed > 0 {
+                        // Deleted rows must not live on in the cache (a late
+                        // event could otherwise resurrect a deleted bucket).
+                        writer.cache.clear();
+                    }
+                    Ok(changed)
+                })
+                .await?;
+            deleted += chunk as u64;
+            if chunk < RETENTION_CHUNK_ROWS {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Runs `work` on a reader connection on the blocking pool.
@@ -680,6 +723,43 @@ impl Store for SqliteStore {
             Ok(u64::try_from(count).unwrap_or(0))
         })
         .await
+    }
+
+    async fn delete_expired(
+        &self,
+        cutoffs: &RetentionCutoffs,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport {
+            events_deleted: self
+                .delete_in_chunks(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < ?1 LIMIT ?2)",
+                    None,
+                    cutoffs.events_before_ms,
+                )
+                .await?,
+            distinct_rows_deleted: self
+                .delete_in_chunks(
+                    "DELETE FROM distinct_values WHERE (dimension, bucket_start, value) IN
+                         (SELECT dimension, bucket_start, value FROM distinct_values
+                          WHERE bucket_start < ?1 LIMIT ?2)",
+                    None,
+                    cutoffs.events_before_ms,
+                )
+                .await?,
+            ..RetentionReport::default()
+        };
+        for (interval, before_ms) in &cutoffs.rollups_before_ms {
+            report.rollup_rows_deleted += self
+                .delete_in_chunks(
+                    "DELETE FROM rollups WHERE (metric, interval, bucket_start, dimensions) IN
+                         (SELECT metric, interval, bucket_start, dimensions FROM rollups
+                          WHERE interval = ?3 AND bucket_start < ?1 LIMIT ?2)",
+                    Some(interval.as_str()),
+                    *before_ms,
+                )
+                .await?;
+        }
+        Ok(report)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

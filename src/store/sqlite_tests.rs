@@ -99,3 +99,74 @@ async fn repeated_commits_to_one_bucket_accumulate_exactly() {
         .unwrap();
     assert_eq!(day[0].accumulator.count(), 500);
 }
+
+#[tokio::test]
+async fn retention_deletes_in_chunks_and_only_what_expired() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &directory.path().join("r.db"),
+        Synchronous::Normal,
+        &[Interval::M1, Interval::D1],
+    )
+    .unwrap();
+    let day = 86_400_000;
+    let start = 1_700_000_000_000 - 1_700_000_000_000 % day;
+    // 12 000 events spread over 4 days (more than two deletion chunks per day).
+    let events: Vec<Event> = (0..12_000)
+        .map(|index| order(start + index * (4 * day / 12_000), 1.0))
+        .collect();
+    let mut with_users = events;
+    for (index, event) in with_users.iter_mut().enumerate() {
+        event.user_id = Some(format!("user{}", index % 7));
+    }
+    store
+        .commit_batch(PreparedBatch::prepare(
+            with_users,
+            &[Interval::M1, Interval::D1],
+        ))
+        .await
+        .unwrap();
+    let cutoffs = RetentionCutoffs {
+        events_before_ms: start + 2 * day,
+        rollups_before_ms: vec![(Interval::M1, start + 3 * day), (Interval::D1, start + day)],
+    };
+    let report = store.delete_expired(&cutoffs).await.unwrap();
+    assert_eq!(report.events_deleted, 6_000);
+    assert_eq!(
+        store.scan_events(0, i64::MAX, false).await.unwrap().len(),
+        6_000
+    );
+    let minute_rows = store
+        .read_rollups(ORDERS_LATENCY_MS, None, Interval::M1, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert!(
+        minute_rows
+            .iter()
+            .all(|row| row.bucket_start_ms >= start + 3 * day)
+    );
+    let daily = store
+        .read_rollups(ORDERS_LATENCY_MS, None, Interval::D1, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(daily.len(), 3, "days 2, 3 and 4 stay");
+    assert_eq!(
+        store
+            .count_distinct("user_id", 0, start + 2 * day)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .count_distinct("user_id", start + 2 * day, i64::MAX)
+            .await
+            .unwrap(),
+        7
+    );
+    // A second run finds nothing more.
+    assert_eq!(
+        store.delete_expired(&cutoffs).await.unwrap(),
+        RetentionReport::default()
+    );
+}

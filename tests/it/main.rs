@@ -7,4 +7,5 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod retention;
 mod security;
