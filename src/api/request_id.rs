@@ -50,8 +50,20 @@ pub async fn track_request(
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().clone();
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    // The TCP peer; behind a trusted proxy the rate limiter resolves the
+    // forwarded client separately.
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        client = %client
+    );
     let started = Instant::now();
     let telemetry = &state.telemetry;
     let mut response = REQUEST_ID
