@@ -73,6 +73,18 @@ fn schema_of(body: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
     }
 }
 
+/// Stores a changed definition and enforces it from the next event on.
+async fn save_changed(
+    state: &AppState,
+    mut definition: CustomEventDefinition,
+) -> Result<Response, ApiError> {
+    definition.updated_at_ms = now_ms();
+    let compiled = CompiledDefinition::compile(definition.clone()).map_err(definition_error)?;
+    state.query.store().update_definition(&definition).await?;
+    state.validator.install(compiled);
+    Ok(out(&definition).into_response())
+}
+
 fn not_found() -> ApiError {
     ApiError::not_found("Custom event not found")
 }
@@ -196,11 +208,7 @@ pub async fn update(
     if let Some(active) = optional_active(&body).map_err(definition_error)? {
         definition.is_active = active;
     }
-    definition.updated_at_ms = now_ms();
-    let compiled = CompiledDefinition::compile(definition.clone()).map_err(definition_error)?;
-    state.query.store().update_definition(&definition).await?;
-    state.validator.install(compiled);
-    Ok(out(&definition).into_response())
+    save_changed(&state, definition).await
 }
 
 /// `DELETE /api/v1/custom-events/{name}`: deactivates (events of the type are
@@ -217,9 +225,5 @@ pub async fn deactivate(
         .await?
         .ok_or_else(not_found)?;
     definition.is_active = false;
-    definition.updated_at_ms = now_ms();
-    let compiled = CompiledDefinition::compile(definition.clone()).map_err(definition_error)?;
-    state.query.store().update_definition(&definition).await?;
-    state.validator.install(compiled);
-    Ok(out(&definition).into_response())
+    save_changed(&state, definition).await
 }
