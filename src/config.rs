@@ -42,18 +42,9 @@ const DEFAULTS_YAML: &str = include_str!("../config/defaults.yaml");
 /// and the "not honoured yet" comments in `config/defaults.yaml` and
 /// `config/example.yaml`.
 pub const NOT_HONOURED: &[&str] = &[
-    // PostgreSQL is not built yet; SQLite (`driver`, `path`,
-    // `sqlite_synchronous`) is.
-    "database.host",
-    "database.port",
-    "database.database",
-    "database.user",
-    "database.password",
-    "database.ssl_mode",
-    "database.max_connections",
+    // The PostgreSQL pool keeps every connection it made until its
+    // `connection_lifetime`; it has no separate idle limit.
     "database.max_idle_connections",
-    "database.connection_lifetime",
-    "database.url",
     "redis",
     "kafka",
     "realtime",
@@ -80,8 +71,10 @@ const LEGACY_ENV: &[(&str, &str)] = &[
 
 /// Prefix of the new environment scheme.
 const ENV_PREFIX: &str = "ANALYTICS_";
-/// `ANALYTICS_` variables that belong to the command line, not to a key.
-const RESERVED_ENV: &[&str] = &["ANALYTICS_CONFIG", "ANALYTICS_LOG"];
+/// `ANALYTICS_` variables that belong to the command line or the test
+/// harness (`ANALYTICS_TEST_STORE` picks the store the black-box suite runs
+/// on, and service processes the tests start inherit it), not to a key.
+const RESERVED_ENV: &[&str] = &["ANALYTICS_CONFIG", "ANALYTICS_LOG", "ANALYTICS_TEST_STORE"];
 
 /// The aggregation intervals the rollup supports.
 pub const SUPPORTED_INTERVALS: &[&str] = &["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
@@ -158,6 +151,9 @@ pub struct DatabaseConfig {
     pub max_idle_connections: usize,
     #[serde(with = "duration_serde")]
     pub connection_lifetime: Duration,
+    /// The PostgreSQL schema holding every table (`search_path` of each
+    /// connection); created when missing.
+    pub schema: String,
 }
 
 /// `redis` (not honoured yet).
@@ -873,6 +869,20 @@ impl Config {
                 "must not be empty when database.driver is sqlite".into(),
             );
         }
+        if database.driver == StoreDriver::Postgres {
+            if ["require", "verify-ca", "verify-full"].contains(&database.ssl_mode.as_str()) {
+                check.fail(
+                    "database.ssl_mode",
+                    format!(
+                        "{:?} needs TLS, which this build does not support; use \"disable\" or \"prefer\" (plain connections)",
+                        database.ssl_mode
+                    ),
+                );
+            }
+            if let Err(message) = crate::store::postgres::validate_schema_name(&database.schema) {
+                check.fail("database.schema", message);
+            }
+        }
         if let Some(url) = &database.url {
             let url = url.expose();
             let schemes = ["postgres://", "postgresql://"];
@@ -1246,7 +1256,11 @@ mod tests {
         );
         assert_eq!(loaded.config.database.password.expose(), "change-me");
         let keys = &loaded.unhonoured_keys;
-        for expected in ["kafka.brokers", "database.password", "redis.host"] {
+        for expected in [
+            "kafka.brokers",
+            "database.max_idle_connections",
+            "redis.host",
+        ] {
             assert!(
                 keys.iter().any(|key| key == expected),
                 "{expected} missing from {keys:?}"
@@ -1260,6 +1274,8 @@ mod tests {
             "security.api_key_enabled",
             "security.rate_limit.burst",
             "security.cors.allowed_origins",
+            "database.password",
+            "database.ssl_mode",
         ] {
             assert!(
                 !keys.iter().any(|key| key == honoured),

@@ -38,6 +38,7 @@ use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::query::QueryEngine;
 use crate::rollup::Interval;
 use crate::store::Store;
+use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::telemetry::Telemetry;
 
@@ -88,9 +89,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             })?;
             Ok(Arc::new(store))
         }
-        StoreDriver::Postgres => anyhow::bail!(
-            "database.driver: postgres is not available yet in this version; use sqlite (the default)"
-        ),
+        StoreDriver::Postgres => {
+            let settings =
+                PostgresSettings::from_config(&config.database, config.analytics.query.timeout)
+                    .map_err(anyhow::Error::msg)?;
+            let store = PostgresStore::open(settings, &intervals)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -149,6 +156,7 @@ pub async fn run(
             batch_size: config.analytics.ingestion.batch_size,
             buffer_size: config.analytics.ingestion.buffer_size,
             intervals: intervals.clone(),
+            on_commit: None,
         },
         Arc::clone(&telemetry),
     );

@@ -11,6 +11,7 @@
 //!
 //! Nothing above this trait knows which backend it talks to.
 
+pub mod postgres;
 mod rollup_cache;
 pub mod sqlite;
 

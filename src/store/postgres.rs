@@ -1,0 +1,1238 @@
+//! The production store: PostgreSQL, shared by any number of instances.
+//!
+//! Layout (see `migrations/postgres/`): raw events range-partitioned by day
+//! on the event time, a plain `event_ids` registry for global idempotency,
+//! rollups, per-minute distinct sets and custom event definitions.
+//!
+//! Invariants, beyond those of [`Store`]:
+//! - an event is inserted into `events` only after its id was newly
+//!   inserted into `event_ids` in the same transaction, so ids are unique
+//!   across partitions and rollups count exactly the inserted events, even
+//!   when several instances commit the same ids at once;
+//! - rollup rows are written in ascending [`RollupKey`] order, count rows by
+//!   an additive upsert, value rows (whose sketches cannot merge in SQL) by
+//!   lock, merge in Rust, update, so concurrent writers neither lose an
+//!   update nor deadlock;
+//! - the partition of a day exists before a row of that day is inserted: it
+//!   is created in its own short transaction (partition DDL locks the parent
+//!   table, which must not be held for a whole batch), and there is never a
+//!   DEFAULT partition;
+//! - retention drops whole day partitions and the ids of exactly those days,
+//!   so an id is forgotten only together with its event.
+//!
+//! All SQL is parameterised. The only text built at run time is DDL naming
+//! a partition or the schema, from a day number or from a schema name that
+//! [`validate_schema_name`] restricted to `[a-z_][a-z0-9_]*`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
+use serde_json::{Map, Value};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+use uuid::Uuid;
+
+use super::{
+    EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
+    StoreError,
+};
+use crate::config::DatabaseConfig;
+use crate::model::{CustomEventDefinition, Event};
+use crate::rollup::{Accumulator, Interval, RollupKey};
+
+/// Versioned migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("migrations/postgres/0001_init.sql"))];
+
+/// First key of the two-key advisory locks this store takes (the second is
+/// the schema's hash), so they cannot collide with other applications'.
+const LOCK_NAMESPACE: i32 = 0x0B25_A7A1;
+/// Second-key offsets: migrations and partition DDL serialise separately.
+const LOCK_MIGRATIONS: i32 = 1;
+const LOCK_PARTITIONS: i32 = 2;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Rows one retention statement deletes at most.
+const RETENTION_CHUNK_ROWS: i64 = 5_000;
+
+/// How to reach the database and how to use it, from the `database` section.
+#[derive(Clone)]
+pub struct PostgresSettings {
+    pub connection: tokio_postgres::Config,
+    /// Where every table lives; `search_path` of every pooled connection.
+    pub schema: String,
+    pub max_connections: usize,
+    /// A pooled connection older than this is closed instead of reused.
+    pub connection_lifetime: Duration,
+    /// Per-statement deadline (`analytics.query.timeout`).
+    pub statement_timeout: Duration,
+    /// How long startup keeps retrying while the database is unreachable.
+    pub startup_timeout: Duration,
+    /// Day partitions created ahead of today.
+    pub partitions_ahead_days: i64,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio_postgres::Config redacts the password in its Debug.
+        formatter
+            .debug_struct("PostgresSettings")
+            .field("connection", &self.connection)
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresSettings {
+    /// Settings from the `database` section: `url` when set, else host,
+    /// port, database, user and password. Errors name the key at fault and
+    /// never print a secret.
+    pub fn from_config(
+        database: &DatabaseConfig,
+        statement_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut connection = match &database.url {
+            Some(url) => url
+                .expose()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|_| "database.url: not a valid PostgreSQL connection URL".to_string())?,
+            None => {
+                let mut connection = tokio_postgres::Config::new();
+                connection
+                    .host(&database.host)
+                    .port(database.port)
+                    .dbname(&database.database)
+                    .user(&database.user);
+                if !database.password.expose().is_empty() {
+                    connection.password(database.password.expose());
+                }
+                connection
+            }
+        };
+        // This build links no TLS library: a mode that requires TLS must
+        // fail loudly rather than silently connect in plain text.
+        let tls_required = ["require", "verify-ca", "verify-full"];
+        if database.url.is_none() && tls_required.contains(&database.ssl_mode.as_str()) {
+            return Err(format!(
+                "database.ssl_mode: {:?} needs TLS, which this build does not support; use \"disable\" or \"prefer\" (plain connections)",
+                database.ssl_mode
+            ));
+        }
+        if database.url.is_some() && connection.get_ssl_mode() == SslMode::Require {
+            return Err("database.url: sslmode=require needs TLS, which this build does not support; use sslmode=disable or prefer".into());
+        }
+        connection.ssl_mode(SslMode::Disable);
+        validate_schema_name(&database.schema)
+            .map_err(|message| format!("database.schema: {message}"))?;
+        // Session settings for every pooled connection, sent in the startup
+        // packet so no connection is ever used without them.
+        let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let mut options = connection
+            .get_options()
+            .map(|existing| format!("{existing} "))
+            .unwrap_or_default();
+        options.push_str(&format!(
+            "-c search_path={} -c statement_timeout={timeout_ms}",
+            database.schema
+        ));
+        connection
+            .options(options)
+            .application_name("analytics")
+            .connect_timeout(statement_timeout.min(Duration::from_secs(10)))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        Ok(PostgresSettings {
+            connection,
+            schema: database.schema.clone(),
+            max_connections: database.max_connections,
+            connection_lifetime: database.connection_lifetime,
+            statement_timeout,
+            startup_timeout: Duration::from_secs(60),
+            partitions_ahead_days: 7,
+        })
+    }
+}
+
+/// Accepts only lowercase unquoted identifiers, so the name can be used in
+/// DDL and in the connection options without quoting or escaping.
+pub fn validate_schema_name(schema: &str) -> Result<(), String> {
+    let mut characters = schema.chars();
+    let valid_start = characters
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == '_');
+    let valid_rest = characters.all(|character| {
+        character.is_ascii_lowercase() || character.is_ascii_digit() || character == '_'
+    });
+    if valid_start && valid_rest && schema.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "must match [a-z_][a-z0-9_]* and be at most 63 bytes (got {schema:?})"
+        ))
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            return StoreError::Conflict(describe(&error));
+        }
+        StoreError::Unavailable(describe(&error))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(format!("postgres connection: {error}"))
+    }
+}
+
+/// The error with the server's message (tokio_postgres' Display says only
+/// "db error" for server-side errors).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db_error) => format!(
+            "postgres: {}: {}",
+            db_error.code().code(),
+            db_error.message()
+        ),
+        None => format!("postgres: {error}"),
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+    intervals: Arc<[Interval]>,
+    partitions_ahead_days: i64,
+    /// Day numbers (days since the epoch) whose partition is known to exist.
+    known_partitions: Mutex<HashSet<i64>>,
+}
+
+impl PostgresStore {
+    /// Connects (retrying with backoff while the database is unreachable, up
+    /// to `settings.startup_timeout`), creates the schema if needed, applies
+    /// pending migrations and creates the partitions of the coming days.
+    pub async fn open(
+        settings: PostgresSettings,
+        intervals: &[Interval],
+    ) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(
+            settings.connection.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let lifetime = settings.connection_lifetime;
+        let wait = settings.statement_timeout;
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(wait.min(Duration::from_secs(10))))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                // `connection_lifetime`: an old connection is dropped and a
+                // fresh one made (spreads load after a failover, frees
+                // server memory).
+                if metrics.age() > lifetime {
+                    Err(HookError::message("connection lifetime reached"))
+                } else {
+                    Ok(())
+                }
+            }))
+            .build()
+            .map_err(|error| StoreError::Unavailable(format!("postgres pool: {error}")))?;
+        let store = PostgresStore {
+            pool,
+            schema: settings.schema.clone(),
+            intervals: intervals.into(),
+            partitions_ahead_days: settings.partitions_ahead_days,
+            known_partitions: Mutex::new(HashSet::new()),
+        };
+        store.wait_until_reachable(settings.startup_timeout).await?;
+        store.migrate().await?;
+        let today = day_of(crate::model::event::now_ms());
+        store
+            .ensure_partitions(
+                &(today - 1..=today + store.partitions_ahead_days).collect::<Vec<_>>(),
+            )
+            .await?;
+        Ok(store)
+    }
+
+    /// Retries a connection with exponential backoff, logging each failed
+    /// attempt, until one succeeds or `timeout` passes.
+    async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1.. {
+            let error = match self.pool.get().await {
+                Ok(client) => match client.simple_query("SELECT 1").await {
+                    Ok(_) => return Ok(()),
+                    Err(error) => StoreError::from(error),
+                },
+                Err(error) => StoreError::from(error),
+            };
+            if Instant::now() + backoff > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "postgres unreachable after {attempt} attempts: {error}"
+                )));
+            }
+            tracing::warn!(attempt, retry_in = ?backoff, error = %error, "postgres unreachable at startup; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Creates the schema and applies pending migrations in one transaction,
+    /// under an advisory lock so instances starting at once take turns.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2) + $3)",
+                &[&LOCK_NAMESPACE, &self.schema, &LOCK_MIGRATIONS],
+            )
+            .await?;
+        // The schema name was validated as a plain identifier.
+        transaction
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+            .await?;
+        transaction
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version bigint PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)",
+            )
+            .await?;
+        let applied: i64 = transaction
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        for (version, name, sql) in MIGRATIONS
+            .iter()
+            .filter(|(version, _, _)| *version > applied)
+        {
+            transaction.batch_execute(sql).await?;
+            transaction
+                .execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    &[version, name, &crate::model::event::now_ms()],
+                )
+                .await?;
+            tracing::info!(version, name, schema = %self.schema, "applied postgres migration");
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Makes sure the partitions of `days` exist. Days already known cost a
+    /// set lookup; the others are created in one short transaction of their
+    /// own, under an advisory lock (concurrent `CREATE TABLE IF NOT EXISTS`
+    /// of one name can fail).
+    async fn ensure_partitions(&self, days: &[i64]) -> Result<(), StoreError> {
+        let missing: Vec<i64> = {
+            let known = self.lock_known();
+            let mut missing: Vec<i64> = days
+                .iter()
+                .copied()
+                .filter(|day| !known.contains(day))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2) + $3)",
+                &[&LOCK_NAMESPACE, &self.schema, &LOCK_PARTITIONS],
+            )
+            .await?;
+        for &day in &missing {
+            // Built from integers only: the name and bounds of one day.
+            transaction
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ({}) TO ({})",
+                    partition_name(day),
+                    day * DAY_MS,
+                    (day + 1) * DAY_MS
+                ))
+                .await?;
+        }
+        transaction.commit().await?;
+        self.lock_known().extend(missing);
+        Ok(())
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        // The set is only a cache: a panic elsewhere cannot leave it wrong
+        // in a harmful way (a missing day is created again).
+        self.known_partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The day partitions that exist, by day number.
+    async fn existing_partitions(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT c.relname FROM pg_inherits i
+                 JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'events'::regclass",
+                &[],
+            )
+            .await?;
+        let mut partitions = Vec::new();
+        for row in rows {
+            let name: String = row.try_get(0)?;
+            if let Some(day) = parse_partition_name(&name) {
+                partitions.push((day, name));
+            }
+        }
+        partitions.sort_unstable();
+        Ok(partitions)
+    }
+
+    /// Retention: drops the day partitions that end at or before
+    /// `events_before_ms` (never deleting raw event rows one by one) and the
+    /// ids of those days; deletes distinct sets stamped before
+    /// `events_before_ms` and, per interval, rollup rows whose bucket starts
+    /// before its cutoff, in bounded chunks. Events of the partly expired
+    /// day stay until the whole day has expired. Idempotent.
+    pub async fn drop_expired(
+        &self,
+        events_before_ms: i64,
+        rollups_before_ms: &[(Interval, i64)],
+    ) -> Result<ExpiredCounts, StoreError> {
+        let mut counts = ExpiredCounts::default();
+        let first_kept_day = events_before_ms.div_euclid(DAY_MS);
+        for (day, name) in self.existing_partitions().await? {
+            if day >= first_kept_day {
+                continue;
+            }
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            // Names come from pg_class and matched `events_YYYYMMDD`.
+            let rows: i64 = transaction
+                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                .await?
+                .try_get(0)?;
+            transaction
+                .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                .await?;
+            transaction.commit().await?;
+            self.lock_known().remove(&day);
+            counts.events_deleted += u64::try_from(rows).unwrap_or(0);
+            counts.partitions_dropped += 1;
+            tracing::info!(partition = %name, rows, "dropped expired events partition");
+        }
+        // Ids only of the dropped days: an id whose event is still stored
+        // must keep rejecting redeliveries.
+        counts.event_ids_deleted = self
+            .delete_in_chunks(
+                "DELETE FROM event_ids WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM event_ids WHERE ts < $1 LIMIT $2))",
+                None,
+                first_kept_day.saturating_mul(DAY_MS),
+            )
+            .await?;
+        counts.distinct_rows_deleted = self
+            .delete_in_chunks(
+                "DELETE FROM distinct_values WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM distinct_values WHERE bucket_start < $1 LIMIT $2))",
+                None,
+                events_before_ms,
+            )
+            .await?;
+        for (interval, before_ms) in rollups_before_ms {
+            counts.rollup_rows_deleted += self
+                .delete_in_chunks(
+                    "DELETE FROM rollups WHERE ctid = ANY(ARRAY(
+                         SELECT ctid FROM rollups WHERE interval = $3 AND bucket_start < $1 LIMIT $2))",
+                    Some(interval.as_str()),
+                    *before_ms,
+                )
+                .await?;
+        }
+        Ok(counts)
+    }
+
+    /// Runs `delete` (parameters: $1 cutoff, $2 chunk size, $3 `extra`)
+    /// until it deletes less than a chunk; each chunk commits on its own so
+    /// ingest never waits long behind retention.
+    async fn delete_in_chunks(
+        &self,
+        delete: &'static str,
+        extra: Option<&'static str>,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0u64;
+        loop {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(delete).await?;
+            let chunk = match extra {
+                Some(extra) => {
+                    client
+                        .execute(&statement, &[&before_ms, &RETENTION_CHUNK_ROWS, &extra])
+                        .await?
+                }
+                None => {
+                    client
+                        .execute(&statement, &[&before_ms, &RETENTION_CHUNK_ROWS])
+                        .await?
+                }
+            };
+            deleted += chunk;
+            if chunk < RETENTION_CHUNK_ROWS as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// One attempt at committing a batch (see [`Store::commit_batch`]):
+    /// `prepared_rollups` are the batch's sorted deltas, used as they are
+    /// when every event is new.
+    async fn commit_once(&self, batch: &CommitInput) -> Result<Vec<bool>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let ids: Vec<Uuid> = batch.events.iter().map(|event| event.id).collect();
+        let timestamps: Vec<i64> = batch
+            .events
+            .iter()
+            .map(|event| event.timestamp_ms)
+            .collect();
+        let register = transaction
+            .prepare_cached(
+                "INSERT INTO event_ids (id, ts) SELECT * FROM unnest($1::uuid[], $2::int8[])
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            )
+            .await?;
+        let new_ids: HashSet<Uuid> = transaction
+            .query(&register, &[&ids, &timestamps])
+            .await?
+            .iter()
+            .map(|row| row.try_get::<_, Uuid>(0))
+            .collect::<Result<_, _>>()?;
+        // An id repeated within the batch counts once: its first occurrence.
+        let mut seen = HashSet::with_capacity(new_ids.len());
+        let inserted: Vec<bool> = ids
+            .iter()
+            .map(|id| new_ids.contains(id) && seen.insert(*id))
+            .collect();
+        let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
+        if !rows.ids.is_empty() {
+            let insert = transaction
+                .prepare_cached(
+                    "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
+                     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])",
+                )
+                .await?;
+            transaction
+                .execute(
+                    &insert,
+                    &[
+                        &rows.ids,
+                        &rows.timestamps,
+                        &rows.event_types,
+                        &rows.user_ids,
+                        &rows.session_ids,
+                        &rows.properties,
+                        &rows.created_at,
+                    ],
+                )
+                .await?;
+        }
+        if inserted.iter().all(|flag| *flag) {
+            write_rollups(&transaction, &batch.rollups).await?;
+        } else {
+            // Some were duplicates: the deltas of exactly the inserted ones.
+            let of_inserted = super::rollups_for(
+                batch
+                    .events
+                    .iter()
+                    .zip(&inserted)
+                    .filter(|(_, was_inserted)| **was_inserted)
+                    .map(|(event, _)| event),
+                &batch.intervals,
+            )
+            .into_sorted();
+            write_rollups(&transaction, &of_inserted).await?;
+        }
+        let (dimensions, minutes, values) = &batch.distinct;
+        if !dimensions.is_empty() {
+            // Distinct values are a set: those of duplicates change nothing.
+            let insert = transaction
+                .prepare_cached(
+                    "INSERT INTO distinct_values (dimension, bucket_start, value)
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            transaction
+                .execute(&insert, &[dimensions, minutes, values])
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(inserted)
+    }
+}
+
+/// A batch taken apart for committing, so that a retry can reuse it.
+struct CommitInput {
+    events: Vec<Event>,
+    properties_json: Vec<String>,
+    intervals: Vec<Interval>,
+    /// The prepared deltas of all the events, sorted by key.
+    rollups: Vec<(RollupKey, Accumulator)>,
+    /// Distinct values as column arrays: (dimension, minute, value).
+    distinct: (Vec<&'static str>, Vec<i64>, Vec<String>),
+}
+
+impl CommitInput {
+    fn new(batch: PreparedBatch) -> Self {
+        let intervals = batch.rollups.intervals().to_vec();
+        let mut distinct = (Vec::new(), Vec::new(), Vec::new());
+        for (dimension, minute, value) in batch.distinct {
+            distinct.0.push(dimension);
+            distinct.1.push(minute);
+            distinct.2.push(value);
+        }
+        CommitInput {
+            events: batch.events,
+            properties_json: batch.properties_json,
+            intervals,
+            rollups: batch.rollups.into_sorted(),
+            distinct,
+        }
+    }
+}
+
+/// What [`PostgresStore::drop_expired`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiredCounts {
+    pub events_deleted: u64,
+    pub event_ids_deleted: u64,
+    pub rollup_rows_deleted: u64,
+    pub distinct_rows_deleted: u64,
+    pub partitions_dropped: u64,
+}
+
+/// Days since the epoch of `timestamp_ms` (UTC).
+fn day_of(timestamp_ms: i64) -> i64 {
+    timestamp_ms.div_euclid(DAY_MS)
+}
+
+/// `events_YYYYMMDD`; days outside years 0..=9999 get `events_dNNN` (or
+/// `events_dmNNN` before the epoch), which no sane clock produces.
+fn partition_name(day: i64) -> String {
+    let date = chrono::DateTime::from_timestamp_millis(day.saturating_mul(DAY_MS))
+        .filter(|date| (0..=9999).contains(&chrono::Datelike::year(date)));
+    match date {
+        Some(date) => format!("events_{}", date.format("%Y%m%d")),
+        None if day < 0 => format!("events_dm{}", day.unsigned_abs()),
+        None => format!("events_d{day}"),
+    }
+}
+
+/// The day of a partition named by [`partition_name`] (dated form only).
+fn parse_partition_name(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix("events_")?;
+    if digits.len() != 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let date = chrono::NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?;
+    let midnight = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
+    Some(day_of(midnight))
+}
+
+/// Column arrays of the inserted events, for one `unnest` insert.
+struct EventColumns<'a> {
+    ids: Vec<Uuid>,
+    timestamps: Vec<i64>,
+    event_types: Vec<&'a str>,
+    user_ids: Vec<Option<&'a str>>,
+    session_ids: Vec<Option<&'a str>>,
+    properties: Vec<&'a str>,
+    created_at: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of_inserted(events: &'a [Event], properties_json: &'a [String], inserted: &[bool]) -> Self {
+        let count = inserted.iter().filter(|flag| **flag).count();
+        let mut columns = EventColumns {
+            ids: Vec::with_capacity(count),
+            timestamps: Vec::with_capacity(count),
+            event_types: Vec::with_capacity(count),
+            user_ids: Vec::with_capacity(count),
+            session_ids: Vec::with_capacity(count),
+            properties: Vec::with_capacity(count),
+            created_at: Vec::with_capacity(count),
+        };
+        for ((event, properties), _) in events
+            .iter()
+            .zip(properties_json)
+            .zip(inserted)
+            .filter(|(_, was_inserted)| **was_inserted)
+        {
+            columns.ids.push(event.id);
+            columns.timestamps.push(event.timestamp_ms);
+            columns.event_types.push(&event.event_type);
+            columns.user_ids.push(event.user_id.as_deref());
+            columns.session_ids.push(event.session_id.as_deref());
+            columns.properties.push(properties);
+            columns.created_at.push(event.created_at_ms);
+        }
+        columns
+    }
+}
+
+/// Writes the sorted rollup deltas: count rows by one additive upsert,
+/// value rows by insert-missing, lock in key order, merge, update.
+async fn write_rollups(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    rows: &[(RollupKey, Accumulator)],
+) -> Result<(), StoreError> {
+    let mut counts = KeyColumns::default();
+    let mut count_deltas: Vec<i64> = Vec::new();
+    let mut valued = KeyColumns::default();
+    let mut value_deltas: Vec<&Accumulator> = Vec::new();
+    for (key, delta) in rows {
+        if delta.has_values() {
+            valued.push(key);
+            value_deltas.push(delta);
+        } else {
+            counts.push(key);
+            count_deltas.push(i64::try_from(delta.count()).unwrap_or(i64::MAX));
+        }
+    }
+    if !valued.metrics.is_empty() {
+        // Rows not stored yet start as empty count-only rows, so that every
+        // value row can be locked with FOR UPDATE below.
+        let insert_missing = transaction
+            .prepare_cached(
+                "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
+                 SELECT metric, interval, bucket_start, dimensions, 0
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
+                     AS k(metric, interval, bucket_start, dimensions)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        transaction
+            .execute(&insert_missing, &valued.params())
+            .await?;
+        // Locked in the batch's key order (the ordinality), the same order
+        // every writer uses.
+        let lock = transaction
+            .prepare_cached(
+                "SELECT r.count, r.sum, r.min, r.max, r.sketch
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
+                     WITH ORDINALITY AS k(metric, interval, bucket_start, dimensions, position)
+                 JOIN rollups r USING (metric, interval, bucket_start, dimensions)
+                 ORDER BY k.position
+                 FOR UPDATE OF r",
+            )
+            .await?;
+        let stored = transaction.query(&lock, &valued.params()).await?;
+        if stored.len() != value_deltas.len() {
+            return Err(StoreError::Corrupt(format!(
+                "locked {} rollup rows, expected {}",
+                stored.len(),
+                value_deltas.len()
+            )));
+        }
+        let mut merged = MergedColumns::default();
+        for (row, delta) in stored.iter().zip(&value_deltas) {
+            let mut accumulator = accumulator_of(row, 0)?;
+            accumulator.merge(delta);
+            merged.push(&accumulator);
+        }
+        let update = transaction
+            .prepare_cached(
+                "UPDATE rollups r SET count = u.count, sum = u.sum, min = u.min, max = u.max, sketch = u.sketch
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[],
+                             $5::int8[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[])
+                     AS u(metric, interval, bucket_start, dimensions, count, sum, min, max, sketch)
+                 WHERE r.metric = u.metric AND r.interval = u.interval
+                   AND r.bucket_start = u.bucket_start AND r.dimensions = u.dimensions",
+            )
+            .await?;
+        let [metrics, intervals, starts, dimensions] = valued.params();
+        transaction
+            .execute(
+                &update,
+                &[
+                    metrics,
+                    intervals,
+                    starts,
+                    dimensions,
+                    &merged.counts,
+                    &merged.sums,
+                    &merged.mins,
+                    &merged.maxes,
+                    &merged.sketches,
+                ],
+            )
+            .await?;
+    }
+    if !counts.metrics.is_empty() {
+        let upsert = transaction
+            .prepare_cached(
+                "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[])
+                 ON CONFLICT (metric, interval, bucket_start, dimensions)
+                 DO UPDATE SET count = rollups.count + excluded.count",
+            )
+            .await?;
+        let [metrics, intervals, starts, dimensions] = counts.params();
+        transaction
+            .execute(
+                &upsert,
+                &[metrics, intervals, starts, dimensions, &count_deltas],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rollup keys as column arrays.
+#[derive(Default)]
+struct KeyColumns {
+    metrics: Vec<String>,
+    intervals: Vec<&'static str>,
+    starts: Vec<i64>,
+    dimensions: Vec<String>,
+}
+
+impl KeyColumns {
+    fn push(&mut self, key: &RollupKey) {
+        self.metrics.push(key.metric.clone());
+        self.intervals.push(key.interval.as_str());
+        self.starts.push(key.bucket_start_ms);
+        self.dimensions.push(key.dimensions.clone());
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [
+            &self.metrics,
+            &self.intervals,
+            &self.starts,
+            &self.dimensions,
+        ]
+    }
+}
+
+/// Merged value rows as column arrays.
+#[derive(Default)]
+struct MergedColumns {
+    counts: Vec<i64>,
+    sums: Vec<Option<f64>>,
+    mins: Vec<Option<f64>>,
+    maxes: Vec<Option<f64>>,
+    sketches: Vec<Option<Vec<u8>>>,
+}
+
+impl MergedColumns {
+    fn push(&mut self, accumulator: &Accumulator) {
+        self.counts
+            .push(i64::try_from(accumulator.count()).unwrap_or(i64::MAX));
+        self.sums.push(accumulator.sum());
+        self.mins.push(accumulator.min());
+        self.maxes.push(accumulator.max());
+        self.sketches.push(accumulator.sketch_bytes());
+    }
+}
+
+/// Decodes count, sum, min, max, sketch starting at column `first`.
+fn accumulator_of(row: &Row, first: usize) -> Result<Accumulator, StoreError> {
+    let count: i64 = row.try_get(first)?;
+    let sketch: Option<Vec<u8>> = row.try_get(first + 4)?;
+    Accumulator::from_parts(
+        u64::try_from(count).unwrap_or(0),
+        row.try_get(first + 1)?,
+        row.try_get(first + 2)?,
+        row.try_get(first + 3)?,
+        sketch.as_deref(),
+    )
+    .map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties, created_at";
+
+fn event_of(row: &Row) -> Result<Event, StoreError> {
+    let id: Uuid = row.try_get(0)?;
+    let properties: String = row.try_get(5)?;
+    let properties: Map<String, Value> = serde_json::from_str(&properties)
+        .map_err(|error| StoreError::Corrupt(format!("event {id} properties: {error}")))?;
+    Ok(Event {
+        id,
+        timestamp_ms: row.try_get(1)?,
+        event_type: row.try_get(2)?,
+        user_id: row.try_get(3)?,
+        session_id: row.try_get(4)?,
+        properties,
+        created_at_ms: row.try_get(6)?,
+    })
+}
+
+const DEFINITION_COLUMNS: &str =
+    "id, name, display_name, description, schema, is_active, created_at, updated_at";
+
+fn definition_of(row: &Row) -> Result<CustomEventDefinition, StoreError> {
+    let name: String = row.try_get(1)?;
+    let schema: String = row.try_get(4)?;
+    Ok(CustomEventDefinition {
+        id: row.try_get(0)?,
+        schema: serde_json::from_str(&schema)
+            .map_err(|error| StoreError::Corrupt(format!("schema of {name}: {error}")))?,
+        name,
+        display_name: row.try_get(2)?,
+        description: row.try_get(3)?,
+        is_active: row.try_get(5)?,
+        created_at_ms: row.try_get(6)?,
+        updated_at_ms: row.try_get(7)?,
+    })
+}
+
+/// Rollup rows of one filter at `interval` with bucket starts in
+/// `[start_ms, end_ms)`.
+async fn query_rollup_rows(
+    client: &impl GenericClient,
+    filter: &MetricFilter,
+    interval: Interval,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<RollupRow>, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
+             WHERE metric = $1 AND interval = $2 AND bucket_start >= $3 AND bucket_start < $4
+               AND ($5::text IS NULL OR dimensions = $5)",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &filter.metric,
+                &interval.as_str(),
+                &start_ms,
+                &end_ms,
+                &filter.dimensions,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RollupRow {
+                dimensions: row.try_get(0)?,
+                bucket_start_ms: row.try_get(1)?,
+                accumulator: accumulator_of(row, 2)?,
+            })
+        })
+        .collect()
+}
+
+/// Whether `error` says an inserted row had no partition (dropped by
+/// another instance's retention after this one cached it as existing).
+fn is_missing_partition(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(message) if message.contains("no partition of relation"))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+        if batch.rollups.intervals() != &self.intervals[..] {
+            return Err(StoreError::Corrupt(format!(
+                "batch rolled up into {:?}, the store keeps {:?}",
+                batch.rollups.intervals(),
+                self.intervals
+            )));
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let today = day_of(crate::model::event::now_ms());
+        let mut days: Vec<i64> = batch
+            .events
+            .iter()
+            .map(|event| day_of(event.timestamp_ms))
+            .collect();
+        days.extend(today..=today + self.partitions_ahead_days);
+        self.ensure_partitions(&days).await?;
+        let input = CommitInput::new(batch);
+        match self.commit_once(&input).await {
+            Err(error) if is_missing_partition(&error) => {
+                // Another instance dropped a day this one believed existed:
+                // forget what is known, create again, retry once.
+                self.lock_known().clear();
+                self.ensure_partitions(&days).await?;
+                self.commit_once(&input).await
+            }
+            result => result,
+        }
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // A PostgreSQL commit is durable when it returns (WAL flushed).
+        Ok(())
+    }
+
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
+        let client = self.pool.get().await?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = match &query.event_type {
+            Some(event_type) => {
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= $1 AND ts < $2 AND event_type = $3
+                         ORDER BY ts DESC, seq DESC LIMIT $4"
+                    ))
+                    .await?;
+                client
+                    .query(
+                        &statement,
+                        &[&query.start_ms, &query.end_ms, event_type, &limit],
+                    )
+                    .await?
+            }
+            None => {
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE ts >= $1 AND ts < $2
+                         ORDER BY ts DESC, seq DESC LIMIT $3"
+                    ))
+                    .await?;
+                client
+                    .query(&statement, &[&query.start_ms, &query.end_ms, &limit])
+                    .await?
+            }
+        };
+        rows.iter().map(event_of).collect()
+    }
+
+    async fn scan_events(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        include_properties: bool,
+    ) -> Result<Vec<Event>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(if include_properties {
+                "SELECT id, ts, event_type, user_id, session_id, properties, created_at FROM events
+                 WHERE ts >= $1 AND ts < $2"
+            } else {
+                "SELECT id, ts, event_type, user_id, session_id, '{}', created_at FROM events
+                 WHERE ts >= $1 AND ts < $2"
+            })
+            .await?;
+        let rows = client.query(&statement, &[&start_ms, &end_ms]).await?;
+        rows.iter().map(event_of).collect()
+    }
+
+    async fn read_rollups(
+        &self,
+        metric: &str,
+        dimensions: Option<&str>,
+        interval: Interval,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let filter = MetricFilter::new(metric, dimensions);
+        query_rollup_rows(&client, &filter, interval, start_ms, end_ms).await
+    }
+
+    async fn read_bucket_if_covered(
+        &self,
+        filters: &[MetricFilter],
+        interval: Interval,
+        bucket_start_ms: i64,
+        covered_start_ms: i64,
+        covered_end_ms: i64,
+    ) -> Result<Option<Vec<Vec<RollupRow>>>, StoreError> {
+        let mut client = self.pool.get().await?;
+        // One snapshot for the emptiness check and the bucket read, so an
+        // event committed in between cannot slip into the bucket unseen.
+        let transaction = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let bucket_end_ms = bucket_start_ms.saturating_add(interval.millis());
+        let outside = transaction
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE ts >= $1 AND ts < $2)
+                     OR EXISTS (SELECT 1 FROM events WHERE ts >= $3 AND ts < $4)",
+            )
+            .await?;
+        let has_outside: bool = transaction
+            .query_one(
+                &outside,
+                &[
+                    &bucket_start_ms,
+                    &covered_start_ms,
+                    &covered_end_ms,
+                    &bucket_end_ms,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        if has_outside {
+            return Ok(None);
+        }
+        let mut rows = Vec::with_capacity(filters.len());
+        for filter in filters {
+            rows.push(
+                query_rollup_rows(
+                    &transaction,
+                    filter,
+                    interval,
+                    bucket_start_ms,
+                    bucket_start_ms + 1,
+                )
+                .await?,
+            );
+        }
+        transaction.commit().await?;
+        Ok(Some(rows))
+    }
+
+    async fn count_distinct(
+        &self,
+        dimension: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT COUNT(DISTINCT value) FROM distinct_values
+                 WHERE dimension = $1 AND bucket_start >= $2 AND bucket_start < $3",
+            )
+            .await?;
+        let count: i64 = client
+            .query_one(&statement, &[&dimension, &start_ms, &end_ms])
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn delete_expired(
+        &self,
+        cutoffs: &RetentionCutoffs,
+    ) -> Result<RetentionReport, StoreError> {
+        let counts = self
+            .drop_expired(cutoffs.events_before_ms, &cutoffs.rollups_before_ms)
+            .await?;
+        Ok(RetentionReport {
+            events_deleted: counts.events_deleted,
+            rollup_rows_deleted: counts.rollup_rows_deleted,
+            distinct_rows_deleted: counts.distinct_rows_deleted,
+            partitions_dropped: counts.partitions_dropped,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn create_definition(
+        &self,
+        definition: &CustomEventDefinition,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                &format!("INSERT INTO custom_event_definitions ({DEFINITION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                &[
+                    &definition.id,
+                    &definition.name,
+                    &definition.display_name,
+                    &definition.description,
+                    &definition.schema.to_string(),
+                    &definition.is_active,
+                    &definition.created_at_ms,
+                    &definition.updated_at_ms,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn update_definition(
+        &self,
+        definition: &CustomEventDefinition,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE custom_event_definitions SET display_name = $2, description = $3, schema = $4,
+                     is_active = $5, updated_at = $6 WHERE name = $1",
+                &[
+                    &definition.name,
+                    &definition.display_name,
+                    &definition.description,
+                    &definition.schema.to_string(),
+                    &definition.is_active,
+                    &definition.updated_at_ms,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn get_definition(
+        &self,
+        name: &str,
+    ) -> Result<Option<CustomEventDefinition>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM custom_event_definitions WHERE name = $1"
+                ),
+                &[&name],
+            )
+            .await?;
+        row.as_ref().map(definition_of).transpose()
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<CustomEventDefinition>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {DEFINITION_COLUMNS} FROM custom_event_definitions ORDER BY name"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(definition_of).collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "postgres_tests.rs"]
+mod tests;

@@ -1,0 +1,354 @@
+//! Store-level tests of the PostgreSQL backend: partitions, retention and
+//! concurrent writers. Each test works in a fresh schema that it drops at
+//! the end. Without a reachable server they print SKIPPED and pass, except
+//! under `CI=true`, where they fail.
+
+use serde_json::Map;
+use uuid::Uuid;
+
+use super::*;
+use crate::model::metric::{EVENTS_COUNT, ORDERS_LATENCY_MS};
+use crate::rollup::Interval;
+
+const INTERVALS: [Interval; 2] = [Interval::M1, Interval::D1];
+
+/// A fresh schema, dropped (with everything in it) when the guard drops.
+struct TestSchema {
+    name: String,
+    connection: tokio_postgres::Config,
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+impl TestSchema {
+    /// `None` (after saying SKIPPED) when no server answers, outside CI.
+    async fn create() -> Option<TestSchema> {
+        let mut connection = tokio_postgres::Config::new();
+        connection
+            .host(env_or("PGHOST", "127.0.0.1"))
+            .port(env_or("PGPORT", "5432").parse().expect("PGPORT is a port"))
+            .user(env_or("PGUSER", "postgres"))
+            .dbname(env_or("PGDATABASE", "test"))
+            .connect_timeout(Duration::from_secs(5));
+        if let Err(error) = connection.connect(NoTls).await {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL unreachable under CI: {error}"
+            );
+            eprintln!("SKIPPED: PostgreSQL unreachable ({error})");
+            return None;
+        }
+        Some(TestSchema {
+            name: format!("t_{}", Uuid::new_v4().simple()),
+            connection,
+        })
+    }
+
+    fn database_config(&self) -> DatabaseConfig {
+        let env = [
+            ("ANALYTICS_DATABASE__DRIVER", "postgres".to_string()),
+            ("ANALYTICS_DATABASE__SCHEMA", self.name.clone()),
+            ("ANALYTICS_DATABASE__HOST", env_or("PGHOST", "127.0.0.1")),
+            ("ANALYTICS_DATABASE__PORT", env_or("PGPORT", "5432")),
+            ("ANALYTICS_DATABASE__USER", env_or("PGUSER", "postgres")),
+            ("ANALYTICS_DATABASE__DATABASE", env_or("PGDATABASE", "test")),
+            ("ANALYTICS_DATABASE__MAX_CONNECTIONS", "8".to_string()),
+            ("ANALYTICS_DATABASE__MAX_IDLE_CONNECTIONS", "8".to_string()),
+        ]
+        .map(|(key, value)| (key.to_string(), value));
+        crate::config::load(None, &env)
+            .expect("valid test config")
+            .config
+            .database
+    }
+
+    async fn open(&self) -> PostgresStore {
+        let settings =
+            PostgresSettings::from_config(&self.database_config(), Duration::from_secs(30))
+                .expect("settings");
+        PostgresStore::open(settings, &INTERVALS)
+            .await
+            .expect("open")
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let connection = self.connection.clone();
+        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // Drop runs inside the test's runtime, which must not block: a
+        // thread with its own small runtime does the work.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let (client, driver) = connection.connect(NoTls).await.ok()?;
+                tokio::spawn(driver);
+                client.batch_execute(&statement).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test schema {}", self.name);
+        }
+    }
+}
+
+fn order(timestamp_ms: i64, latency_ms: f64) -> Event {
+    let mut properties = Map::new();
+    properties.insert("latency_ms".into(), serde_json::json!(latency_ms));
+    Event {
+        id: Uuid::now_v7(),
+        event_type: "order.placed".into(),
+        user_id: Some("trader-1".into()),
+        session_id: None,
+        properties,
+        timestamp_ms,
+        created_at_ms: timestamp_ms,
+    }
+}
+
+async fn commit(store: &PostgresStore, events: Vec<Event>) -> Vec<bool> {
+    store
+        .commit_batch(PreparedBatch::prepare(events, &INTERVALS))
+        .await
+        .expect("commit")
+}
+
+async fn partition_days(store: &PostgresStore) -> Vec<i64> {
+    let mut days: Vec<i64> = store
+        .existing_partitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(day, _)| day)
+        .collect();
+    days.sort_unstable();
+    days
+}
+
+/// Sum of the stored `events.count` rows at `interval` over all time.
+async fn counted(store: &PostgresStore, interval: Interval) -> u64 {
+    store
+        .read_rollups(EVENTS_COUNT, None, interval, i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.accumulator.count())
+        .sum()
+}
+
+#[tokio::test]
+async fn partitions_are_created_ahead_and_on_demand_for_a_far_back_event() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let today = day_of(crate::model::event::now_ms());
+    let days = partition_days(&store).await;
+    for day in today..=today + 7 {
+        assert!(days.contains(&day), "day {day} created ahead: {days:?}");
+    }
+    let far_back = (today - 400) * DAY_MS + 12_345;
+    assert_eq!(commit(&store, vec![order(far_back, 3.0)]).await, vec![true]);
+    assert!(partition_days(&store).await.contains(&(today - 400)));
+    let listed = store
+        .list_events(EventQuery {
+            start_ms: far_back - 1,
+            end_ms: far_back + 1,
+            event_type: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].timestamp_ms, far_back);
+    // Another store on the same schema (a second instance) does not know
+    // the partition exists and creates it again harmlessly.
+    let second = schema.open().await;
+    assert_eq!(
+        commit(&second, vec![order(far_back + 1, 4.0)]).await,
+        vec![true]
+    );
+    assert_eq!(counted(&second, Interval::D1).await, 2);
+}
+
+#[tokio::test]
+async fn duplicates_within_and_across_batches_count_once() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let now = crate::model::event::now_ms();
+    let first = order(now, 1.0);
+    let mut again = first.clone();
+    again.timestamp_ms = now - 5 * DAY_MS; // same id, another day: still a duplicate
+    assert_eq!(
+        commit(&store, vec![first.clone(), first.clone(), order(now, 2.0)]).await,
+        vec![true, false, true]
+    );
+    assert_eq!(
+        commit(&store, vec![again, order(now, 3.0)]).await,
+        vec![false, true]
+    );
+    assert_eq!(counted(&store, Interval::M1).await, 3);
+    let latency = store
+        .read_rollups(
+            ORDERS_LATENCY_MS,
+            Some(""),
+            Interval::D1,
+            i64::MIN,
+            i64::MAX,
+        )
+        .await
+        .unwrap();
+    let total: u64 = latency.iter().map(|row| row.accumulator.count()).sum();
+    assert_eq!(total, 3);
+}
+
+#[tokio::test]
+async fn retention_drops_whole_partitions_and_keeps_counts_right() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let today = day_of(crate::model::event::now_ms());
+    // Three events a day over the last ten days.
+    let mut kept = Vec::new();
+    for day in today - 9..=today {
+        let events: Vec<Event> = (0..3)
+            .map(|index| order(day * DAY_MS + 1_000 * (index + 1), index as f64))
+            .collect();
+        if day >= today - 4 {
+            kept.extend(events.iter().cloned());
+        }
+        commit(&store, events).await;
+    }
+    assert_eq!(counted(&store, Interval::D1).await, 30);
+    // Expire everything before the middle of day today-4: the five days
+    // before it go whole; day today-4 is only partly expired and stays.
+    let cutoff = (today - 4) * DAY_MS + DAY_MS / 2;
+    let report = store
+        .delete_expired(&RetentionCutoffs {
+            events_before_ms: cutoff,
+            rollups_before_ms: vec![(Interval::M1, cutoff), (Interval::D1, (today - 4) * DAY_MS)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.partitions_dropped, 5);
+    assert_eq!(report.events_deleted, 15);
+    let days = partition_days(&store).await;
+    assert!(days.iter().all(|day| *day >= today - 4), "{days:?}");
+    let stored = store.scan_events(i64::MIN, i64::MAX, false).await.unwrap();
+    assert_eq!(stored.len(), 15);
+    assert_eq!(
+        counted(&store, Interval::D1).await,
+        15,
+        "daily rollups of kept days"
+    );
+    // The ids of kept events still reject redelivery; a redelivered event
+    // of a dropped day is beyond retention (the validator rejects it).
+    let inserted = commit(&store, kept.clone()).await;
+    assert!(inserted.iter().all(|flag| !flag));
+    assert_eq!(counted(&store, Interval::D1).await, 15);
+    // Idempotent.
+    let again = store
+        .delete_expired(&RetentionCutoffs {
+            events_before_ms: cutoff,
+            rollups_before_ms: vec![(Interval::M1, cutoff), (Interval::D1, (today - 4) * DAY_MS)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.partitions_dropped, 0);
+    assert_eq!(again.rollup_rows_deleted, 0);
+}
+
+#[tokio::test]
+async fn concurrent_writers_to_one_bucket_lose_nothing() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let first = Arc::new(schema.open().await);
+    let second = Arc::new(schema.open().await);
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    const ROUNDS: i64 = 20;
+    const PER_BATCH: i64 = 25;
+    let mut tasks = Vec::new();
+    for (writer, store) in [first.clone(), second.clone(), first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let events: Vec<Event> = (0..PER_BATCH)
+                    .map(|index| {
+                        order(
+                            minute + (round * PER_BATCH + index) % 60_000,
+                            (writer + 1) as f64,
+                        )
+                    })
+                    .collect();
+                store
+                    .commit_batch(PreparedBatch::prepare(events, &INTERVALS))
+                    .await
+                    .expect("no deadlock, no failure");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected = 4 * ROUNDS * PER_BATCH;
+    let latency = first
+        .read_rollups(
+            ORDERS_LATENCY_MS,
+            Some(""),
+            Interval::M1,
+            minute,
+            minute + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(latency.len(), 1);
+    let row = &latency[0].accumulator;
+    assert_eq!(row.count(), expected as u64);
+    assert_eq!(
+        row.sum(),
+        Some(((1 + 2 + 3 + 4) * ROUNDS * PER_BATCH) as f64)
+    );
+    assert_eq!((row.min(), row.max()), (Some(1.0), Some(4.0)));
+    assert_eq!(counted(&second, Interval::M1).await, expected as u64);
+    assert_eq!(counted(&second, Interval::D1).await, expected as u64);
+}
+
+#[tokio::test]
+async fn tls_modes_are_refused_naming_the_key() {
+    let mut database = crate::config::load(None, &[])
+        .expect("defaults")
+        .config
+        .database;
+    database.ssl_mode = "verify-full".into();
+    let error = PostgresSettings::from_config(&database, Duration::from_secs(1)).unwrap_err();
+    assert!(error.starts_with("database.ssl_mode:"), "{error}");
+    database.ssl_mode = "prefer".into();
+    database.schema = "Bad-Name".into();
+    let error = PostgresSettings::from_config(&database, Duration::from_secs(1)).unwrap_err();
+    assert!(error.starts_with("database.schema:"), "{error}");
+}
+
+#[test]
+fn partition_names_round_trip() {
+    for day in [0, 1, 19_000, 20_365, 2_932_896] {
+        assert_eq!(
+            parse_partition_name(&partition_name(day)),
+            Some(day),
+            "{day}"
+        );
+    }
+    assert_eq!(partition_name(20_364), "events_20251003");
+    assert_eq!(parse_partition_name("events_d-1"), None);
+}
