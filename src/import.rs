@@ -210,6 +210,7 @@ pub async fn import_file(config: &Config, args: &ImportArgs) -> anyhow::Result<I
             batch_size: ingestion.batch_size,
             buffer_size: ingestion.buffer_size,
             intervals: crate::configured_intervals(config)?,
+            on_commit: None,
         },
         Arc::new(Telemetry::new()),
     );

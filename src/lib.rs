@@ -156,6 +156,7 @@ pub async fn run(
             batch_size: config.analytics.ingestion.batch_size,
             buffer_size: config.analytics.ingestion.buffer_size,
             intervals: intervals.clone(),
+            on_commit: None,
         },
         Arc::clone(&telemetry),
     );

@@ -54,6 +54,31 @@ pub struct PipelineSettings {
     pub buffer_size: usize,
     /// The rollup intervals of the store.
     pub intervals: Vec<Interval>,
+    /// Told about every committed batch.
+    pub on_commit: Option<Arc<dyn CommitListener>>,
+}
+
+impl std::fmt::Debug for dyn CommitListener {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("CommitListener")
+    }
+}
+
+/// The event-time span a committed batch touched: every event it inserted
+/// lies in `[min_timestamp_ms, max_timestamp_ms]` (duplicates may widen it;
+/// never narrower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TouchedTime {
+    pub min_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+}
+
+/// Something that must learn which event times changed, e.g. a query cache
+/// invalidating the answers that cover them. Called by the committer right
+/// after each successful commit, before the batch is acknowledged; it must
+/// not block (hand slow work to a task of its own).
+pub trait CommitListener: Send + Sync {
+    fn committed(&self, touched: TouchedTime);
 }
 
 /// Submissions larger than this are prepared on the blocking pool, so a
@@ -93,6 +118,7 @@ impl Pipeline {
             store,
             settings.batch_size.max(1),
             Arc::clone(&telemetry),
+            settings.on_commit.clone(),
         ));
         let pipeline = Pipeline {
             sender,
@@ -170,6 +196,7 @@ async fn run_committer(
     store: Arc<dyn Store>,
     batch_size: usize,
     telemetry: Arc<Telemetry>,
+    on_commit: Option<Arc<dyn CommitListener>>,
 ) {
     let (to_syncer, syncer_queue) = mpsc::channel(SYNC_QUEUE_BATCHES);
     let syncer = tokio::spawn(run_syncer(syncer_queue, Arc::clone(&store)));
@@ -188,7 +215,14 @@ async fn run_committer(
                 Err(_) => break,
             }
         }
-        if let Some(committed) = commit(&*store, submissions, total, &telemetry).await
+        if let Some(committed) = commit(
+            &*store,
+            submissions,
+            total,
+            &telemetry,
+            on_commit.as_deref(),
+        )
+        .await
             && to_syncer.send(committed).await.is_err()
         {
             tracing::error!("syncer stopped early; committed events left unanswered");
@@ -235,6 +269,7 @@ async fn commit(
     mut submissions: Vec<Submission>,
     total: usize,
     telemetry: &Telemetry,
+    on_commit: Option<&dyn CommitListener>,
 ) -> Option<Vec<AwaitingSync>> {
     let mut lengths = Vec::with_capacity(submissions.len());
     let mut combined: Option<PreparedBatch> = None;
@@ -249,9 +284,28 @@ async fn commit(
     let Some(combined) = combined else {
         return Some(Vec::new());
     };
+    let touched = combined
+        .events
+        .iter()
+        .fold(None, |span: Option<TouchedTime>, event| {
+            let timestamp = event.timestamp_ms;
+            Some(match span {
+                None => TouchedTime {
+                    min_timestamp_ms: timestamp,
+                    max_timestamp_ms: timestamp,
+                },
+                Some(span) => TouchedTime {
+                    min_timestamp_ms: span.min_timestamp_ms.min(timestamp),
+                    max_timestamp_ms: span.max_timestamp_ms.max(timestamp),
+                },
+            })
+        });
     let started = Instant::now();
     match store.commit_batch(combined).await {
         Ok(inserted) => {
+            if let (Some(listener), Some(touched)) = (on_commit, touched) {
+                listener.committed(touched);
+            }
             let new_events = inserted.iter().filter(|flag| **flag).count();
             telemetry.record_batch_committed(
                 total,
