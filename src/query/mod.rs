@@ -29,15 +29,17 @@ pub struct QueryEngine {
     intervals: Arc<[Interval]>,
 }
 
+/// Adds a row read from the store to its group (moved in when it is the
+/// first of its dimension value: no copy of its sketch).
 fn merge_into(
     target: &mut HashMap<String, Accumulator>,
-    dimensions: &str,
-    accumulator: &Accumulator,
+    dimensions: String,
+    accumulator: Accumulator,
 ) {
-    match target.get_mut(dimensions) {
-        Some(existing) => existing.merge(accumulator),
+    match target.get_mut(&dimensions) {
+        Some(existing) => existing.merge(&accumulator),
         None => {
-            target.insert(dimensions.to_string(), accumulator.clone());
+            target.insert(dimensions, accumulator);
         }
     }
 }
@@ -100,7 +102,7 @@ impl QueryEngine {
                             .await?;
                         for row in rows {
                             let target = result.entry(group_of(row.bucket_start_ms)).or_default();
-                            merge_into(target, &row.dimensions, &row.accumulator);
+                            merge_into(target, row.dimensions, row.accumulator);
                         }
                     }
                 }
@@ -128,7 +130,7 @@ impl QueryEngine {
                                 for row in rows {
                                     let target =
                                         result.entry(group_of(row.bucket_start_ms)).or_default();
-                                    merge_into(target, &row.dimensions, &row.accumulator);
+                                    merge_into(target, row.dimensions, row.accumulator);
                                 }
                             }
                             continue;

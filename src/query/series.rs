@@ -136,13 +136,16 @@ fn point(
     }
 }
 
-fn merged(groups: &Grouped) -> impl Iterator<Item = (i64, Accumulator)> + '_ {
-    groups.iter().map(|(bucket_start_ms, accumulators)| {
-        let mut total = Accumulator::new_count_only();
-        for accumulator in accumulators.values() {
-            total.merge(accumulator);
+/// One accumulator per group, all dimension values merged (moved, not
+/// copied, when a group holds a single value, as most series do).
+fn merged(groups: Grouped) -> impl Iterator<Item = (i64, Accumulator)> {
+    groups.into_iter().map(|(bucket_start_ms, accumulators)| {
+        let mut values = accumulators.into_values();
+        let mut total = values.next().unwrap_or_else(Accumulator::new_count_only);
+        for accumulator in values {
+            total.merge(&accumulator);
         }
-        (*bucket_start_ms, total)
+        (bucket_start_ms, total)
     })
 }
 
@@ -186,7 +189,7 @@ pub async fn metric_series(
         QueryMetric::TotalVolume | QueryMetric::SymbolVolume(_)
     );
     let mut total_count = 0;
-    let data_points = merged(&groups)
+    let data_points = merged(groups)
         .filter(|(_, accumulator)| accumulator.count() > 0)
         .map(|(bucket_start_ms, accumulator)| {
             total_count += accumulator.count();
