@@ -21,7 +21,7 @@ fn start(database: &std::path::Path) -> ServiceProcess {
         .arg("serve")
         .env("ANALYTICS_SERVER__PORT", "0")
         .env("ANALYTICS_METRICS__PORT", "0")
-        .env("ANALYTICS_DATABASE__PATH", database)
+        .envs(crate::helpers::store_env_for(database))
         .env("ANALYTICS_LOGGING__FORMAT", "json")
         .env("ANALYTICS_LOGGING__LEVEL", "info")
         .env_remove("ANALYTICS_CONFIG")
@@ -101,6 +101,7 @@ async fn stored_ids(client: &reqwest::Client, address: &str) -> Vec<String> {
 async fn acknowledged_events_survive_kill_9() {
     let directory = tempfile::tempdir().unwrap();
     let database = directory.path().join("analytics.db");
+    let _schema = crate::helpers::SchemaGuard::for_path(&database);
     let mut service = start(&database);
     let client = reqwest::Client::new();
     let acknowledged = post_events(&client, &service.address, 300, "kill").await;
@@ -177,6 +178,7 @@ async fn post_until_refused(
 async fn sigterm_drains_and_exits_zero() {
     let directory = tempfile::tempdir().unwrap();
     let database = directory.path().join("analytics.db");
+    let _schema = crate::helpers::SchemaGuard::for_path(&database);
     let mut service = start(&database);
     let client = reqwest::Client::new();
     let counter = Arc::new(AtomicUsize::new(0));

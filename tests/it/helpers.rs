@@ -1,7 +1,17 @@
 //! `spawn_app()`: the real service in process, on port 0, with its own
-//! SQLite file in a temporary directory, so tests run in parallel.
+//! store, so tests run in parallel: a SQLite file in a temporary directory,
+//! or with `ANALYTICS_TEST_STORE=postgres` a fresh PostgreSQL schema
+//! (`t_<hash of that file's path>`, dropped when the test app drops).
+//!
+//! Tests name their store by the SQLite path (`ANALYTICS_DATABASE__PATH`);
+//! under PostgreSQL the same path maps to the same schema, so a test that
+//! restarts the service on "the same database" works on both stores.
+//! PostgreSQL is found through `PGHOST`, `PGPORT`, `PGUSER` and
+//! `PGDATABASE` (defaults `127.0.0.1`, `5432`, `postgres`, `test`).
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use analytics::config;
@@ -19,22 +29,149 @@ pub struct TestApp {
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
     pub directory: TempDir,
+    /// Drops the PostgreSQL schema (declared after `server`: dropped last).
+    _schema: Option<SchemaGuard>,
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+/// Whether this run tests the PostgreSQL store: `ANALYTICS_TEST_STORE=postgres`
+/// and a server answers. Without one it says SKIPPED loudly and the tests
+/// run on SQLite, except under `CI=true`, where that is a failure.
+pub fn postgres_selected() -> bool {
+    static SELECTED: OnceLock<bool> = OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        if std::env::var("ANALYTICS_TEST_STORE").as_deref() != Ok("postgres") {
+            return false;
+        }
+        let address = format!(
+            "{}:{}",
+            env_or("PGHOST", "127.0.0.1"),
+            env_or("PGPORT", "5432")
+        );
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .is_some_and(|socket| {
+                std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(3)).is_ok()
+            });
+        if !reachable {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "ANALYTICS_TEST_STORE=postgres under CI, but PostgreSQL at {address} is unreachable"
+            );
+            eprintln!("SKIPPED: PostgreSQL unreachable at {address}; running on SQLite instead");
+        }
+        reachable
+    })
+}
+
+/// The PostgreSQL schema that stands for the SQLite file `database`.
+pub fn schema_for(database: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(database.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("t_{hex}")
+}
+
+/// The environment that points a service (in process or a child) at the
+/// store of the SQLite file `database`: that file, or under PostgreSQL its
+/// schema.
+pub fn store_env_for(database: &Path) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "ANALYTICS_DATABASE__PATH".to_string(),
+        database.display().to_string(),
+    )];
+    if postgres_selected() {
+        env.extend(
+            [
+                ("ANALYTICS_DATABASE__DRIVER", "postgres".to_string()),
+                ("ANALYTICS_DATABASE__SCHEMA", schema_for(database)),
+                ("ANALYTICS_DATABASE__HOST", env_or("PGHOST", "127.0.0.1")),
+                ("ANALYTICS_DATABASE__PORT", env_or("PGPORT", "5432")),
+                ("ANALYTICS_DATABASE__USER", env_or("PGUSER", "postgres")),
+                ("ANALYTICS_DATABASE__DATABASE", env_or("PGDATABASE", "test")),
+                // Tests run in parallel; the server allows 100 connections.
+                ("ANALYTICS_DATABASE__MAX_CONNECTIONS", "8".to_string()),
+                ("ANALYTICS_DATABASE__MAX_IDLE_CONNECTIONS", "8".to_string()),
+            ]
+            .map(|(key, value)| (key.to_string(), value)),
+        );
+    }
+    env
+}
+
+/// Drops the PostgreSQL schema of a SQLite path when dropped (nothing
+/// under SQLite, whose file goes with its temporary directory).
+pub struct SchemaGuard {
+    schema: String,
+}
+
+impl SchemaGuard {
+    pub fn for_path(database: &Path) -> Option<SchemaGuard> {
+        postgres_selected().then(|| SchemaGuard {
+            schema: schema_for(database),
+        })
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        // Drop may run inside a runtime, which must not block: a thread
+        // with its own small runtime does the work.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(env_or("PGHOST", "127.0.0.1"))
+                    .port(env_or("PGPORT", "5432").parse().ok()?)
+                    .user(env_or("PGUSER", "postgres"))
+                    .dbname(env_or("PGDATABASE", "test"));
+                let (client, driver) = config.connect(tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(driver);
+                client.batch_execute(&statement).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test schema {}", self.schema);
+        }
+    }
 }
 
 /// Starts the service with the default configuration plus `overrides`
 /// (`ANALYTICS_*` environment pairs).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let directory = tempfile::tempdir().expect("temp dir");
-    let database = directory.path().join("analytics.db");
-    let mut env = vec![(
-        "ANALYTICS_DATABASE__PATH".to_string(),
-        database.display().to_string(),
-    )];
+    // A test that names its database (a restart on the same one) gets the
+    // store of that path; the schema guard stays with the app that made it.
+    let named = overrides
+        .iter()
+        .find(|(key, _)| *key == "ANALYTICS_DATABASE__PATH")
+        .map(|(_, path)| Path::new(path).to_path_buf());
+    let database = named
+        .clone()
+        .unwrap_or_else(|| directory.path().join("analytics.db"));
+    let mut env = store_env_for(&database);
     env.extend(
         overrides
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string())),
     );
+    let schema = match named {
+        Some(_) => None,
+        None => SchemaGuard::for_path(&database),
+    };
     let loaded = config::load(None, &env).expect("valid test config");
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let metrics = TcpListener::bind("127.0.0.1:0")
@@ -58,6 +195,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         shutdown,
         server: Some(server),
         directory,
+        _schema: schema,
     };
     app.wait_ready().await;
     app
@@ -68,6 +206,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// The environment pointing another service (a restart, a child
+    /// process) at this app's store.
+    #[allow(dead_code)] // for tests that run a child on this app's store
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        store_env_for(&self.directory.path().join("analytics.db"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
     }
