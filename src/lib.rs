@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod cache;
 pub mod config;
 pub mod import;
 pub mod limits;
@@ -31,9 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::api::health::Readiness;
 use crate::api::security::{Security, cors_layer};
 use crate::api::{ApiSettings, AppState};
-use crate::cache::memory::MemoryCache;
-use crate::cache::redis::{RedisCache, RedisLink};
-use crate::cache::{CachedQueries, QueryCache};
 use crate::config::{Config, LoadedConfig, SqliteSynchronous, StoreDriver};
 use crate::limits::server::ConnectionLimits;
 use crate::model::{CompiledDefinition, EventLimits};
@@ -45,9 +41,6 @@ use crate::store::Store;
 use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::telemetry::Telemetry;
-
-/// Bytes of answers the in-process query cache holds at most.
-const IN_PROCESS_CACHE_BYTES: usize = 64 << 20;
 
 /// The sockets the service serves on, bound by the caller (port 0 in tests).
 pub struct Listeners {
@@ -157,52 +150,16 @@ pub async fn run(
         intervals.clone(),
         shutdown.clone(),
     ));
-    // Redis, when enabled, shares the rate-limit budgets and the query
-    // cache between instances; otherwise both live in process.
-    let bumps_stop = CancellationToken::new();
-    // Cancelled on every way out of `run`, early errors included.
-    let _bumps_guard = bumps_stop.clone().drop_guard();
-    let redis_link = if config.redis.is_enabled() {
-        Some(
-            RedisLink::open(&config.redis, telemetry.redis_errors.clone())
-                .context("invalid redis configuration")?,
-        )
-    } else {
-        None
-    };
-    let (query_cache, cache_task): (Arc<dyn QueryCache>, _) = match &redis_link {
-        Some(link) => {
-            // Stopped after the committer (below), not with `shutdown`: the
-            // batches committed during the drain must invalidate too.
-            let (cache, task) = RedisCache::start(Arc::clone(link), bumps_stop.clone());
-            (Arc::new(cache), Some(task))
-        }
-        None => (Arc::new(MemoryCache::new(IN_PROCESS_CACHE_BYTES)), None),
-    };
-    let cache = Arc::new(CachedQueries::new(
-        query_cache,
-        config.analytics.query.cache_ttl,
-        telemetry.cache_hits.clone(),
-        telemetry.cache_misses.clone(),
-    ));
     let (pipeline, committer) = Pipeline::start(
         Arc::clone(&store),
         PipelineSettings {
             batch_size: config.analytics.ingestion.batch_size,
             buffer_size: config.analytics.ingestion.buffer_size,
             intervals: intervals.clone(),
-            on_commit: Some(cache.invalidator()),
+            on_commit: None,
         },
         Arc::clone(&telemetry),
     );
-    let mut security = Security::new(&config.security, &config.server, &telemetry);
-    if let Some(link) = &redis_link {
-        security = security.share_limits_through(
-            Arc::clone(link),
-            &config.security.rate_limit,
-            config.redis.fail_closed,
-        );
-    }
     let state = AppState {
         pipeline,
         validator,
@@ -217,8 +174,7 @@ pub async fn run(
             query_timeout: config.analytics.query.timeout,
             custom_events_enabled: config.custom_events.enabled,
         }),
-        security: Arc::new(security),
-        cache,
+        security: Arc::new(Security::new(&config.security, &config.server, &telemetry)),
     };
     let api_addr = listeners.api.local_addr()?;
     let metrics_addr = match listeners.metrics {
@@ -268,7 +224,6 @@ pub async fn run(
         database = %config.database.path.display(),
         api_keys = if config.security.api_key_enabled { config.security.api_keys.len() } else { 0 },
         rate_limit = %rate_limit_summary(&config),
-        shared_state = if redis_link.is_some() { "redis" } else { "in process" },
         "analytics listening"
     );
     let shutdown_timeout = config.server.shutdown_timeout;
@@ -291,14 +246,6 @@ pub async fn run(
     match tokio::time::timeout(shutdown_timeout, committer).await {
         Ok(joined) => joined.context("ingest committer failed")?,
         Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
-    }
-    // The committer is done: no more invalidations; the bump task lands
-    // what is pending (one attempt) and stops.
-    bumps_stop.cancel();
-    if let Some(task) = cache_task
-        && tokio::time::timeout(shutdown_timeout, task).await.is_err()
-    {
-        tracing::warn!("redis generation bumps still running at the shutdown deadline");
     }
     // Retention stops at its next step once shutdown is signalled.
     if tokio::time::timeout(shutdown_timeout, retention)

@@ -11,6 +11,7 @@
 //!
 //! Nothing above this trait knows which backend it talks to.
 
+mod decoded_cache;
 pub mod postgres;
 mod rollup_cache;
 pub mod sqlite;

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::decoded_cache::{DecodedCache, RowKey};
 use super::rollup_cache::RollupCache;
 use super::{
     EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
@@ -31,6 +32,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_distinct_values.sql"),
     ),
 ];
+
+/// Decoded value rows the readers keep (a few tens of MiB at most).
+const DECODED_CACHE_ROWS: usize = 10_000;
 
 /// Rows one retention transaction deletes at most.
 const RETENTION_CHUNK_ROWS: usize = 5_000;
@@ -63,6 +67,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// `Some(path of the WAL file)` when [`Store::sync`] must fsync it.
     wal_to_sync: Option<PathBuf>,
+    /// Decoded value rows for the readers (see [`DecodedCache`]).
+    decoded: Arc<DecodedCache>,
     /// Whether the WAL's directory entry has been fsynced once.
     wal_directory_synced: Arc<AtomicBool>,
     writer: Arc<Mutex<Writer>>,
@@ -120,6 +126,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             wal_to_sync,
             wal_directory_synced: Arc::new(AtomicBool::new(false)),
+            decoded: Arc::new(DecodedCache::new(DECODED_CACHE_ROWS)),
             writer: Arc::new(Mutex::new(Writer {
                 connection: writer,
                 cache: RollupCache::new(ROLLUP_CACHE_ROWS),
@@ -398,6 +405,7 @@ fn commit_transaction(
 /// `[start_ms, end_ms)`.
 fn query_rollup_rows(
     connection: &Connection,
+    decoded: &DecodedCache,
     filter: &MetricFilter,
     interval: Interval,
     start_ms: i64,
@@ -408,37 +416,48 @@ fn query_rollup_rows(
          WHERE metric = ?1 AND interval = ?2 AND bucket_start >= ?3 AND bucket_start < ?4
            AND (?5 IS NULL OR dimensions = ?5)",
     )?;
-    let rows = statement.query_map(
-        params![
-            filter.metric,
-            interval.as_str(),
-            start_ms,
-            end_ms,
-            filter.dimensions
-        ],
-        |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                AccumulatorColumns {
-                    count: row.get(2)?,
-                    sum: row.get(3)?,
-                    min: row.get(4)?,
-                    max: row.get(5)?,
-                    sketch: row.get(6)?,
-                },
-            ))
-        },
-    )?;
-    rows.map(|row| {
-        let (dimensions, bucket_start_ms, columns) = row?;
-        Ok(RollupRow {
+    let mut rows = statement.query(params![
+        filter.metric,
+        interval.as_str(),
+        start_ms,
+        end_ms,
+        filter.dimensions
+    ])?;
+    let mut result = Vec::new();
+    while let Some(row) = rows.next()? {
+        let dimensions: String = row.get(0)?;
+        let bucket_start_ms: i64 = row.get(1)?;
+        let count = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
+        let (sum, min, max): (Option<f64>, Option<f64>, Option<f64>) =
+            (row.get(3)?, row.get(4)?, row.get(5)?);
+        // The sketch is borrowed from SQLite's row buffer: a cache hit
+        // compares it in place and copies nothing.
+        let accumulator = match row
+            .get_ref(6)?
+            .as_blob_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
+            None => Accumulator::from_parts(count, sum, min, max, None)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+            Some(sketch) => {
+                let key = RowKey {
+                    metric: filter.metric.clone(),
+                    interval,
+                    bucket_start_ms,
+                    dimensions: dimensions.clone(),
+                };
+                decoded
+                    .get_or_decode(key, count, sum, min, max, sketch)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?
+            }
+        };
+        result.push(RollupRow {
             dimensions,
             bucket_start_ms,
-            accumulator: columns.into_accumulator()?,
-        })
-    })
-    .collect()
+            accumulator,
+        });
+    }
+    Ok(result)
 }
 
 /// The stored columns of one rollup row, before decoding.
@@ -651,8 +670,9 @@ impl Store for SqliteStore {
         end_ms: i64,
     ) -> Result<Vec<RollupRow>, StoreError> {
         let filter = MetricFilter::new(metric, dimensions);
+        let decoded = Arc::clone(&self.decoded);
         self.with_reader(move |connection| {
-            query_rollup_rows(connection, &filter, interval, start_ms, end_ms)
+            query_rollup_rows(connection, &decoded, &filter, interval, start_ms, end_ms)
         })
         .await
     }
@@ -666,6 +686,7 @@ impl Store for SqliteStore {
         covered_end_ms: i64,
     ) -> Result<Option<Vec<Vec<RollupRow>>>, StoreError> {
         let filters = filters.to_vec();
+        let decoded = Arc::clone(&self.decoded);
         self.with_reader(move |connection| {
             // One read transaction: the emptiness check and the bucket read
             // see the same snapshot, so an event committed in between
@@ -694,6 +715,7 @@ impl Store for SqliteStore {
                 .map(|filter| {
                     query_rollup_rows(
                         &transaction,
+                        &decoded,
                         filter,
                         interval,
                         bucket_start_ms,

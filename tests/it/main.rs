@@ -1,13 +1,11 @@
 //! Black-box tests: the real service on port 0, spoken to over HTTP.
 //! One test binary (faster to link than one per file).
 
-mod cache;
 mod contract;
 mod custom_events;
 mod durability;
 mod errors;
 mod exactness;
 mod helpers;
-mod redis;
 mod retention;
 mod security;
