@@ -16,11 +16,7 @@ pg_host="${PGHOST:-127.0.0.1}"
 pg_port="${PGPORT:-5432}"
 if (exec 3<>"/dev/tcp/${pg_host}/${pg_port}") 2>/dev/null; then
     echo "== black-box suite on PostgreSQL (${pg_host}:${pg_port}) =="
-    # Its child process is pointed at the SQLite file only; it runs on
-    # PostgreSQL once it passes `helpers::store_env_for(&database)` too.
-    echo "SKIPPED under postgres: retention::retention_run_removes_expired_events_and_keeps_coarse_rollups (child not pointed at the test schema yet)" >&2
-    ANALYTICS_TEST_STORE=postgres cargo test --locked --test it "$@" -- \
-        --skip retention::retention_run_removes_expired_events_and_keeps_coarse_rollups
+    ANALYTICS_TEST_STORE=postgres cargo test --locked --test it "$@"
 elif [ "${CI:-}" = "true" ]; then
     echo "FAILED: PostgreSQL unreachable at ${pg_host}:${pg_port}, and CI=true requires the PostgreSQL run" >&2
     exit 1

@@ -85,6 +85,10 @@ pub enum EventError {
     FieldNotString(&'static str),
     #[error("{0} must be at most {MAX_ID_FIELD_LEN} bytes")]
     FieldTooLong(&'static str),
+    #[error("{0} must not contain a NUL character")]
+    NulCharacter(&'static str),
+    #[error("properties.{0} must not contain a NUL character")]
+    NulInProperty(String),
     #[error("id must be a UUID")]
     InvalidId,
     #[error("properties must be a JSON object")]
@@ -115,7 +119,10 @@ impl EventError {
             | EventError::EmptyEventType
             | EventError::EventTypeTooLong
             | EventError::EventTypeInvalidCharacters => "event_type".into(),
-            EventError::FieldNotString(field) | EventError::FieldTooLong(field) => (*field).into(),
+            EventError::FieldNotString(field)
+            | EventError::FieldTooLong(field)
+            | EventError::NulCharacter(field) => (*field).into(),
+            EventError::NulInProperty(key) => format!("properties.{key}"),
             EventError::InvalidId => "id".into(),
             EventError::PropertiesNotObject | EventError::TooManyProperties { .. } => {
                 "properties".into()
@@ -214,6 +221,8 @@ fn parse_optional_string(
             Err(EventError::FieldTooLong(field))
         }
         Some(Value::String(text)) if text.is_empty() => Ok(None),
+        // Databases store these as text, which cannot hold NUL.
+        Some(Value::String(text)) if text.contains('\0') => Err(EventError::NulCharacter(field)),
         Some(Value::String(text)) => Ok(Some(text)),
         Some(_) => Err(EventError::FieldNotString(field)),
     }
@@ -230,6 +239,11 @@ fn check_property_limits(
         });
     }
     for (key, value) in properties {
+        // Property strings become dimension values (symbol, strategy id),
+        // stored as text, which cannot hold NUL.
+        if key.contains('\0') || contains_nul(value) {
+            return Err(EventError::NulInProperty(key.replace('\0', "\\0")));
+        }
         // Scalars are cheap to size without serialising; only nested values pay
         // for a serialisation.
         let size = match value {
@@ -248,6 +262,17 @@ fn check_property_limits(
         }
     }
     Ok(())
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(object) => object
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// Parses a timestamp given as RFC 3339 text or integer epoch milliseconds.
@@ -335,6 +360,15 @@ mod tests {
             (json!({"event_type": ""}), "event_type"),
             (json!({"event_type": "x".repeat(129)}), "event_type"),
             (json!({"event_type": "a", "user_id": 5}), "user_id"),
+            (json!({"event_type": "a", "user_id": "a\0b"}), "user_id"),
+            (
+                json!({"event_type": "a", "properties": {"symbol": "BTC\0"}}),
+                "properties.symbol",
+            ),
+            (
+                json!({"event_type": "a", "properties": {"deep": [{"x": "\0"}]}}),
+                "properties.deep",
+            ),
             (json!({"event_type": "a", "id": "nope"}), "id"),
             (json!({"event_type": "a", "properties": [1]}), "properties"),
             (
