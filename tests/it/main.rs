@@ -7,5 +7,6 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod postgres_outage;
 mod retention;
 mod security;
