@@ -7,6 +7,7 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod logging;
 mod postgres_outage;
 mod retention;
 mod security;
