@@ -45,13 +45,14 @@ pub const NOT_HONOURED: &[&str] = &[
     // The PostgreSQL pool keeps every connection it made until its
     // `connection_lifetime`; it has no separate idle limit.
     "database.max_idle_connections",
-    "redis",
+    // Connections to Redis are multiplexed (`pool_size` of them, each
+    // carrying any number of concurrent commands): there are no idle ones.
+    "redis.min_idle_conns",
     "kafka",
     "realtime",
     "health",
     "analytics.aggregation.workers",
     "analytics.ingestion.workers",
-    "analytics.query.cache_ttl",
 ];
 
 /// The old service's environment variables and the keys they set. They are
@@ -156,16 +157,33 @@ pub struct DatabaseConfig {
     pub schema: String,
 }
 
-/// `redis` (not honoured yet).
+/// `redis`: shares the rate-limit budgets and the query cache between
+/// instances when enabled; without it both live in process.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Use Redis at all (also implied by a non-empty `url`).
+    pub enabled: bool,
+    /// `redis://[:password@]host:port/db`; overrides host..db when set.
+    pub url: Option<Secret>,
     pub host: String,
     pub port: u16,
     pub password: Secret,
     pub db: u32,
+    /// Multiplexed connections opened (each carries many commands at once).
     pub pool_size: usize,
     pub min_idle_conns: usize,
+    /// Prepended to every key, so services (and tests) can share a server.
+    pub key_prefix: String,
+    /// On a Redis error, refuse requests (429) instead of letting them through.
+    pub fail_closed: bool,
+}
+
+impl RedisConfig {
+    /// Whether Redis is to be used.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled || self.url.is_some()
+    }
 }
 
 /// `kafka` (not honoured yet).
@@ -586,6 +604,14 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<LoadedConfi
     {
         config.database.url = None;
     }
+    if config
+        .redis
+        .url
+        .as_ref()
+        .is_some_and(|url| url.expose().is_empty())
+    {
+        config.redis.url = None;
+    }
     config.validate()?;
 
     let unhonoured_keys = set_by
@@ -823,6 +849,7 @@ impl Config {
             ("security.rate_limit.requests_per_minute", rate_limit.requests_per_minute, 1, 1_000_000),
             ("security.rate_limit.burst", rate_limit.burst, 1, 1_000_000),
             ("server.max_concurrent_requests", server.max_concurrent_requests, 1, 1_000_000),
+            ("redis.pool_size", self.redis.pool_size, 1, 64),
         ];
         for (key, value, min, max) in ranges {
             check.range(key, value, min, max);
@@ -1259,7 +1286,7 @@ mod tests {
         for expected in [
             "kafka.brokers",
             "database.max_idle_connections",
-            "redis.host",
+            "redis.min_idle_conns",
         ] {
             assert!(
                 keys.iter().any(|key| key == expected),
@@ -1443,6 +1470,28 @@ mod tests {
         let loaded = load_text("redis:\nserver:\n", &[]).expect("empty sections load");
         assert_eq!(loaded.config, Config::default());
         assert!(loaded.unhonoured_keys.is_empty());
+    }
+
+    #[test]
+    fn redis_is_off_by_default_and_enabled_by_flag_or_url() {
+        let defaults = Config::default().redis;
+        assert!(!defaults.is_enabled());
+        assert_eq!(defaults.key_prefix, "analytics:");
+        assert!(!defaults.fail_closed);
+        let by_flag =
+            load_text("redis:\n  enabled: true\n", &[("REDIS_PORT", "6380")]).expect("loads");
+        assert!(by_flag.config.redis.is_enabled());
+        assert_eq!(by_flag.config.redis.port, 6380);
+        assert!(by_flag.unhonoured_keys.is_empty());
+        let by_url =
+            load_text("redis:\n  url: \"redis://127.0.0.1:6379/1\"\n", &[]).expect("loads");
+        assert!(by_url.config.redis.is_enabled());
+        let empty_url = load_text("redis:\n  url: \"\"\n", &[]).expect("loads");
+        assert!(!empty_url.config.redis.is_enabled());
+        let error = error_text(load_text("redis:\n  pool_size: 0\n", &[]));
+        assert!(error.contains("redis.pool_size"), "{error}");
+        let unhonoured = load_text("redis:\n  min_idle_conns: 3\n", &[]).expect("loads");
+        assert_eq!(unhonoured.unhonoured_keys, ["redis.min_idle_conns"]);
     }
 
     #[test]

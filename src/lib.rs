@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod import;
 pub mod limits;
@@ -30,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::health::Readiness;
 use crate::api::security::{Security, cors_layer};
 use crate::api::{ApiSettings, AppState};
+use crate::cache::memory::MemoryCache;
+use crate::cache::redis::{RedisCache, RedisLink};
+use crate::cache::{CachedQueries, QueryCache};
 use crate::config::{Config, LoadedConfig, SqliteSynchronous, StoreDriver};
 use crate::limits::server::ConnectionLimits;
 use crate::model::{CompiledDefinition, EventLimits};
@@ -41,6 +45,13 @@ use crate::store::Store;
 use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::telemetry::Telemetry;
+
+/// Bytes of answers the in-process query cache holds at most.
+const IN_PROCESS_CACHE_BYTES: usize = 64 << 20;
+
+/// Longest life of an in-process cached answer when other instances may
+/// write the store (see [`cache_ttl`]).
+const UNSHARED_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The sockets the service serves on, bound by the caller (port 0 in tests).
 pub struct Listeners {
@@ -150,16 +161,52 @@ pub async fn run(
         intervals.clone(),
         shutdown.clone(),
     ));
+    // Redis, when enabled, shares the rate-limit budgets and the query
+    // cache between instances; otherwise both live in process.
+    let bumps_stop = CancellationToken::new();
+    // Cancelled on every way out of `run`, early errors included.
+    let _bumps_guard = bumps_stop.clone().drop_guard();
+    let redis_link = if config.redis.is_enabled() {
+        Some(
+            RedisLink::open(&config.redis, telemetry.redis_errors.clone())
+                .context("invalid redis configuration")?,
+        )
+    } else {
+        None
+    };
+    let (query_cache, cache_task): (Arc<dyn QueryCache>, _) = match &redis_link {
+        Some(link) => {
+            // Stopped after the committer (below), not with `shutdown`: the
+            // batches committed during the drain must invalidate too.
+            let (cache, task) = RedisCache::start(Arc::clone(link), bumps_stop.clone());
+            (Arc::new(cache), Some(task))
+        }
+        None => (Arc::new(MemoryCache::new(IN_PROCESS_CACHE_BYTES)), None),
+    };
+    let cache = Arc::new(CachedQueries::new(
+        query_cache,
+        cache_ttl(&config),
+        telemetry.cache_hits.clone(),
+        telemetry.cache_misses.clone(),
+    ));
     let (pipeline, committer) = Pipeline::start(
         Arc::clone(&store),
         PipelineSettings {
             batch_size: config.analytics.ingestion.batch_size,
             buffer_size: config.analytics.ingestion.buffer_size,
             intervals: intervals.clone(),
-            on_commit: None,
+            on_commit: Some(cache.invalidator()),
         },
         Arc::clone(&telemetry),
     );
+    let mut security = Security::new(&config.security, &config.server, &telemetry);
+    if let Some(link) = &redis_link {
+        security = security.share_limits_through(
+            Arc::clone(link),
+            &config.security.rate_limit,
+            config.redis.fail_closed,
+        );
+    }
     let state = AppState {
         pipeline,
         validator,
@@ -174,7 +221,8 @@ pub async fn run(
             query_timeout: config.analytics.query.timeout,
             custom_events_enabled: config.custom_events.enabled,
         }),
-        security: Arc::new(Security::new(&config.security, &config.server, &telemetry)),
+        security: Arc::new(security),
+        cache,
     };
     let api_addr = listeners.api.local_addr()?;
     let metrics_addr = match listeners.metrics {
@@ -224,6 +272,7 @@ pub async fn run(
         database = %config.database.path.display(),
         api_keys = if config.security.api_key_enabled { config.security.api_keys.len() } else { 0 },
         rate_limit = %rate_limit_summary(&config),
+        shared_state = if redis_link.is_some() { "redis" } else { "in process" },
         "analytics listening"
     );
     let shutdown_timeout = config.server.shutdown_timeout;
@@ -247,6 +296,14 @@ pub async fn run(
         Ok(joined) => joined.context("ingest committer failed")?,
         Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
     }
+    // The committer is done: no more invalidations; the bump task lands
+    // what is pending (one attempt) and stops.
+    bumps_stop.cancel();
+    if let Some(task) = cache_task
+        && tokio::time::timeout(shutdown_timeout, task).await.is_err()
+    {
+        tracing::warn!("redis generation bumps still running at the shutdown deadline");
+    }
     // Retention stops at its next step once shutdown is signalled.
     if tokio::time::timeout(shutdown_timeout, retention)
         .await
@@ -258,6 +315,26 @@ pub async fn run(
     }
     tracing::info!("analytics stopped");
     Ok(())
+}
+
+/// The query cache TTL. Commits invalidate only the caches they can reach:
+/// with PostgreSQL (a store other instances may write) and no Redis, an
+/// in-process cache never hears of the other instances' commits, so its
+/// answers live at most [`UNSHARED_CACHE_TTL`]: within the contract's "a
+/// reader sees a committed event within 1 s".
+fn cache_ttl(config: &Config) -> std::time::Duration {
+    let configured = config.analytics.query.cache_ttl;
+    if config.database.driver == StoreDriver::Postgres && !config.redis.is_enabled() {
+        if configured > UNSHARED_CACHE_TTL {
+            tracing::info!(
+                configured = ?configured,
+                used = ?UNSHARED_CACHE_TTL,
+                "query cache in process on a shared store: answers kept 1s (enable redis to share the cache)"
+            );
+        }
+        return configured.min(UNSHARED_CACHE_TTL);
+    }
+    configured
 }
 
 /// How the rate limit is set, for the startup log line.

@@ -1,7 +1,10 @@
 //! Liveness, health and readiness: three handlers, three meanings.
 //!
 //! - `/health`, `/healthz`: what the service depends on, right now. A lost
-//!   database is `unhealthy` (503); a lost cache would be `degraded` (200).
+//!   database is `unhealthy` (503); a lost Redis (shared cache and rate
+//!   limits) is `degraded` (200): requests are still answered from the
+//!   store. `"cache"` is `connected` / `disconnected` with Redis, and
+//!   `in_process` without it.
 //! - `/ready`: whether to send traffic here: 503 until startup finished,
 //!   during shutdown, and while the database does not answer.
 
@@ -65,8 +68,14 @@ async fn database_connected(state: &AppState) -> bool {
 
 /// `GET /health`, `GET /healthz`.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let database = database_connected(&state).await;
-    let status = if database { "healthy" } else { "unhealthy" };
+    let (database, cache) = tokio::join!(database_connected(&state), state.cache.status());
+    let status = if !database {
+        "unhealthy"
+    } else if cache == "disconnected" {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let code = if database {
         StatusCode::OK
     } else {
@@ -79,8 +88,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.readiness.started_at.elapsed().as_secs(),
         "database": if database { "connected" } else { "disconnected" },
-        // No shared cache is configured yet: results are not cached.
-        "cache": "not_configured",
+        "cache": cache,
     });
     (code, Json(body)).into_response()
 }

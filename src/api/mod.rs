@@ -49,6 +49,8 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// API keys, rate limits and the in-flight cap.
     pub security: Arc<security::Security>,
+    /// Answers of the read endpoints (in process, or shared via Redis).
+    pub cache: Arc<crate::cache::CachedQueries>,
 }
 
 /// The API router. `cors` is the layer of `security.cors` (`None` when

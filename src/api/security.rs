@@ -39,7 +39,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::request_id::current_request_id;
 use crate::config::{CorsConfig, SecurityConfig, ServerConfig, parse_network};
-use crate::limits::{Decision, GcraLimiter, RateLimiter};
+use crate::limits::{Decision, GcraLimiter, RateLimiter, RedisGcraLimiter};
 
 /// Most distinct clients the in-process limiter tracks at once.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
@@ -144,6 +144,25 @@ impl Security {
             auth_refused: telemetry.auth_refused.clone(),
             shed: telemetry.requests_shed.clone(),
         }
+    }
+
+    /// Shares the rate-limit budgets through Redis instead of keeping them
+    /// in process (nothing changes when rate limiting is disabled).
+    pub fn share_limits_through(
+        mut self,
+        link: Arc<crate::cache::redis::RedisLink>,
+        rate: &crate::config::RateLimitConfig,
+        fail_closed: bool,
+    ) -> Self {
+        if self.limiter.is_some() {
+            self.limiter = Some(Arc::new(RedisGcraLimiter::new(
+                link,
+                rate.requests_per_minute as u64,
+                rate.burst as u64,
+                fail_closed,
+            )));
+        }
+        self
     }
 
     /// The client's address: the peer, or the nearest untrusted hop of

@@ -2,11 +2,13 @@
 //! (the rate limiter) and how the API listener bounds connections (read and
 //! write timeouts, the live connection count).
 //!
-//! The limiter is a trait, [`RateLimiter`], so a shared (Redis-backed)
-//! implementation can replace the in-process [`GcraLimiter`] without the API
-//! layer changing.
+//! The limiter is a trait, [`RateLimiter`]: the in-process [`GcraLimiter`]
+//! by default, the shared [`RedisGcraLimiter`] when `redis` is enabled; the
+//! API layer does not know which it has.
 
 pub mod rate;
+pub mod redis;
 pub mod server;
 
 pub use rate::{Decision, GcraLimiter, RateLimiter};
+pub use redis::RedisGcraLimiter;

@@ -39,6 +39,9 @@ pub struct Telemetry {
     /// Requests answered 503 because `server.max_concurrent_requests` were
     /// already in flight.
     pub requests_shed: IntCounter,
+    /// Failed Redis operations, by use (`limiter`, `cache`, `invalidate`,
+    /// `health`); each one fell back as `redis.fail_closed` says.
+    pub redis_errors: IntCounterVec,
     last_batch: Mutex<LastBatch>,
 }
 
@@ -212,6 +215,17 @@ impl Telemetry {
                     &["route"],
                 )
                 .expect("valid histogram"),
+            ),
+            redis_errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "analytics_redis_errors_total",
+                        "Failed Redis operations, by use.",
+                    ),
+                    &["use"],
+                )
+                .expect("valid counter"),
             ),
             rate_limited: counter(
                 &registry,

@@ -1,6 +1,7 @@
 //! Black-box tests: the real service on port 0, spoken to over HTTP.
 //! One test binary (faster to link than one per file).
 
+mod cache;
 mod contract;
 mod custom_events;
 mod durability;
@@ -9,5 +10,6 @@ mod exactness;
 mod helpers;
 mod logging;
 mod postgres_outage;
+mod redis;
 mod retention;
 mod security;
