@@ -366,3 +366,52 @@ async fn commit_on_one_instance_invalidates_the_cache_of_another() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn service_starts_without_redis_and_fails_open_or_closed_as_configured() {
+    // Nothing listens on this port: Redis is down from the start.
+    let port = free_port();
+    let env = redis_env("127.0.0.1", port, &random_prefix());
+    let limited = [
+        ("ANALYTICS_SECURITY__RATE_LIMIT__REQUESTS_PER_MINUTE", "60"),
+        ("ANALYTICS_SECURITY__RATE_LIMIT__BURST", "5"),
+        ("ANALYTICS_SECURITY__RATE_LIMIT__EXEMPT", "[]"),
+    ];
+    let open = spawn_with(&env, &limited).await;
+    for _ in 0..3 {
+        assert_eq!(open.get("/api/v1/events").await.0, 200);
+    }
+    let (status, body) = health(&open).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("degraded")),
+        "{body}"
+    );
+
+    let closed = spawn_with(
+        &env,
+        &[
+            limited[0],
+            limited[1],
+            limited[2],
+            ("ANALYTICS_REDIS__FAIL_CLOSED", "true"),
+        ],
+    )
+    .await;
+    let response = closed
+        .client
+        .get(closed.url("/api/v1/events"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()),
+        Some("1")
+    );
+    // Probes are never limited, so the state stays visible.
+    assert_eq!(health(&closed).await.1["cache"], "disconnected");
+}
