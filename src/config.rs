@@ -459,8 +459,9 @@ pub struct LoadedConfig {
     pub config: Config,
     /// The file that was read, if any.
     pub source: Option<PathBuf>,
-    /// Keys the file or environment set that have no effect yet (sorted,
-    /// deduplicated); the caller prints them in one startup warning.
+    /// Keys the file or environment set that have no effect (sorted,
+    /// deduplicated): not implemented yet, or `redis.*` while Redis is not
+    /// enabled; the caller prints them in one startup warning.
     pub unhonoured_keys: Vec<String>,
 }
 
@@ -614,9 +615,16 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<LoadedConfi
     }
     config.validate()?;
 
+    // With Redis off, the connection keys a file or `REDIS_HOST` set have
+    // no effect either: say so rather than let an old deployment believe
+    // its Redis is used.
+    let redis_off = !config.redis.is_enabled();
     let unhonoured_keys = set_by
         .into_keys()
-        .filter(|key| NOT_HONOURED.iter().any(|entry| covers(entry, key)))
+        .filter(|key| {
+            NOT_HONOURED.iter().any(|entry| covers(entry, key))
+                || (redis_off && covers("redis", key) && key != "redis.enabled")
+        })
         .collect();
     Ok(LoadedConfig {
         config,
@@ -1287,6 +1295,9 @@ mod tests {
             "kafka.brokers",
             "database.max_idle_connections",
             "redis.min_idle_conns",
+            // The old file names a Redis; this service uses it only when
+            // `redis.enabled` is true.
+            "redis.host",
         ] {
             assert!(
                 keys.iter().any(|key| key == expected),
@@ -1490,8 +1501,12 @@ mod tests {
         assert!(!empty_url.config.redis.is_enabled());
         let error = error_text(load_text("redis:\n  pool_size: 0\n", &[]));
         assert!(error.contains("redis.pool_size"), "{error}");
-        let unhonoured = load_text("redis:\n  min_idle_conns: 3\n", &[]).expect("loads");
+        let unhonoured =
+            load_text("redis:\n  min_idle_conns: 3\n  enabled: true\n", &[]).expect("loads");
         assert_eq!(unhonoured.unhonoured_keys, ["redis.min_idle_conns"]);
+        // Redis off: what was set for it is named, so nobody believes it used.
+        let off = load_text("redis:\n  host: cache\n", &[("REDIS_PORT", "6380")]).expect("loads");
+        assert_eq!(off.unhonoured_keys, ["redis.host", "redis.port"]);
     }
 
     #[test]

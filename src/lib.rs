@@ -139,7 +139,7 @@ pub async fn run(
     if !loaded.unhonoured_keys.is_empty() {
         tracing::warn!(
             keys = %loaded.unhonoured_keys.join(", "),
-            "these configuration keys are accepted but not honoured yet by this version"
+            "these configuration keys are accepted but have no effect (not implemented yet, or redis.enabled is false)"
         );
     }
     let telemetry = Arc::new(Telemetry::new());
