@@ -342,6 +342,51 @@ mod tests {
         );
     }
 
+    fn counters() -> (IntCounter, IntCounter) {
+        (
+            IntCounter::new("hits", "hits").expect("counter"),
+            IntCounter::new("misses", "misses").expect("counter"),
+        )
+    }
+
+    #[tokio::test]
+    async fn answer_computed_across_a_commit_is_never_served() {
+        let (hits, misses) = counters();
+        let memory: Arc<dyn QueryCache> = Arc::new(memory::MemoryCache::new(1 << 20));
+        let cache = CachedQueries::new(
+            memory,
+            Duration::from_secs(60),
+            hits.clone(),
+            misses.clone(),
+        );
+        let range = TimeRange {
+            start_ms: 3 * DAY_MS,
+            end_ms: 5 * DAY_MS,
+        };
+        let query = CanonicalQuery::new("metrics", range);
+        let Lookup::Miss(ticket) = cache.lookup(&query).await else {
+            panic!("empty cache must miss");
+        };
+        // A batch touching day 4 commits while the answer is computed.
+        cache.invalidator().committed(TouchedTime {
+            min_timestamp_ms: 4 * DAY_MS + 5,
+            max_timestamp_ms: 4 * DAY_MS + 9,
+        });
+        cache.store(ticket, b"before the commit".to_vec()).await;
+        let Lookup::Miss(ticket) = cache.lookup(&query).await else {
+            panic!("an answer older than a commit into its range was served");
+        };
+        cache.store(ticket, b"after".to_vec()).await;
+        assert!(matches!(cache.lookup(&query).await, Lookup::Hit(answer) if answer == b"after"));
+        // A commit outside the range leaves the entry alone.
+        cache.invalidator().committed(TouchedTime {
+            min_timestamp_ms: 9 * DAY_MS,
+            max_timestamp_ms: 9 * DAY_MS,
+        });
+        assert!(matches!(cache.lookup(&query).await, Lookup::Hit(_)));
+        assert_eq!((hits.get(), misses.get()), (2, 2));
+    }
+
     #[test]
     fn canonical_keys_ignore_parameter_order_and_follow_generations() {
         let range = TimeRange {
