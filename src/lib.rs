@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::health::Readiness;
 use crate::api::security::{Security, cors_layer};
-use crate::api::{ApiSettings, AppState};
+use crate::api::{ApiSettings, AppParts, AppState};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::{RedisCache, RedisLink};
 use crate::cache::{CachedQueries, QueryCache};
@@ -207,7 +207,7 @@ pub async fn run(
             config.redis.fail_closed,
         );
     }
-    let state = AppState {
+    let state = AppState::new(AppParts {
         pipeline,
         validator,
         query: QueryEngine::new(Arc::clone(&store), &intervals),
@@ -223,7 +223,7 @@ pub async fn run(
         }),
         security: Arc::new(security),
         cache,
-    };
+    });
     let api_addr = listeners.api.local_addr()?;
     let metrics_addr = match listeners.metrics {
         Some(listener) => {

@@ -164,7 +164,7 @@ fn main() -> ExitCode {
             }
             if !loaded.unhonoured_keys.is_empty() {
                 eprintln!(
-                    "warning: accepted but not honoured yet: {}",
+                    "warning: accepted but without effect (not implemented yet, or redis.enabled is false): {}",
                     loaded.unhonoured_keys.join(", ")
                 );
             }

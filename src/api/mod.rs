@@ -38,9 +38,27 @@ pub struct ApiSettings {
     pub custom_events_enabled: bool,
 }
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request (by the router
+/// and each middleware), so it is one shared pointer to [`AppParts`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub pipeline: Pipeline,
     pub validator: Arc<EventValidator>,
     pub query: QueryEngine,
