@@ -4,9 +4,16 @@
 # (between the "bench:begin" and "bench:end" markers) and prints it.
 #
 # Usage: scripts/bench.sh [--large] [--soak SECONDS] [--duration SECONDS]
-#                         [--no-build] [--output FILE]
+#                         [--postgres | --no-postgres] [--postgres-only]
+#                         [--pg-events N] [--no-build] [--output FILE]
 #   --large         also fill the store to 10 000 000 events and measure the
-#                   queries there (adds several minutes)
+#                   queries there (adds several minutes; on PostgreSQL too)
+#   --postgres      run the PostgreSQL scenarios and fail if PostgreSQL does
+#                   not answer (default: run them when it answers, else the
+#                   rows say "not available (PostgreSQL unreachable)")
+#   --no-postgres   skip the PostgreSQL scenarios
+#   --postgres-only run only the PostgreSQL scenarios (implies --postgres)
+#   --pg-events N   events of the PostgreSQL batch / COPY runs (default 500000)
 #   --soak S        length of the sustained-ingest RSS run (default 30; the
 #                   issue's figure uses 300)
 #   --duration S    length of each single-event / baseline run (default 15)
@@ -14,16 +21,27 @@
 #   --output FILE   write the table into FILE instead of BENCHMARKS.md
 #
 # Everything runs on loopback, every loop is bounded, and the services the
-# script starts are stopped on exit (trap). Needs curl and jq.
+# script starts are stopped on exit (trap). Needs curl and jq; the PostgreSQL
+# scenarios also need psql, pgbench and python3, and a server on loopback
+# (PGHOST, PGPORT, PGUSER, PGDATABASE; default 127.0.0.1:5432, postgres,
+# test). Each PostgreSQL scenario uses a fresh schema `bench_<pid>_...`,
+# dropped on exit (trap).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="$ROOT/target/release/analytics"
+BIN="${BIN:-$ROOT/target/release/analytics}" # BIN=... overrides (use with --no-build)
 LARGE=0
 SOAK=30
 DURATION=15
 BUILD=1
 OUTPUT="$ROOT/BENCHMARKS.md"
+POSTGRES=auto
+SQLITE=1
+PG_EVENTS=500000
+PG_HOST="${PGHOST:-127.0.0.1}"
+PG_PORT="${PGPORT:-5432}"
+PG_USER="${PGUSER:-postgres}"
+PG_DATABASE="${PGDATABASE:-test}"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -32,7 +50,11 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --output) OUTPUT="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --postgres) POSTGRES=1 ;;
+        --no-postgres) POSTGRES=0 ;;
+        --postgres-only) POSTGRES=1; SQLITE=0 ;;
+        --pg-events) PG_EVENTS="$2"; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -42,6 +64,25 @@ for tool in curl jq; do
     command -v "$tool" >/dev/null || { echo "bench.sh needs $tool (apt-get install $tool)" >&2; exit 2; }
 done
 
+case "$PG_HOST" in
+    127.0.0.1|localhost|::1) ;;
+    *) echo "bench.sh runs on loopback only; PGHOST=$PG_HOST is not" >&2; exit 2 ;;
+esac
+pg_psql() { # psql on the benchmark database, stopping at the first error
+    PGCONNECT_TIMEOUT=5 psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DATABASE" "$@"
+}
+if [ "$POSTGRES" != 0 ]; then
+    if command -v psql >/dev/null && command -v pgbench >/dev/null && pg_psql -Atc 'SELECT 1' >/dev/null 2>&1; then
+        POSTGRES=1
+    elif [ "$POSTGRES" = 1 ]; then
+        echo "--postgres: PostgreSQL at $PG_HOST:$PG_PORT (user $PG_USER, database $PG_DATABASE) does not answer, or psql/pgbench is missing" >&2
+        exit 2
+    else
+        echo "PostgreSQL at $PG_HOST:$PG_PORT does not answer: its rows will say not available" >&2
+        POSTGRES=unreachable
+    fi
+fi
+
 if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet)
 fi
@@ -49,6 +90,9 @@ fi
 WORK="$(mktemp -d /tmp/analytics-bench.XXXXXX)"
 SERVICE_PID=""
 SAMPLER_PID=""
+# Fresh PostgreSQL schemas this run created, dropped on exit.
+PG_SCHEMA_PREFIX="bench_$$_$(date +%s)"
+PG_SCHEMAS=()
 
 stop_service() {
     if [ -n "$SAMPLER_PID" ]; then
@@ -70,6 +114,10 @@ stop_service() {
 }
 cleanup() {
     stop_service
+    for schema in "${PG_SCHEMAS[@]}"; do
+        pg_psql -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 ||
+            echo "could not drop schema $schema (drop it by hand)" >&2
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -81,22 +129,43 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_service NAME: a fresh database and config under $WORK/NAME.
-start_service() {
-    local name="$1"
+# pg_new_schema NAME: sets PG_SCHEMA to a fresh schema name of this run and
+# registers it for the drop on exit (the store or `migrate` creates it).
+pg_new_schema() {
+    PG_SCHEMA="${PG_SCHEMA_PREFIX}_$1"
+    PG_SCHEMAS+=("$PG_SCHEMA")
+}
+
+# write_config NAME [SCHEMA]: config under $WORK/NAME (sets CONFIG); a
+# fresh SQLite file, or with SCHEMA the postgres driver on that schema.
+write_config() {
+    local name="$1" schema="${2:-}" database
     API_PORT="$(free_port)"
     METRICS_PORT="$(free_port)"
     while [ "$METRICS_PORT" = "$API_PORT" ]; do METRICS_PORT="$(free_port)"; done
     mkdir -p "$WORK/$name"
     CONFIG="$WORK/$name/config.yaml"
+    if [ -n "$schema" ]; then
+        database="database:
+  driver: postgres
+  host: \"$PG_HOST\"
+  port: $PG_PORT
+  user: \"$PG_USER\"
+  password: \"\"
+  database: \"$PG_DATABASE\"
+  schema: \"$schema\"
+  max_connections: 20"
+    else
+        database="database:
+  path: \"$WORK/$name/analytics.db\""
+    fi
     cat > "$CONFIG" <<EOF
 server:
   host: "127.0.0.1"
   port: $API_PORT
 metrics:
   port: $METRICS_PORT
-database:
-  path: "$WORK/$name/analytics.db"
+$database
 analytics:
   ingestion:
     # Room for a few 10 000-event batches at once (the default 10 000 holds
@@ -106,6 +175,12 @@ logging:
   level: warn
   output: stderr
 EOF
+}
+
+# start_service NAME [SCHEMA]: the service on a fresh store (see write_config).
+start_service() {
+    local name="$1"
+    write_config "$@"
     "$BIN" --config "$CONFIG" serve 2>"$WORK/$name/service.log" &
     SERVICE_PID=$!
     URL="http://127.0.0.1:$API_PORT"
@@ -143,71 +218,73 @@ ROWS="$WORK/rows.md"
 row() { echo "| $1 | $2 | $3 | $4 | $5 | $6 |" >> "$ROWS"; }
 
 # ---------------------------------------------------------------- ingest ---
-start_service ingest
+if [ "$SQLITE" = 1 ]; then
+    start_service ingest
 
-log "baseline: GET /health, 64 connections, ${DURATION}s"
-HEALTH="$(loadgen --target get --path /health --concurrency 64 --duration "${DURATION}s")"
-HEALTH_RPS="$(jq -r .acknowledged_requests_per_second <<<"$HEALTH")"
+    log "baseline: GET /health, 64 connections, ${DURATION}s"
+    HEALTH="$(loadgen --target get --path /health --concurrency 64 --duration "${DURATION}s")"
+    HEALTH_RPS="$(jq -r .acknowledged_requests_per_second <<<"$HEALTH")"
 
-log "single-event POST /api/v1/events, 64 connections, ${DURATION}s"
-SINGLE="$(loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 1)"
-SINGLE_RPS="$(jq -r .acknowledged_requests_per_second <<<"$SINGLE")"
-SINGLE_P99="$(jq -r .latency_ms.p99 <<<"$SINGLE")"
-SINGLE_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$SINGLE")"
-row "single-event POST, 64 connections (events/s acknowledged)" \
-    "$(printf %.0f "$SINGLE_RPS") (p99 ${SINGLE_P99} ms, ${SINGLE_FAILED} not acked)" \
-    "GET /health same load: $(printf %.0f "$HEALTH_RPS") req/s" \
-    "$(ratio "$SINGLE_RPS" "$HEALTH_RPS")" "≥ 50 %" \
-    "$(verdict 'v >= 50' "$(awk -v a="$SINGLE_RPS" -v b="$HEALTH_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+    log "single-event POST /api/v1/events, 64 connections, ${DURATION}s"
+    SINGLE="$(loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 1)"
+    SINGLE_RPS="$(jq -r .acknowledged_requests_per_second <<<"$SINGLE")"
+    SINGLE_P99="$(jq -r .latency_ms.p99 <<<"$SINGLE")"
+    SINGLE_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$SINGLE")"
+    row "single-event POST, 64 connections (events/s acknowledged)" \
+        "$(printf %.0f "$SINGLE_RPS") (p99 ${SINGLE_P99} ms, ${SINGLE_FAILED} not acked)" \
+        "GET /health same load: $(printf %.0f "$HEALTH_RPS") req/s" \
+        "$(ratio "$SINGLE_RPS" "$HEALTH_RPS")" "≥ 50 %" \
+        "$(verdict 'v >= 50' "$(awk -v a="$SINGLE_RPS" -v b="$HEALTH_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
 
-log "batch ingest over HTTP: 500 000 events in 10 000-event batches, 2 connections"
-BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count 500000 --seed 2)"
-BATCH_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$BATCH")"
-BATCH_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$BATCH")"
-PEAK_INGEST_KIB="$(status_kib VmHWM)"
+    log "batch ingest over HTTP: 500 000 events in 10 000-event batches, 2 connections"
+    BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count 500000 --seed 2)"
+    BATCH_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$BATCH")"
+    BATCH_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$BATCH")"
+    PEAK_INGEST_KIB="$(status_kib VmHWM)"
 
-log "baseline: raw SQLite insert vs store commit_batch, in process, 200 000 events"
-BASELINE="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/baseline" --json 2>>"$WORK/loadgen.log")"
-RAW_EPS="$(jq -r .raw_insert_events_per_second <<<"$BASELINE")"
-STORE_EPS="$(jq -r .store_commit_events_per_second <<<"$BASELINE")"
-row "batch ingest over HTTP, 10 000-event batches (events/s stored)" \
-    "$(printf %.0f "$BATCH_EPS") (${BATCH_FAILED} batches not acked)" "—" "—" "≥ 100 000/s" \
-    "$(verdict 'v >= 100000' "$BATCH_EPS")"
-row "batch ingest over HTTP vs raw SQLite insert of the same rows" \
-    "$(printf %.0f "$BATCH_EPS") events/s" "raw insert (1 prepared stmt, 10 000/txn): $(printf %.0f "$RAW_EPS") rows/s" \
-    "$(ratio "$BATCH_EPS" "$RAW_EPS")" "≥ 70 %" \
-    "$(verdict 'v >= 70' "$(awk -v a="$BATCH_EPS" -v b="$RAW_EPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
-row "store commit_batch (rollups included) vs raw insert, in process" \
-    "$(printf %.0f "$STORE_EPS") events/s" "$(printf %.0f "$RAW_EPS") rows/s" \
-    "$(ratio "$STORE_EPS" "$RAW_EPS")" "(diagnostic)" "—"
+    log "baseline: raw SQLite insert vs store commit_batch, in process, 200 000 events"
+    BASELINE="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/baseline" --json 2>>"$WORK/loadgen.log")"
+    RAW_EPS="$(jq -r .raw_insert_events_per_second <<<"$BASELINE")"
+    STORE_EPS="$(jq -r .store_commit_events_per_second <<<"$BASELINE")"
+    row "batch ingest over HTTP, 10 000-event batches (events/s stored)" \
+        "$(printf %.0f "$BATCH_EPS") (${BATCH_FAILED} batches not acked)" "—" "—" "≥ 100 000/s" \
+        "$(verdict 'v >= 100000' "$BATCH_EPS")"
+    row "batch ingest over HTTP vs raw SQLite insert of the same rows" \
+        "$(printf %.0f "$BATCH_EPS") events/s" "raw insert (1 prepared stmt, 10 000/txn): $(printf %.0f "$RAW_EPS") rows/s" \
+        "$(ratio "$BATCH_EPS" "$RAW_EPS")" "≥ 70 %" \
+        "$(verdict 'v >= 70' "$(awk -v a="$BATCH_EPS" -v b="$RAW_EPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+    row "store commit_batch (rollups included) vs raw insert, in process" \
+        "$(printf %.0f "$STORE_EPS") events/s" "$(printf %.0f "$RAW_EPS") rows/s" \
+        "$(ratio "$STORE_EPS" "$RAW_EPS")" "(diagnostic)" "—"
 
-log "time from acknowledged event to visible in /events/stats (20 probes)"
-# Each probe posts an event of a type of its own, then reads the stats until
-# that type shows up. The read count says whether there is any lag beyond
-# the answer time of one stats query (which is reported with it).
-VISIBLE="$WORK/visible.txt"
-: > "$VISIBLE"
-for probe in $(seq 1 20); do
-    TYPE="bench.visibility.$probe.$RANDOM"
-    curl -fsS -o /dev/null -H 'Content-Type: application/json' \
-        -d "{\"event_type\":\"$TYPE\"}" "$URL/api/v1/events"
-    ACKED="$(date +%s%N)"
-    for reads in $(seq 1 200); do
-        if curl -fsS "$URL/api/v1/events/stats" | jq -e --arg t "$TYPE" '.by_type[$t] == 1' >/dev/null; then
-            echo "$(( ($(date +%s%N) - ACKED) / 1000 )) $reads" >> "$VISIBLE"
-            break
-        fi
+    log "time from acknowledged event to visible in /events/stats (20 probes)"
+    # Each probe posts an event of a type of its own, then reads the stats until
+    # that type shows up. The read count says whether there is any lag beyond
+    # the answer time of one stats query (which is reported with it).
+    VISIBLE="$WORK/visible.txt"
+    : > "$VISIBLE"
+    for probe in $(seq 1 20); do
+        TYPE="bench.visibility.$probe.$RANDOM"
+        curl -fsS -o /dev/null -H 'Content-Type: application/json' \
+            -d "{\"event_type\":\"$TYPE\"}" "$URL/api/v1/events"
+        ACKED="$(date +%s%N)"
+        for reads in $(seq 1 200); do
+            if curl -fsS "$URL/api/v1/events/stats" | jq -e --arg t "$TYPE" '.by_type[$t] == 1' >/dev/null; then
+                echo "$(( ($(date +%s%N) - ACKED) / 1000 )) $reads" >> "$VISIBLE"
+                break
+            fi
+        done
     done
-done
-VISIBLE_P50="$(sort -n "$VISIBLE" | awk '{a[NR]=$1} END {if (NR) printf "%.1f", a[int((NR+1)/2)]/1000; else print "n/a"}')"
-VISIBLE_MAX="$(sort -n "$VISIBLE" | awk 'END {if (NR) printf "%.1f", $1/1000; else print "n/a"}')"
-VISIBLE_N="$(wc -l < "$VISIBLE")"
-FIRST_READ="$(awk '$2 == 1' "$VISIBLE" | wc -l)"
-row "acknowledged event → visible in /events/stats, store holding the ingest runs' events (ms)" \
-    "p50 $VISIBLE_P50, max $VISIBLE_MAX; visible on the first read in $FIRST_READ/20 probes ($VISIBLE_N/20 seen)" \
-    "no lag beyond one stats query (commit before ack)" "—" "visible at ack" \
-    "$(verdict 'v == 20' "$FIRST_READ")"
-stop_service
+    VISIBLE_P50="$(sort -n "$VISIBLE" | awk '{a[NR]=$1} END {if (NR) printf "%.1f", a[int((NR+1)/2)]/1000; else print "n/a"}')"
+    VISIBLE_MAX="$(sort -n "$VISIBLE" | awk 'END {if (NR) printf "%.1f", $1/1000; else print "n/a"}')"
+    VISIBLE_N="$(wc -l < "$VISIBLE")"
+    FIRST_READ="$(awk '$2 == 1' "$VISIBLE" | wc -l)"
+    row "acknowledged event → visible in /events/stats, store holding the ingest runs' events (ms)" \
+        "p50 $VISIBLE_P50, max $VISIBLE_MAX; visible on the first read in $FIRST_READ/20 probes ($VISIBLE_N/20 seen)" \
+        "no lag beyond one stats query (commit before ack)" "—" "visible at ack" \
+        "$(verdict 'v == 20' "$FIRST_READ")"
+    stop_service
+fi
 
 # --------------------------------------------------------------- queries ---
 QUERIES=(
@@ -231,46 +308,190 @@ fill() { # fill COUNT SEED: backfill spread over the 3 days before now
     jq -r '"filled \(.events_accepted) events at \(.events_per_second | floor) events/s, \(.requests_failed + .transport_errors) failed"' "$WORK/fill.$2.json" >&2
 }
 
-start_service queries
-log "filling 100 000 events over 3 days"
-fill 100000 10
-measure_queries small
-if [ "$LARGE" = 1 ]; then
-    log "filling to 10 000 000 events over the same 3 days (takes minutes)"
-    fill 9900000 11
-    measure_queries large
-fi
-for entry in "${QUERIES[@]}"; do
-    name="${entry%%|*}" path="${entry#*|}"
-    read -r S50 S99 _ < "$WORK/q.small.$name"
+if [ "$SQLITE" = 1 ]; then
+    start_service queries
+    log "filling 100 000 events over 3 days"
+    fill 100000 10
+    measure_queries small
     if [ "$LARGE" = 1 ]; then
-        read -r L50 L99 _ < "$WORK/q.large.$name"
-        row "\`GET $path\` p50 / p99 at 10 M events (ms)" "$L50 / $L99" "at 100 k events: $S50 / $S99" \
-            "p50 $(times "$L50" "$S50"), p99 $(times "$L99" "$S99")" "p99 ≤ 2×" \
-            "$(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
-    else
-        row "\`GET $path\` p50 / p99 at 100 k events (ms)" "$S50 / $S99" "10 M step not run (--large)" "—" "p99 ≤ 2× at 10 M" "not measured"
+        log "filling to 10 000 000 events over the same 3 days (takes minutes)"
+        fill 9900000 11
+        measure_queries large
     fi
-done
+    for entry in "${QUERIES[@]}"; do
+        name="${entry%%|*}" path="${entry#*|}"
+        read -r S50 S99 _ < "$WORK/q.small.$name"
+        if [ "$LARGE" = 1 ]; then
+            read -r L50 L99 _ < "$WORK/q.large.$name"
+            row "\`GET $path\` p50 / p99 at 10 M events (ms)" "$L50 / $L99" "at 100 k events: $S50 / $S99" \
+                "p50 $(times "$L50" "$S50"), p99 $(times "$L99" "$S99")" "p99 ≤ 2×" \
+                "$(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
+        else
+            row "\`GET $path\` p50 / p99 at 100 k events (ms)" "$S50 / $S99" "10 M step not run (--large)" "—" "p99 ≤ 2× at 10 M" "not measured"
+        fi
+    done
 
-log "sustained ingest for ${SOAK}s at 20 000 events/s (1 000-event batches), sampling RSS"
-RSS_START_KIB="$(status_kib VmRSS)"
-SAMPLES="$WORK/rss.txt"
-( while kill -0 "$SERVICE_PID" 2>/dev/null; do awk '$1=="VmRSS:"{print $2}' "/proc/$SERVICE_PID/status" >> "$SAMPLES"; sleep 5; done ) &
-SAMPLER_PID=$!
-SOAK_RESULT="$(loadgen --target http-batch --batch-size 1000 --rate 20 --concurrency 4 --duration "${SOAK}s" --seed 12)"
-RSS_END_KIB="$(status_kib VmRSS)"
-RSS_PEAK_KIB="$(status_kib VmHWM)"
-SOAK_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$SOAK_RESULT")"
-RSS_MAX_SAMPLE="$(sort -n "$SAMPLES" | tail -1)"
-row "peak RSS of the service during the ingest runs (VmHWM)" "$(mib "$PEAK_INGEST_KIB") MiB" "—" "—" "reported" "met"
-row "RSS over a ${SOAK}s sustained ingest at $(printf %.0f "$SOAK_EPS") events/s: start → end (max sample)" \
-    "$(mib "$RSS_START_KIB") → $(mib "$RSS_END_KIB") MiB (max $(mib "${RSS_MAX_SAMPLE:-0}"), VmHWM $(mib "$RSS_PEAK_KIB"))" \
-    "start" "$(times "$RSS_END_KIB" "$RSS_START_KIB")" "flat" \
-    "$(verdict 'v <= 1.25' "$(awk -v a="$RSS_END_KIB" -v b="$RSS_START_KIB" 'BEGIN{print (b>0)?a/b:99}')")"
-stop_service
+    log "sustained ingest for ${SOAK}s at 20 000 events/s (1 000-event batches), sampling RSS"
+    RSS_START_KIB="$(status_kib VmRSS)"
+    SAMPLES="$WORK/rss.txt"
+    ( while kill -0 "$SERVICE_PID" 2>/dev/null; do awk '$1=="VmRSS:"{print $2}' "/proc/$SERVICE_PID/status" >> "$SAMPLES"; sleep 5; done ) &
+    SAMPLER_PID=$!
+    SOAK_RESULT="$(loadgen --target http-batch --batch-size 1000 --rate 20 --concurrency 4 --duration "${SOAK}s" --seed 12)"
+    RSS_END_KIB="$(status_kib VmRSS)"
+    RSS_PEAK_KIB="$(status_kib VmHWM)"
+    SOAK_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$SOAK_RESULT")"
+    RSS_MAX_SAMPLE="$(sort -n "$SAMPLES" | tail -1)"
+    row "peak RSS of the service during the ingest runs (VmHWM)" "$(mib "$PEAK_INGEST_KIB") MiB" "—" "—" "reported" "met"
+    row "RSS over a ${SOAK}s sustained ingest at $(printf %.0f "$SOAK_EPS") events/s: start → end (max sample)" \
+        "$(mib "$RSS_START_KIB") → $(mib "$RSS_END_KIB") MiB (max $(mib "${RSS_MAX_SAMPLE:-0}"), VmHWM $(mib "$RSS_PEAK_KIB"))" \
+        "start" "$(times "$RSS_END_KIB" "$RSS_START_KIB")" "flat" \
+        "$(verdict 'v <= 1.25' "$(awk -v a="$RSS_END_KIB" -v b="$RSS_START_KIB" 'BEGIN{print (b>0)?a/b:99}')")"
+    stop_service
+fi
 
-row "batch ingest vs raw PostgreSQL COPY" "not available (no PostgreSQL store yet)" "—" "—" "—" "—"
+# ------------------------------------------------------------ postgresql ---
+# The same kinds of figures on the PostgreSQL store, each in fresh schemas,
+# each against a raw-SQL baseline run in this script on the same server.
+pg_time_ms() { # pg_time_ms FILE: the "Time: N ms" lines psql's \timing printed, one number a line
+    awk '$1 == "Time:" {print $2}' "$1"
+}
+percentiles() { # percentiles FILE -> "p50 p99" of the numbers in FILE (nearest rank)
+    sort -n "$1" | awk '{a[NR] = $1} END {
+        if (NR == 0) { print "n/a n/a"; exit }
+        i50 = int(0.50 * NR + 0.999999); i99 = int(0.99 * NR + 0.999999)
+        printf "%.3f %.3f\n", a[i50 < 1 ? 1 : i50], a[i99 < 1 ? 1 : i99] }'
+}
+pg_migrate() { # pg_migrate NAME SCHEMA: the service's schema, created by `analytics migrate`
+    write_config "$1" "$2"
+    "$BIN" --config "$CONFIG" migrate 2>"$WORK/$1/migrate.log" ||
+        { cat "$WORK/$1/migrate.log" >&2; echo "analytics migrate failed" >&2; exit 1; }
+}
+pg_count() { # pg_count SCHEMA TABLE: rows stored
+    pg_psql -Atc "SELECT count(*) FROM $1.$2"
+}
+# raw_queries LABEL REPEATS: times the raw-SQL equivalents of $QUERIES over
+# the events table of $PG_SCHEMA (one psql session per query, one warm-up
+# run, then REPEATS timed runs) -> $WORK/r.LABEL.NAME (p50 p99 runs)
+raw_queries() {
+    local label="$1" repeats="$2" now_ms name file args
+    now_ms="$(( $(date +%s%N) / 1000000 ))"
+    for name in stats metrics dashboard; do
+        file="$ROOT/scripts/pg_raw_$name.sql"
+        args=(-c '\o /dev/null' -f "$file" -c '\timing on')
+        for _ in $(seq 1 "$repeats"); do args+=(-f "$file"); done
+        PGOPTIONS="-c search_path=$PG_SCHEMA" pg_psql -v now_ms="$now_ms" "${args[@]}" > "$WORK/raw.$label.$name.out"
+        pg_time_ms "$WORK/raw.$label.$name.out" > "$WORK/raw.$label.$name.ms"
+        echo "$(percentiles "$WORK/raw.$label.$name.ms") $(wc -l < "$WORK/raw.$label.$name.ms")" > "$WORK/r.$label.$name"
+    done
+}
+
+if [ "$POSTGRES" = 1 ]; then
+    # 1. Batch ingest through the service vs a plain COPY of the same rows.
+    pg_new_schema batch
+    start_service pg-batch "$PG_SCHEMA"
+    log "postgres: batch ingest over HTTP, $PG_EVENTS events in 10 000-event batches, 2 connections"
+    PG_BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$PG_EVENTS" --seed 2)"
+    PG_BATCH_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$PG_BATCH")"
+    PG_BATCH_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$PG_BATCH")"
+    stop_service
+    PG_BATCH_STORED="$(pg_count "$PG_SCHEMA" events)"
+
+    log "postgres baseline: COPY of the same $PG_EVENTS rows into a second schema made by analytics migrate"
+    pg_new_schema copy
+    pg_migrate pg-copy "$PG_SCHEMA"
+    "$BIN" loadgen --target ndjson --count "$PG_EVENTS" --seed 2 --quiet -o "$WORK/pg-copy/events.ndjson" 2>>"$WORK/loadgen.log"
+    python3 "$ROOT/scripts/pg_ndjson_to_tsv.py" "$WORK/pg-copy/events.ndjson" \
+        "$WORK/pg-copy/events.tsv" "$WORK/pg-copy/event_ids.tsv"
+    COPY_START="$(date +%s%N)"
+    PGOPTIONS="-c search_path=$PG_SCHEMA" pg_psql > "$WORK/pg-copy/copy.out" <<EOF
+\timing on
+BEGIN;
+\copy event_ids (id, ts) FROM '$WORK/pg-copy/event_ids.tsv'
+\copy events (id, ts, event_type, user_id, session_id, properties, created_at) FROM '$WORK/pg-copy/events.tsv'
+COMMIT;
+EOF
+    COPY_END="$(date +%s%N)"
+    COPY_STORED="$(pg_count "$PG_SCHEMA" events)"
+    mapfile -t COPY_MS < <(pg_time_ms "$WORK/pg-copy/copy.out") # BEGIN, ids, events, COMMIT
+    COPY_RPS="$(awk -v n="$COPY_STORED" -v ns="$((COPY_END - COPY_START))" 'BEGIN {printf "%.0f", n / (ns / 1e9)}')"
+    COPY_EVENTS_ONLY_RPS="$(awk -v n="$COPY_STORED" -v ms="${COPY_MS[2]:-0}" 'BEGIN {if (ms > 0) printf "%.0f", n / (ms / 1000); else print 0}')"
+    row "PostgreSQL: batch ingest over HTTP, 10 000-event batches, rollups included (events/s stored)" \
+        "$(printf %.0f "$PG_BATCH_EPS") ($PG_BATCH_STORED stored, ${PG_BATCH_FAILED} batches not acked)" \
+        "plain COPY of the same $COPY_STORED rows into \`events\` + \`event_ids\` of the same schema, one transaction: $COPY_RPS rows/s (the \`events\` COPY alone: $COPY_EVENTS_ONLY_RPS rows/s)" \
+        "$(ratio "$PG_BATCH_EPS" "$COPY_RPS")" "≥ 60 %" \
+        "$(verdict 'v >= 60' "$(awk -v a="$PG_BATCH_EPS" -v b="$COPY_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+
+    # 2. Single-event POSTs vs one INSERT per transaction (the old service).
+    pg_new_schema single
+    start_service pg-single "$PG_SCHEMA"
+    log "postgres: single-event POST /api/v1/events, 64 connections, ${DURATION}s"
+    PG_SINGLE="$(loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 1)"
+    PG_SINGLE_RPS="$(jq -r .acknowledged_requests_per_second <<<"$PG_SINGLE")"
+    PG_SINGLE_P99="$(jq -r .latency_ms.p99 <<<"$PG_SINGLE")"
+    PG_SINGLE_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$PG_SINGLE")"
+    stop_service
+
+    log "postgres baseline: pgbench, one INSERT per transaction, 64 clients, ${DURATION}s"
+    pg_new_schema pgbench
+    pg_migrate pg-pgbench "$PG_SCHEMA"
+    PGOPTIONS="-c search_path=$PG_SCHEMA" PGCONNECT_TIMEOUT=5 pgbench -n -c 64 -j 2 -T "$DURATION" \
+        -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -f "$ROOT/scripts/pg_single_insert.sql" "$PG_DATABASE" \
+        > "$WORK/pg-pgbench/pgbench.out" 2>&1 || { cat "$WORK/pg-pgbench/pgbench.out" >&2; echo "pgbench failed" >&2; exit 1; }
+    PGBENCH_TPS="$(awk '/^tps = / {print $3; exit}' "$WORK/pg-pgbench/pgbench.out")"
+    PGBENCH_LATENCY="$(awk '/^latency average/ {print $4; exit}' "$WORK/pg-pgbench/pgbench.out")"
+    row "PostgreSQL: single-event POST, 64 connections (events/s acknowledged)" \
+        "$(printf %.0f "$PG_SINGLE_RPS") (p99 ${PG_SINGLE_P99} ms, ${PG_SINGLE_FAILED} not acked)" \
+        "pgbench, 64 clients, ${DURATION}s, one \`INSERT\` into \`events\` per transaction: $(printf %.0f "$PGBENCH_TPS") rows/s (mean ${PGBENCH_LATENCY} ms)" \
+        "$(times "$PG_SINGLE_RPS" "$PGBENCH_TPS")" "≥ 3×" \
+        "$(verdict 'v >= 3' "$(awk -v a="$PG_SINGLE_RPS" -v b="$PGBENCH_TPS" 'BEGIN{print (b>0)?a/b:0}')")"
+
+    # 3. Query latency at 100 k (and 10 M) stored events vs raw GROUP BY.
+    pg_new_schema queries
+    start_service pg-queries "$PG_SCHEMA"
+    log "postgres: filling 100 000 events over 3 days"
+    fill 100000 20
+    measure_queries pgsmall
+    log "postgres baseline: raw GROUP BY equivalents at 100 000 events, 30 runs each"
+    raw_queries pgsmall 30
+    if [ "$LARGE" = 1 ]; then
+        log "postgres: filling to 10 000 000 events over the same 3 days (takes many minutes)"
+        fill 9900000 21
+        measure_queries pglarge
+        log "postgres baseline: raw GROUP BY equivalents at 10 000 000 events, 5 runs each"
+        raw_queries pglarge 5
+    fi
+    PG_QUERIES_STORED="$(pg_count "$PG_SCHEMA" events)"
+    stop_service
+    for entry in "${QUERIES[@]}"; do
+        name="${entry%%|*}" path="${entry#*|}"
+        read -r S50 S99 _ < "$WORK/q.pgsmall.$name"
+        read -r R50 R99 RN < "$WORK/r.pgsmall.$name"
+        # The issue sets the 10× target at 10 M events; at 100 k the raw
+        # query is cheap too, so the ratio is reported, not judged.
+        row "PostgreSQL: \`GET $path\` p50 / p99 at 100 k events (ms)" "$S50 / $S99" \
+            "raw SQL (scripts/pg_raw_$name.sql) on the same events table: $R50 / $R99 ($RN runs)" \
+            "p99 $(times "$R99" "$S99") faster than raw" "(reported; the targets apply at 10 M)" "—"
+        if [ "$LARGE" = 1 ]; then
+            read -r L50 L99 _ < "$WORK/q.pglarge.$name"
+            read -r RL50 RL99 RLN < "$WORK/r.pglarge.$name"
+            row "PostgreSQL: \`GET $path\` p50 / p99 at 10 M events ($PG_QUERIES_STORED stored) (ms)" "$L50 / $L99" \
+                "raw SQL, same table: $RL50 / $RL99 ($RLN runs); service at 100 k: $S50 / $S99" \
+                "p99 $(times "$RL99" "$L99") faster than raw; $(times "$L99" "$S99") of 100 k" "≥ 10× faster; p99 ≤ 2× of 100 k" \
+                "≥ 10×: $(verdict 'v >= 10' "$(awk -v a="$RL99" -v b="$L99" 'BEGIN{print (b>0)?a/b:0}')"); ≤ 2×: $(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
+        fi
+    done
+    if [ "$LARGE" != 1 ]; then
+        row "PostgreSQL: query p99 at 10 M events" "10 M step not run (--large)" "—" "—" "≥ 10× faster than raw; p99 ≤ 2× of 100 k" "not measured"
+    fi
+elif [ "$POSTGRES" = unreachable ]; then
+    for figure in "batch ingest vs raw PostgreSQL COPY" "single-event POST on PostgreSQL vs one INSERT per transaction" \
+        "query p99 on PostgreSQL at 100 k / 10 M events vs raw GROUP BY"; do
+        row "PostgreSQL: $figure" "not available (PostgreSQL unreachable)" "—" "—" "—" "—"
+    done
+else
+    row "PostgreSQL scenarios" "not run (--no-postgres)" "—" "—" "—" "—"
+fi
+
 row "Kafka ingest vs batch HTTP" "not available (no Kafka source yet)" "—" "—" "—" "—"
 row "NATS JetStream ingest vs batch HTTP" "not available (no NATS source yet)" "—" "—" "—" "—"
 
@@ -279,7 +500,7 @@ COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --qu
 CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 TABLE="$WORK/table.md"
 {
-    echo "Run of $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, $(nproc) CPUs ($CPU), soak ${SOAK}s, large=$LARGE."
+    echo "Run of $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, $(nproc) CPUs ($CPU), soak ${SOAK}s, large=$LARGE, sqlite=$SQLITE, postgres=$POSTGRES."
     echo
     echo "| figure | value | baseline (same run) | ratio | target | verdict |"
     echo "|---|---|---|---|---|---|"
