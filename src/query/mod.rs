@@ -136,6 +136,32 @@ impl QueryEngine {
                             continue;
                         }
                     }
+                    // Counts by type (all that events.count rolls up) are
+                    // counted by the database. That needs the whole piece
+                    // in one group: true without grouping, and when some
+                    // interval is usable (a raw piece then lies inside one
+                    // finest bucket, which lies inside one group).
+                    if !include_properties && (group.is_none() || !usable.is_empty()) {
+                        let group = group_of(start_ms);
+                        let counts = self.store.count_events_by_type(start_ms, end_ms).await?;
+                        for (filter, result) in filters.iter().zip(results.iter_mut()) {
+                            for (event_type, count) in &counts {
+                                if filter.matches(EVENTS_COUNT, event_type) {
+                                    let counted =
+                                        Accumulator::from_parts(*count, None, None, None, None)
+                                            .map_err(|error| {
+                                                StoreError::Corrupt(error.to_string())
+                                            })?;
+                                    merge_into(
+                                        result.entry(group).or_default(),
+                                        event_type.clone(),
+                                        counted,
+                                    );
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     let events = self
                         .store
                         .scan_events(start_ms, end_ms, include_properties)

@@ -223,6 +223,15 @@ pub trait Store: Send + Sync + 'static {
         include_properties: bool,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// Number of events of each type in `[start_ms, end_ms)`: what
+    /// `events.count` rolls up, counted in the database (the raw edges of
+    /// count queries need nothing else).
+    async fn count_events_by_type(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Rollup rows of `metric` at `interval` whose bucket starts lie in
     /// `[start_ms, end_ms)`, optionally for one dimension value.
     async fn read_rollups(

@@ -1050,6 +1050,27 @@ impl Store for PostgresStore {
         rows.iter().map(event_of).collect()
     }
 
+    async fn count_events_by_type(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT event_type, count(*) FROM events WHERE ts >= $1 AND ts < $2 GROUP BY event_type")
+            .await?;
+        let rows = client.query(&statement, &[&start_ms, &end_ms]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, String>(0),
+                    u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     async fn read_rollups(
         &self,
         metric: &str,

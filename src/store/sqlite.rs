@@ -661,6 +661,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_events_by_type(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT event_type, COUNT(*) FROM events WHERE ts >= ?1 AND ts < ?2 GROUP BY event_type",
+            )?;
+            let rows = statement.query_map(params![start_ms, end_ms], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            rows.map(|row| {
+                let (event_type, count) = row?;
+                Ok((event_type, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn read_rollups(
         &self,
         metric: &str,

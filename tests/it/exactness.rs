@@ -319,3 +319,56 @@ async fn event_stamped_ahead_in_the_current_minute_is_not_counted_early() {
         .await;
     assert_eq!(later["total_events"], 2, "{later}");
 }
+
+#[tokio::test]
+async fn series_finer_than_every_stored_interval_are_counted_per_bucket() {
+    let app =
+        crate::helpers::spawn_app_with(&[("ANALYTICS_ANALYTICS__AGGREGATION__INTERVALS", "[1h]")])
+            .await;
+    let now = now_ms();
+    let minute = now - now.rem_euclid(60_000);
+    let events: Vec<Value> = [
+        minute - 3 * 60_000 + 5,
+        minute - 3 * 60_000 + 9,
+        minute - 60_000 + 1,
+    ]
+    .iter()
+    .map(|timestamp| json!({"event_type": "page.view", "timestamp": timestamp}))
+    .collect();
+    assert_eq!(
+        app.post_json("/api/v1/events/batch", &json!(events))
+            .await
+            .0,
+        200
+    );
+    let (_, body) = app
+        .get_query(
+            "/api/v1/metrics",
+            &[
+                ("metric_name", "events.count.page.view".to_string()),
+                ("interval", "1m".to_string()),
+                ("start_time", rfc3339(minute - 10 * 60_000)),
+                ("end_time", rfc3339(now)),
+            ],
+        )
+        .await;
+    let points: Vec<(String, f64)> = body["result"]["data_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| {
+            (
+                point["timestamp"].as_str().unwrap().to_string(),
+                point["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        points,
+        vec![
+            (rfc3339(minute - 3 * 60_000), 2.0),
+            (rfc3339(minute - 60_000), 1.0)
+        ],
+        "{body}"
+    );
+}
