@@ -38,6 +38,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
+use super::decoded_cache::{DecodedCache, RowKey};
 use super::{
     EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
     StoreError,
@@ -208,6 +209,9 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Decoded value rows the readers keep (a few tens of MiB at most).
+const DECODED_CACHE_ROWS: usize = 10_000;
+
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: Pool,
@@ -216,6 +220,10 @@ pub struct PostgresStore {
     partitions_ahead_days: i64,
     /// Day numbers (days since the epoch) whose partition is known to exist.
     known_partitions: Mutex<HashSet<i64>>,
+    /// Decoded value rows for the readers (see [`DecodedCache`]); safe with
+    /// several instances writing, since a row is reused only when its
+    /// stored bytes are unchanged.
+    decoded: DecodedCache,
 }
 
 impl PostgresStore {
@@ -259,6 +267,7 @@ impl PostgresStore {
             intervals: intervals.into(),
             partitions_ahead_days: settings.partitions_ahead_days,
             known_partitions: Mutex::new(HashSet::new()),
+            decoded: DecodedCache::new(DECODED_CACHE_ROWS),
         };
         store.wait_until_reachable(settings.startup_timeout).await?;
         store.migrate().await?;
@@ -917,6 +926,7 @@ fn definition_of(row: &Row) -> Result<CustomEventDefinition, StoreError> {
 /// `[start_ms, end_ms)`.
 async fn query_rollup_rows(
     client: &impl GenericClient,
+    decoded: &DecodedCache,
     filter: &MetricFilter,
     interval: Interval,
     start_ms: i64,
@@ -943,10 +953,31 @@ async fn query_rollup_rows(
         .await?;
     rows.iter()
         .map(|row| {
+            let dimensions: String = row.try_get(0)?;
+            let bucket_start_ms: i64 = row.try_get(1)?;
+            let sketch: Option<&[u8]> = row.try_get(6)?;
+            let accumulator = match sketch {
+                None => accumulator_of(row, 2)?,
+                Some(sketch) => decoded
+                    .get_or_decode(
+                        RowKey {
+                            metric: filter.metric.clone(),
+                            interval,
+                            bucket_start_ms,
+                            dimensions: dimensions.clone(),
+                        },
+                        u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                        sketch,
+                    )
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+            };
             Ok(RollupRow {
-                dimensions: row.try_get(0)?,
-                bucket_start_ms: row.try_get(1)?,
-                accumulator: accumulator_of(row, 2)?,
+                dimensions,
+                bucket_start_ms,
+                accumulator,
             })
         })
         .collect()
@@ -1081,7 +1112,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<RollupRow>, StoreError> {
         let client = self.pool.get().await?;
         let filter = MetricFilter::new(metric, dimensions);
-        query_rollup_rows(&client, &filter, interval, start_ms, end_ms).await
+        query_rollup_rows(&client, &self.decoded, &filter, interval, start_ms, end_ms).await
     }
 
     async fn read_bucket_if_covered(
@@ -1128,6 +1159,7 @@ impl Store for PostgresStore {
             rows.push(
                 query_rollup_rows(
                     &transaction,
+                    &self.decoded,
                     filter,
                     interval,
                     bucket_start_ms,
