@@ -41,8 +41,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::model::Event;
 use crate::model::event::now_ms;
-use crate::model::{Event, EventLimits};
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, PipelineSettings, SubmitError};
 use crate::telemetry::Telemetry;
@@ -194,15 +194,7 @@ pub async fn import_file(config: &Config, args: &ImportArgs) -> anyhow::Result<I
         .with_context(|| format!("cannot read {}", args.file.display()))?
         .len();
     let store = crate::open_store(config).await?;
-    let validator = Arc::new(EventValidator::new(EventLimits {
-        max_properties: config.custom_events.max_properties,
-        max_property_size: config.custom_events.max_property_size,
-        max_future_skew_ms: millis(config.analytics.ingestion.max_future_skew),
-        max_age_ms: millis(config.analytics.retention.raw_events),
-    }));
-    if config.custom_events.enabled {
-        crate::load_definitions(&*store, &validator).await?;
-    }
+    let validator = crate::event_validator(config, &*store).await?;
     let ingestion = &config.analytics.ingestion;
     let (pipeline, committer) = Pipeline::start(
         store,
@@ -299,10 +291,6 @@ fn detect_format(path: &Path) -> ImportFormat {
         Some(extension) if extension.eq_ignore_ascii_case("csv") => ImportFormat::Csv,
         _ => ImportFormat::Ndjson,
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn progress_bar(quiet: bool, file_size: u64) -> ProgressBar {

@@ -146,15 +146,7 @@ pub async fn run(
     let readiness = Arc::new(Readiness::default());
     let store = open_store(&config).await?;
     let intervals = configured_intervals(&config)?;
-    let validator = Arc::new(EventValidator::new(EventLimits {
-        max_properties: config.custom_events.max_properties,
-        max_property_size: config.custom_events.max_property_size,
-        max_future_skew_ms: duration_ms(config.analytics.ingestion.max_future_skew),
-        max_age_ms: duration_ms(config.analytics.retention.raw_events),
-    }));
-    if config.custom_events.enabled {
-        load_definitions(&*store, &validator).await?;
-    }
+    let validator = event_validator(&config, &*store).await?;
     let retention = tokio::spawn(retention::run_on_schedule(
         Arc::clone(&store),
         config.analytics.retention.clone(),
@@ -354,6 +346,25 @@ fn rate_limit_summary(config: &Config) -> String {
     )
 }
 
-fn duration_ms(duration: std::time::Duration) -> i64 {
+/// The validator every source uses: the configured event limits, and the
+/// stored custom event schemas when custom events are enabled.
+pub async fn event_validator(
+    config: &Config,
+    store: &dyn Store,
+) -> anyhow::Result<Arc<EventValidator>> {
+    let validator = Arc::new(EventValidator::new(EventLimits {
+        max_properties: config.custom_events.max_properties,
+        max_property_size: config.custom_events.max_property_size,
+        max_future_skew_ms: duration_ms(config.analytics.ingestion.max_future_skew),
+        max_age_ms: duration_ms(config.analytics.retention.raw_events),
+    }));
+    if config.custom_events.enabled {
+        load_definitions(store, &validator).await?;
+    }
+    Ok(validator)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -19,13 +19,9 @@ use crate::store::{RetentionCutoffs, RetentionReport, Store, StoreError};
 /// How often the service runs retention.
 pub const RUN_EVERY: Duration = Duration::from_secs(3600);
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The cutoffs of `config` at `now_ms` for the stored `intervals`.
 pub fn cutoffs(config: &RetentionConfig, intervals: &[Interval], now_ms: i64) -> RetentionCutoffs {
-    let before = |keep: Duration| now_ms.saturating_sub(millis(keep));
+    let before = |keep: Duration| now_ms.saturating_sub(crate::duration_ms(keep));
     RetentionCutoffs {
         events_before_ms: before(config.raw_events),
         rollups_before_ms: intervals

@@ -266,16 +266,22 @@ async fn run_syncer(mut queue: mpsc::Receiver<Vec<AwaitingSync>>, store: Arc<dyn
 /// are returned to wait for their sync.
 async fn commit(
     store: &dyn Store,
-    mut submissions: Vec<Submission>,
+    submissions: Vec<Submission>,
     total: usize,
     telemetry: &Telemetry,
     on_commit: Option<&dyn CommitListener>,
 ) -> Option<Vec<AwaitingSync>> {
-    let mut lengths = Vec::with_capacity(submissions.len());
+    // The batches go to the store as one; each submitter keeps its reply,
+    // its permits and how many of the events were its own.
+    let mut waiters = Vec::with_capacity(submissions.len());
     let mut combined: Option<PreparedBatch> = None;
-    for submission in &mut submissions {
-        lengths.push(submission.batch.len());
-        let batch = std::mem::replace(&mut submission.batch, PreparedBatch::empty(&[], 0));
+    for Submission {
+        batch,
+        reply,
+        _permits,
+    } in submissions
+    {
+        waiters.push((reply, _permits, batch.len()));
         match &mut combined {
             None => combined = Some(batch),
             Some(combined) => combined.append(batch),
@@ -314,14 +320,14 @@ async fn commit(
                 started.elapsed(),
             );
             let mut rest = inserted.as_slice();
-            let mut waiting = Vec::with_capacity(submissions.len());
-            for (submission, length) in submissions.into_iter().zip(lengths) {
+            let mut waiting = Vec::with_capacity(waiters.len());
+            for (reply, _permits, length) in waiters {
                 let (mine, others) = rest.split_at(length.min(rest.len()));
                 rest = others;
                 waiting.push(AwaitingSync {
-                    reply: submission.reply,
+                    reply,
                     inserted: mine.to_vec(),
-                    _permits: submission._permits,
+                    _permits,
                 });
             }
             Some(waiting)
@@ -330,10 +336,8 @@ async fn commit(
             telemetry.record_batch_failed(total);
             tracing::error!(events = total, error = %error, "batch commit failed; nothing acknowledged");
             let message = error.to_string();
-            for submission in submissions {
-                let _ = submission
-                    .reply
-                    .send(Err(SubmitError::CommitFailed(message.clone())));
+            for (reply, _permits, _) in waiters {
+                let _ = reply.send(Err(SubmitError::CommitFailed(message.clone())));
             }
             None
         }

@@ -81,16 +81,6 @@ impl PreparedBatch {
         }
     }
 
-    /// An empty batch for `intervals`, to append prepared batches to.
-    pub fn empty(intervals: &[Interval], capacity: usize) -> PreparedBatch {
-        PreparedBatch {
-            events: Vec::with_capacity(capacity),
-            properties_json: Vec::with_capacity(capacity),
-            rollups: RollupBatch::new(intervals),
-            distinct: BTreeSet::new(),
-        }
-    }
-
     /// Moves `other`'s events and deltas into this batch.
     pub fn append(&mut self, other: PreparedBatch) {
         self.events.extend(other.events);
