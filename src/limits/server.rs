@@ -166,6 +166,27 @@ impl CountedStream {
     }
 }
 
+impl CountedStream {
+    /// Passes a write-side poll through: while it is pending the write
+    /// timeout runs, and any progress disarms it.
+    fn bound_write<T>(
+        &mut self,
+        context: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                ready!(self.poll_stall(context))?;
+                Poll::Pending
+            }
+            done => {
+                self.write_stall = None;
+                done
+            }
+        }
+    }
+}
+
 impl Drop for CountedStream {
     fn drop(&mut self) {
         self.gauge.dec();
@@ -188,16 +209,8 @@ impl AsyncWrite for CountedStream {
         context: &mut Context<'_>,
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(context, buffer) {
-            Poll::Pending => {
-                ready!(self.poll_stall(context))?;
-                Poll::Pending
-            }
-            done => {
-                self.write_stall = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut self.stream).poll_write(context, buffer);
+        self.bound_write(context, polled)
     }
 
     fn poll_write_vectored(
@@ -205,16 +218,8 @@ impl AsyncWrite for CountedStream {
         context: &mut Context<'_>,
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(context, buffers) {
-            Poll::Pending => {
-                ready!(self.poll_stall(context))?;
-                Poll::Pending
-            }
-            done => {
-                self.write_stall = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(context, buffers);
+        self.bound_write(context, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -222,16 +227,8 @@ impl AsyncWrite for CountedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_flush(context) {
-            Poll::Pending => {
-                ready!(self.poll_stall(context))?;
-                Poll::Pending
-            }
-            done => {
-                self.write_stall = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut self.stream).poll_flush(context);
+        self.bound_write(context, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
