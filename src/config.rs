@@ -48,7 +48,6 @@ pub const NOT_HONOURED: &[&str] = &[
     // Connections to Redis are multiplexed (`pool_size` of them, each
     // carrying any number of concurrent commands): there are no idle ones.
     "redis.min_idle_conns",
-    "kafka",
     "realtime",
     "health",
     "analytics.aggregation.workers",
@@ -88,6 +87,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
+    pub nats: NatsConfig,
     pub analytics: AnalyticsConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
@@ -186,16 +186,74 @@ impl RedisConfig {
     }
 }
 
-/// `kafka` (not honoured yet).
+/// `kafka`: the Kafka source. No brokers, no Kafka.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: Vec<String>,
     pub consumer_group: String,
     pub topics: Vec<String>,
+    /// `true`: stored offsets are committed in the background every
+    /// `commit_interval`; `false`: after every batch. Either way an offset
+    /// is stored only once its events are durably committed.
     pub enable_auto_commit: bool,
     #[serde(with = "duration_serde")]
     pub session_timeout: Duration,
+    /// Where a group without a committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    #[serde(with = "duration_serde")]
+    pub max_poll_interval: Duration,
+    #[serde(with = "duration_serde")]
+    pub commit_interval: Duration,
+    pub client_id: String,
+    /// Most messages in one pipeline submission.
+    pub batch_size: usize,
+    /// Submissions awaiting their commit at once.
+    pub max_in_flight: usize,
+    /// Passed to librdkafka as they are (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, ...); values are
+    /// treated as secrets.
+    pub properties: BTreeMap<String, Secret>,
+}
+
+impl KafkaConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.brokers.is_empty()
+    }
+}
+
+/// `nats`: the NATS JetStream source. No servers, no NATS.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://host:port` URLs.
+    pub servers: Vec<String>,
+    pub user: String,
+    pub password: Secret,
+    pub token: Secret,
+    /// A `.creds` file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// The JetStream stream to consume.
+    pub stream: String,
+    /// Subjects of the stream when the service creates it.
+    pub subjects: Vec<String>,
+    /// Create the stream when it does not exist.
+    pub create_stream: bool,
+    /// Name of the durable pull consumer the instances share.
+    pub durable: String,
+    /// Most messages fetched and submitted at once.
+    pub batch_size: usize,
+    #[serde(with = "duration_serde")]
+    pub ack_wait: Duration,
+    /// Delay before a message whose commit failed is redelivered.
+    #[serde(with = "duration_serde")]
+    pub nak_delay: Duration,
+}
+
+impl NatsConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.servers.is_empty()
+    }
 }
 
 /// `analytics`: ingestion, aggregation, retention and queries.
@@ -227,6 +285,8 @@ pub struct IngestionConfig {
     /// Events timestamped further than this in the future are rejected.
     #[serde(with = "duration_serde")]
     pub max_future_skew: Duration,
+    /// Bytes of a stream message's payload kept in a dead letter.
+    pub dead_letter_payload_bytes: usize,
 }
 
 /// `analytics.aggregation`.
@@ -824,6 +884,9 @@ impl Config {
             ("server.shutdown_timeout", server.shutdown_timeout),
             ("database.connection_lifetime", database.connection_lifetime),
             ("kafka.session_timeout", self.kafka.session_timeout),
+            ("kafka.max_poll_interval", self.kafka.max_poll_interval),
+            ("kafka.commit_interval", self.kafka.commit_interval),
+            ("nats.ack_wait", self.nats.ack_wait),
             ("analytics.ingestion.batch_timeout", ingestion.batch_timeout),
             ("analytics.retention.raw_events", retention.raw_events),
             ("analytics.retention.minute_aggregates", retention.minute_aggregates),
@@ -858,6 +921,10 @@ impl Config {
             ("security.rate_limit.burst", rate_limit.burst, 1, 1_000_000),
             ("server.max_concurrent_requests", server.max_concurrent_requests, 1, 1_000_000),
             ("redis.pool_size", self.redis.pool_size, 1, 64),
+            ("kafka.batch_size", self.kafka.batch_size, 1, 100_000),
+            ("kafka.max_in_flight", self.kafka.max_in_flight, 1, 64),
+            ("nats.batch_size", self.nats.batch_size, 1, 100_000),
+            ("analytics.ingestion.dead_letter_payload_bytes", ingestion.dead_letter_payload_bytes, 64, 16 << 20),
         ];
         for (key, value, min, max) in ranges {
             check.range(key, value, min, max);
@@ -876,6 +943,45 @@ impl Config {
         check.one_of("database.ssl_mode", &database.ssl_mode, &ssl_modes);
         check.one_of("logging.level", &logging.level, &levels);
         check.one_of("logging.format", &logging.format, &["json", "console"]);
+        check.one_of(
+            "kafka.auto_offset_reset",
+            &self.kafka.auto_offset_reset,
+            &["earliest", "latest"],
+        );
+        if self.kafka.is_enabled() {
+            if self.kafka.topics.is_empty() {
+                check.fail(
+                    "kafka.topics",
+                    "must not be empty when kafka.brokers is set".into(),
+                );
+            }
+            if self.kafka.consumer_group.trim().is_empty() {
+                check.fail("kafka.consumer_group", "must not be empty".into());
+            }
+        }
+        if self.nats.is_enabled() {
+            for (key, value) in [
+                ("nats.stream", &self.nats.stream),
+                ("nats.durable", &self.nats.durable),
+            ] {
+                let valid = !value.is_empty()
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid {
+                    check.fail(
+                        key,
+                        format!("must be letters, digits, '-' or '_' (got {value:?})"),
+                    );
+                }
+            }
+            if self.nats.create_stream && self.nats.subjects.is_empty() {
+                check.fail(
+                    "nats.subjects",
+                    "must not be empty when nats.create_stream is true".into(),
+                );
+            }
+        }
         check.one_of(
             "logging.output",
             &logging.output,
@@ -1292,7 +1398,6 @@ mod tests {
         assert_eq!(loaded.config.database.password.expose(), "change-me");
         let keys = &loaded.unhonoured_keys;
         for expected in [
-            "kafka.brokers",
             "database.max_idle_connections",
             "redis.min_idle_conns",
             // The old file names a Redis; this service uses it only when
@@ -1436,7 +1541,7 @@ mod tests {
         assert_eq!(config.server.shutdown_timeout, Duration::from_secs(3));
         assert!(!config.metrics.enabled);
         assert!(
-            loaded
+            !loaded
                 .unhonoured_keys
                 .contains(&"kafka.brokers".to_string())
         );

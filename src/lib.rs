@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod query;
 pub mod retention;
 pub mod rollup;
+pub mod sources;
 pub mod store;
 pub mod telemetry;
 
@@ -41,10 +42,12 @@ use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::query::QueryEngine;
 use crate::rollup::Interval;
+use crate::sources::SourceContext;
 use crate::store::Store;
 use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::telemetry::Telemetry;
+use crate::telemetry::sources::SourceStats;
 
 /// Bytes of answers the in-process query cache holds at most.
 const IN_PROCESS_CACHE_BYTES: usize = 64 << 20;
@@ -199,7 +202,19 @@ pub async fn run(
             config.redis.fail_closed,
         );
     }
+    let (stream_sources, source_tasks) = start_sources(
+        &config,
+        SourceParts {
+            pipeline: pipeline.clone(),
+            validator: Arc::clone(&validator),
+            store: Arc::clone(&store),
+            telemetry: Arc::clone(&telemetry),
+        },
+        shutdown.clone(),
+    );
     let state = AppState::new(AppParts {
+        http_source: telemetry.source("http"),
+        stream_sources,
         pipeline,
         validator,
         query: QueryEngine::new(Arc::clone(&store), &intervals),
@@ -282,8 +297,23 @@ pub async fn run(
             server.abort();
         }
     }
-    // The server (and with it every pipeline handle) is gone: the committer
-    // commits what is queued and stops.
+    // The sources stop taking messages, wait for what they submitted and
+    // commit their offsets (acknowledge) for it.
+    for (name, task) in source_tasks {
+        match tokio::time::timeout(shutdown_timeout, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!(source = name, error = %format!("{error:#}"), "source failed")
+            }
+            Ok(Err(error)) => tracing::error!(source = name, error = %error, "source task failed"),
+            Err(_) => tracing::warn!(
+                source = name,
+                "source still draining at the shutdown deadline; its broker redelivers what it did not acknowledge"
+            ),
+        }
+    }
+    // The server and the sources (and with them every pipeline handle) are
+    // gone: the committer commits what is queued and stops.
     match tokio::time::timeout(shutdown_timeout, committer).await {
         Ok(joined) => joined.context("ingest committer failed")?,
         Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
@@ -307,6 +337,55 @@ pub async fn run(
     }
     tracing::info!("analytics stopped");
     Ok(())
+}
+
+/// What the stream sources are built from.
+struct SourceParts {
+    pipeline: Pipeline,
+    validator: Arc<EventValidator>,
+    store: Arc<dyn Store>,
+    telemetry: Arc<Telemetry>,
+}
+
+type SourceTask = (&'static str, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// Starts the configured stream sources; each runs until `shutdown`, then
+/// acknowledges what it stored and returns.
+fn start_sources(
+    config: &Config,
+    parts: SourceParts,
+    shutdown: CancellationToken,
+) -> (Vec<Arc<SourceStats>>, Vec<SourceTask>) {
+    let context = |name: &'static str| SourceContext {
+        pipeline: parts.pipeline.clone(),
+        validator: Arc::clone(&parts.validator),
+        store: Arc::clone(&parts.store),
+        stats: parts.telemetry.source(name),
+        dead_letter_payload_bytes: config.analytics.ingestion.dead_letter_payload_bytes,
+    };
+    let mut stats = Vec::new();
+    let mut tasks: Vec<SourceTask> = Vec::new();
+    if config.kafka.is_enabled() {
+        let context = context("kafka");
+        stats.push(Arc::clone(&context.stats));
+        let task = tokio::spawn(sources::kafka::run(
+            config.kafka.clone(),
+            context,
+            shutdown.clone(),
+        ));
+        tasks.push(("kafka", task));
+    }
+    if config.nats.is_enabled() {
+        let context = context("nats");
+        stats.push(Arc::clone(&context.stats));
+        let task = tokio::spawn(sources::nats::run(
+            config.nats.clone(),
+            context,
+            shutdown.clone(),
+        ));
+        tasks.push(("nats", task));
+    }
+    (stats, tasks)
 }
 
 /// The query cache TTL. Commits invalidate only the caches they can reach:

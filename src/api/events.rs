@@ -42,6 +42,7 @@ pub async fn track_event(
     body_kind(&headers, false)?;
     let bytes = read_body(body, state.settings.max_body_bytes)?;
     let value = parse_json(&bytes).map_err(|error| malformed(&error))?;
+    state.http_source.record_received(1);
     let event = state
         .validator
         .validate(value, now_ms(), Uuid::now_v7)
@@ -51,7 +52,11 @@ pub async fn track_event(
         })?;
     let event_id = event.id;
     let inserted = state.pipeline.submit(vec![event]).await?;
-    if inserted.first().copied().unwrap_or(false) {
+    let new = inserted.first().copied().unwrap_or(false);
+    state
+        .http_source
+        .record_committed(usize::from(new), usize::from(!new));
+    if new {
         Ok((
             StatusCode::CREATED,
             Json(json!({"success": true, "event_id": event_id})),
@@ -167,8 +172,14 @@ pub async fn track_batch(
         }
     }
     let submitted = events.len();
+    state
+        .http_source
+        .record_received(submitted + rejected.len());
     let inserted = state.pipeline.submit(events).await?;
     let accepted = inserted.iter().filter(|flag| **flag).count();
+    state
+        .http_source
+        .record_committed(accepted, submitted - accepted);
     let mut body = json!({
         "accepted": accepted,
         "duplicates": submitted - accepted,

@@ -5,6 +5,9 @@
 //!   limits) is `degraded` (200): requests are still answered from the
 //!   store. `"cache"` is `connected` / `disconnected` with Redis, and
 //!   `in_process` without it.
+//! - A configured stream source (Kafka, NATS) that lost its broker makes
+//!   the service `degraded` (200): HTTP ingestion and queries go on, and the
+//!   source resumes where its group left off; `"sources"` says which.
 //! - `/ready`: whether to send traffic here: 503 until startup finished,
 //!   during shutdown, and while the database does not answer.
 
@@ -69,9 +72,25 @@ async fn database_connected(state: &AppState) -> bool {
 /// `GET /health`, `GET /healthz`.
 pub async fn health(State(state): State<AppState>) -> Response {
     let (database, cache) = tokio::join!(database_connected(&state), state.cache.status());
+    let sources: serde_json::Map<String, serde_json::Value> = state
+        .stream_sources
+        .iter()
+        .map(|source| {
+            let connection = if source.is_connected() {
+                "connected"
+            } else {
+                "disconnected"
+            };
+            (source.name().to_string(), connection.into())
+        })
+        .collect();
+    let source_lost = state
+        .stream_sources
+        .iter()
+        .any(|source| !source.is_connected());
     let status = if !database {
         "unhealthy"
-    } else if cache == "disconnected" {
+    } else if cache == "disconnected" || source_lost {
         "degraded"
     } else {
         "healthy"
@@ -89,6 +108,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "uptime_seconds": state.readiness.started_at.elapsed().as_secs(),
         "database": if database { "connected" } else { "disconnected" },
         "cache": cache,
+        "sources": sources,
     });
     (code, Json(body)).into_response()
 }

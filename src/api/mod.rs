@@ -3,6 +3,7 @@
 
 mod body;
 mod custom_events;
+mod dead_letters;
 pub mod error;
 mod events;
 pub mod health;
@@ -26,6 +27,7 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::validate::EventValidator;
 use crate::query::QueryEngine;
 use crate::telemetry::Telemetry;
+use crate::telemetry::sources::SourceStats;
 
 /// Limits and defaults the handlers apply, from the configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +71,10 @@ pub struct AppParts {
     pub security: Arc<security::Security>,
     /// Answers of the read endpoints (in process, or shared via Redis).
     pub cache: Arc<crate::cache::CachedQueries>,
+    /// The counters of HTTP ingestion.
+    pub http_source: Arc<SourceStats>,
+    /// The configured stream sources (Kafka, NATS), for `/health`.
+    pub stream_sources: Vec<Arc<SourceStats>>,
 }
 
 /// The API router. `cors` is the layer of `security.cors` (`None` when
@@ -97,6 +103,11 @@ pub fn router(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Rou
         .route(
             "/api/v1/internal/ingestion-metrics",
             get(queries::ingestion_metrics),
+        )
+        .route("/api/v1/internal/dead-letters", get(dead_letters::list))
+        .route(
+            "/api/v1/internal/dead-letters/replay",
+            post(dead_letters::replay_all),
         )
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -184,6 +184,52 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// A stream message that could not become an event: kept so an operator
+/// can see what arrived and replay it after a fix.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// `kafka` or `nats`.
+    pub source: String,
+    /// Kafka topic or NATS subject.
+    pub topic: String,
+    /// Kafka partition; -1 for NATS.
+    pub partition: i32,
+    /// Kafka offset or JetStream stream sequence.
+    pub offset: i64,
+    pub key: Option<String>,
+    /// The payload, cut to the configured size.
+    #[serde(serialize_with = "serialize_lossy")]
+    pub payload: Vec<u8>,
+    pub payload_truncated: bool,
+    /// The id the message's event gets, now and when replayed.
+    pub event_id: uuid::Uuid,
+    pub error: String,
+    /// Epoch ms.
+    pub received_at_ms: i64,
+}
+
+fn serialize_lossy<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    /// Replays that failed.
+    pub attempts: i32,
+}
+
+/// Which dead letters to list: oldest first, after `after_id`.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    pub source: Option<String>,
+    pub after_id: i64,
+    pub limit: usize,
+}
+
 /// The storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -284,6 +330,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every definition, by name.
     async fn list_definitions(&self) -> Result<Vec<CustomEventDefinition>, StoreError>;
+
+    /// Stores dead letters durably; a message already stored (same source,
+    /// topic, partition, offset) is skipped. Returns how many were new.
+    async fn insert_dead_letters(&self, letters: &[DeadLetter]) -> Result<u64, StoreError>;
+
+    /// Dead letters, oldest first.
+    async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
+    /// Deletes dead letters (replayed ones); returns how many went.
+    async fn delete_dead_letters(&self, ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// Records a failed replay: the new error, one more attempt.
+    async fn record_dead_letter_failure(&self, id: i64, error: &str) -> Result<(), StoreError>;
 }
 
 /// The rollup deltas of `events` for every interval: the one definition of
@@ -309,4 +371,83 @@ pub fn rollups_for<'a>(
         });
     }
     batch
+}
+
+/// Checks every backend runs through the same way.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    fn letter(source: &str, partition: i32, offset: i64) -> DeadLetter {
+        DeadLetter {
+            source: source.into(),
+            topic: "trading.events".into(),
+            partition,
+            offset,
+            key: Some("k".into()),
+            payload: b"{not json".to_vec(),
+            payload_truncated: false,
+            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &offset.to_be_bytes()),
+            error: "payload is not valid JSON".into(),
+            received_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// Dead letters: stored once per message, listed oldest first by
+    /// source and page, failures recorded, deleted by id.
+    pub(crate) async fn dead_letters(store: &dyn Store) {
+        let letters = [
+            letter("kafka", 0, 1),
+            letter("kafka", 1, 1),
+            letter("nats", -1, 7),
+        ];
+        assert_eq!(store.insert_dead_letters(&letters).await.unwrap(), 3);
+        // A redelivered message adds nothing.
+        assert_eq!(store.insert_dead_letters(&letters[..1]).await.unwrap(), 0);
+        let all = store
+            .list_dead_letters(&DeadLetterQuery {
+                source: None,
+                after_id: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].letter, letters[0]);
+        assert!(all.windows(2).all(|pair| pair[0].id < pair[1].id));
+        let kafka_page = store
+            .list_dead_letters(&DeadLetterQuery {
+                source: Some("kafka".into()),
+                after_id: all[0].id,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(kafka_page.len(), 1);
+        assert_eq!(kafka_page[0].letter, letters[1]);
+        store
+            .record_dead_letter_failure(all[2].id, "still bad")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .delete_dead_letters(&[all[0].id, all[1].id])
+                .await
+                .unwrap(),
+            2
+        );
+        let left = store
+            .list_dead_letters(&DeadLetterQuery {
+                source: None,
+                after_id: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].attempts, left[0].letter.error.as_str()),
+            (1, "still bad")
+        );
+    }
 }

@@ -40,16 +40,46 @@ use uuid::Uuid;
 
 use super::decoded_cache::{DecodedCache, RowKey};
 use super::{
-    EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
-    StoreError,
+    DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
+    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupKey};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/postgres/0001_init.sql")),
+    (
+        2,
+        "dead_letters",
+        include_str!("migrations/postgres/0002_dead_letters.sql"),
+    ),
+];
+
+const DEAD_LETTER_COLUMNS: &str = "id, source, topic, message_partition, message_offset, message_key, \
+     payload, payload_truncated, event_id, error, attempts, received_at";
+
+fn dead_letter_of(row: &tokio_postgres::Row) -> Result<StoredDeadLetter, StoreError> {
+    let corrupt =
+        |error: tokio_postgres::Error| StoreError::Corrupt(format!("dead letter: {error}"));
+    Ok(StoredDeadLetter {
+        id: row.try_get(0).map_err(corrupt)?,
+        letter: DeadLetter {
+            source: row.try_get(1).map_err(corrupt)?,
+            topic: row.try_get(2).map_err(corrupt)?,
+            partition: row.try_get(3).map_err(corrupt)?,
+            offset: row.try_get(4).map_err(corrupt)?,
+            key: row.try_get(5).map_err(corrupt)?,
+            payload: row.try_get(6).map_err(corrupt)?,
+            payload_truncated: row.try_get(7).map_err(corrupt)?,
+            event_id: row.try_get(8).map_err(corrupt)?,
+            error: row.try_get(9).map_err(corrupt)?,
+            received_at_ms: row.try_get(11).map_err(corrupt)?,
+        },
+        attempts: row.try_get(10).map_err(corrupt)?,
+    })
+}
 
 /// First key of the two-key advisory locks this store takes (the second is
 /// the schema's hash), so they cannot collide with other applications'.
@@ -1283,6 +1313,84 @@ impl Store for PostgresStore {
             )
             .await?;
         rows.iter().map(definition_of).collect()
+    }
+
+    async fn insert_dead_letters(&self, letters: &[DeadLetter]) -> Result<u64, StoreError> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let statement = transaction
+            .prepare_cached(
+                "INSERT INTO dead_letters (source, topic, message_partition, message_offset, \
+                 message_key, payload, payload_truncated, event_id, error, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (source, topic, message_partition, message_offset) DO NOTHING",
+            )
+            .await?;
+        let mut inserted = 0;
+        for letter in letters {
+            inserted += transaction
+                .execute(
+                    &statement,
+                    &[
+                        &letter.source,
+                        &letter.topic,
+                        &letter.partition,
+                        &letter.offset,
+                        &letter.key,
+                        &letter.payload,
+                        &letter.payload_truncated,
+                        &letter.event_id,
+                        &letter.error,
+                        &letter.received_at_ms,
+                    ],
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let client = self.pool.get().await?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
+                     WHERE id > $1 AND ($2::text IS NULL OR source = $2) ORDER BY id LIMIT $3"
+                ),
+                &[&query.after_id, &query.source, &limit],
+            )
+            .await?;
+        rows.iter().map(dead_letter_of).collect()
+    }
+
+    async fn delete_dead_letters(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let client = self.pool.get().await?;
+        let deleted = client
+            .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(deleted)
+    }
+
+    async fn record_dead_letter_failure(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE dead_letters SET error = $2, attempts = attempts + 1 WHERE id = $1",
+                &[&id, &error],
+            )
+            .await?;
+        Ok(())
     }
 }
 

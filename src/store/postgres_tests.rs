@@ -352,3 +352,12 @@ fn partition_names_round_trip() {
     assert_eq!(partition_name(20_364), "events_20251003");
     assert_eq!(parse_partition_name("events_d-1"), None);
 }
+
+#[tokio::test]
+async fn dead_letters_are_stored_once_listed_and_deleted() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    crate::store::conformance::dead_letters(&store).await;
+}

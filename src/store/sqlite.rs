@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::decoded_cache::{DecodedCache, RowKey};
 use super::rollup_cache::RollupCache;
 use super::{
-    EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs, RetentionReport, RollupRow, Store,
-    StoreError,
+    DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
+    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter,
 };
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
@@ -31,7 +31,37 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "distinct_values",
         include_str!("migrations/sqlite/0002_distinct_values.sql"),
     ),
+    (
+        3,
+        "dead_letters",
+        include_str!("migrations/sqlite/0003_dead_letters.sql"),
+    ),
 ];
+
+const DEAD_LETTER_COLUMNS: &str = "id, source, topic, message_partition, message_offset, message_key, \
+     payload, payload_truncated, event_id, error, attempts, received_at";
+
+fn read_dead_letter(row: &rusqlite::Row<'_>) -> Result<StoredDeadLetter, StoreError> {
+    let event_id: Vec<u8> = row.get(8)?;
+    let event_id = uuid::Uuid::from_slice(&event_id)
+        .map_err(|error| StoreError::Corrupt(format!("dead letter event id: {error}")))?;
+    Ok(StoredDeadLetter {
+        id: row.get(0)?,
+        letter: DeadLetter {
+            source: row.get(1)?,
+            topic: row.get(2)?,
+            partition: row.get(3)?,
+            offset: row.get(4)?,
+            key: row.get(5)?,
+            payload: row.get(6)?,
+            payload_truncated: row.get(7)?,
+            event_id,
+            error: row.get(9)?,
+            received_at_ms: row.get(11)?,
+        },
+        attempts: row.get(10)?,
+    })
+}
 
 /// Decoded value rows the readers keep (a few tens of MiB at most).
 const DECODED_CACHE_ROWS: usize = 10_000;
@@ -892,6 +922,103 @@ impl Store for SqliteStore {
             rows.map(|row| decode_definition(row?)).collect()
         })
         .await
+    }
+
+    async fn insert_dead_letters(&self, letters: &[DeadLetter]) -> Result<u64, StoreError> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let letters = letters.to_vec();
+        let inserted = self
+            .with_writer(move |writer| {
+                let transaction = writer.connection.transaction()?;
+                let mut inserted = 0;
+                {
+                    let mut statement = transaction.prepare_cached(
+                        "INSERT INTO dead_letters (source, topic, message_partition, message_offset, \
+                         message_key, payload, payload_truncated, event_id, error, received_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                         ON CONFLICT (source, topic, message_partition, message_offset) DO NOTHING",
+                    )?;
+                    for letter in &letters {
+                        inserted += statement.execute(params![
+                            letter.source,
+                            letter.topic,
+                            letter.partition,
+                            letter.offset,
+                            letter.key,
+                            letter.payload,
+                            letter.payload_truncated,
+                            letter.event_id.as_bytes().as_slice(),
+                            letter.error,
+                            letter.received_at_ms,
+                        ])? as u64;
+                    }
+                }
+                transaction.commit()?;
+                Ok(inserted)
+            })
+            .await?;
+        self.sync().await?;
+        Ok(inserted)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let query = query.clone();
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
+                 WHERE id > ?1 AND (?2 IS NULL OR source = ?2) ORDER BY id LIMIT ?3"
+            ))?;
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            let mut rows = statement.query(params![query.after_id, query.source, limit])?;
+            let mut letters = Vec::new();
+            while let Some(row) = rows.next()? {
+                letters.push(read_dead_letter(row)?);
+            }
+            Ok(letters)
+        })
+        .await
+    }
+
+    async fn delete_dead_letters(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids.to_vec();
+        let deleted = self
+            .with_writer(move |writer| {
+                let transaction = writer.connection.transaction()?;
+                let mut deleted = 0;
+                {
+                    let mut statement =
+                        transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+                    for id in &ids {
+                        deleted += statement.execute(params![id])? as u64;
+                    }
+                }
+                transaction.commit()?;
+                Ok(deleted)
+            })
+            .await?;
+        self.sync().await?;
+        Ok(deleted)
+    }
+
+    async fn record_dead_letter_failure(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.with_writer(move |writer| {
+            writer.connection.execute(
+                "UPDATE dead_letters SET error = ?2, attempts = attempts + 1 WHERE id = ?1",
+                params![id, error],
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.sync().await
     }
 }
 

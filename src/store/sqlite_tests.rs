@@ -170,3 +170,11 @@ async fn retention_deletes_in_chunks_and_only_what_expired() {
         RetentionReport::default()
     );
 }
+
+#[tokio::test]
+async fn dead_letters_are_stored_once_listed_and_deleted() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("dead.db");
+    let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
+    crate::store::conformance::dead_letters(&store).await;
+}

@@ -6,6 +6,7 @@
 //! the caller logs it once), so series never drift apart.
 
 pub mod logging;
+pub mod sources;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub struct Telemetry {
     /// `health`); each one fell back as `redis.fail_closed` says.
     pub redis_errors: IntCounterVec,
     last_batch: Mutex<LastBatch>,
+    sources: sources::SourceSeries,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -63,6 +65,9 @@ pub struct IngestionMetrics {
     pub last_batch_duration: String,
     pub total_latency: String,
     pub queue_depth: i64,
+    /// Per source (http, kafka, nats): received, committed, duplicates,
+    /// dead-lettered, skipped, lag.
+    pub sources: std::collections::BTreeMap<&'static str, sources::SourceSnapshot>,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -249,6 +254,7 @@ impl Telemetry {
                 "Requests answered 503 because the in-flight cap was reached.",
             ),
             last_batch: Mutex::new(LastBatch::default()),
+            sources: sources::SourceSeries::new(&registry),
             registry,
         }
     }
@@ -300,7 +306,13 @@ impl Telemetry {
             last_batch_duration: format_duration(last.duration),
             total_latency: format_duration(last.total_latency),
             queue_depth: self.queue_depth.get(),
+            sources: self.sources.snapshot(),
         }
+    }
+
+    /// The counters of one source (`http`, `kafka`, `nats`).
+    pub fn source(&self, name: &'static str) -> std::sync::Arc<sources::SourceStats> {
+        self.sources.source(name)
     }
 
     /// The text exposition of every series.

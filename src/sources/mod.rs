@@ -1,0 +1,277 @@
+//! Stream sources: Kafka and NATS JetStream feed the same pipeline as HTTP.
+//!
+//! Every source does the same four things, shared here:
+//! - give each message an id that a redelivery reproduces (the event's own
+//!   `id`, else the broker's message id, else a UUIDv5 of where the message
+//!   sits in the broker), so the store deduplicates redeliveries;
+//! - decode the payload into events with the validator every source uses,
+//!   or into a [`DeadLetter`] naming what is wrong;
+//! - store both durably ([`SourceContext::store`]) before the source
+//!   acknowledges anything to its broker;
+//! - count what happened in the source's [`SourceStats`].
+
+pub mod dead_letters;
+pub mod kafka;
+pub mod nats;
+pub mod order_updates;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::Event;
+use crate::model::event::now_ms;
+use crate::pipeline::validate::EventValidator;
+use crate::pipeline::{Pipeline, SubmitError};
+use crate::store::{DeadLetter, Store};
+use crate::telemetry::sources::SourceStats;
+
+/// Namespace of the UUIDv5 ids derived for messages that carry none.
+pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b7a_55d1_2f0e_4b8e_9a63_25b2_5a1c_0e01);
+
+/// The id of a message at `position` (e.g. `topic/partition/offset`): the
+/// same on every delivery.
+pub fn derived_id(position: &str) -> Uuid {
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, position.as_bytes())
+}
+
+/// NATS subjects whose messages are order updates of the order-execution
+/// service rather than events (see [`order_updates`]).
+pub const ORDER_UPDATES_PREFIX: &str = "orders.updates.";
+
+/// What a message's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// An event in the wire form of the SPEC.
+    Event,
+    /// An order update of the order-execution service.
+    OrderUpdate,
+}
+
+impl PayloadKind {
+    /// The kind of the messages published on `subject`.
+    pub fn of_subject(subject: &str) -> PayloadKind {
+        if subject.starts_with(ORDER_UPDATES_PREFIX) {
+            PayloadKind::OrderUpdate
+        } else {
+            PayloadKind::Event
+        }
+    }
+}
+
+/// One message as a source received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Kafka topic or NATS subject.
+    pub topic: &'a str,
+    /// Kafka partition; -1 for NATS.
+    pub partition: i32,
+    /// Kafka offset or JetStream stream sequence.
+    pub offset: i64,
+    pub key: Option<&'a str>,
+    pub payload: &'a [u8],
+    /// The id of an event that carries none.
+    pub default_id: Uuid,
+    pub kind: PayloadKind,
+}
+
+/// What a message became.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Events to store; empty when the message counts for nothing (an
+    /// order update that changes no figure).
+    Events(Vec<Event>),
+    /// The message cannot become events.
+    Dead(DeadLetter),
+}
+
+/// What every source shares.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub pipeline: Pipeline,
+    pub validator: Arc<EventValidator>,
+    pub store: Arc<dyn Store>,
+    pub stats: Arc<SourceStats>,
+    /// Bytes of a payload kept in a dead letter.
+    pub dead_letter_payload_bytes: usize,
+}
+
+impl SourceContext {
+    /// Decodes one message into events or a dead letter.
+    pub fn decode(&self, message: &Message<'_>) -> Decoded {
+        match decode_events(&self.validator, message) {
+            Ok(events) => Decoded::Events(events),
+            Err(error) => Decoded::Dead(dead_letter(
+                self.stats.name(),
+                message,
+                error,
+                self.dead_letter_payload_bytes,
+            )),
+        }
+    }
+
+    /// Stores `events` through the pipeline and `dead` in the dead-letter
+    /// store. `Ok` means both are durable and the messages may be
+    /// acknowledged; on `Err` nothing may be (some of it may be stored: a
+    /// redelivery is deduplicated).
+    pub async fn store(
+        &self,
+        events: Vec<Event>,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Stored, SubmitError> {
+        let inserted = self.pipeline.submit(events).await?;
+        let committed = inserted.iter().filter(|new| **new).count();
+        let duplicates = inserted.len() - committed;
+        let dead_lettered = self
+            .store
+            .insert_dead_letters(&dead)
+            .await
+            .map_err(|error| SubmitError::CommitFailed(error.to_string()))?;
+        self.stats.record_committed(committed, duplicates);
+        self.stats.record_dead_lettered(dead_lettered as usize);
+        Ok(Stored {
+            committed,
+            duplicates,
+            dead_lettered: dead_lettered as usize,
+        })
+    }
+}
+
+/// What [`SourceContext::store`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    pub committed: usize,
+    pub duplicates: usize,
+    /// Dead letters newly stored (a redelivered bad message adds none).
+    pub dead_lettered: usize,
+}
+
+/// The events of one message, validated; `Err` names what is wrong.
+pub fn decode_events(
+    validator: &EventValidator,
+    message: &Message<'_>,
+) -> Result<Vec<Event>, String> {
+    let value: Value = serde_json::from_slice(message.payload)
+        .map_err(|error| format!("payload is not valid JSON: {error}"))?;
+    let now = now_ms();
+    match message.kind {
+        PayloadKind::Event => {
+            let event = validator
+                .validate(value, now, || message.default_id)
+                .map_err(|rejection| rejection.to_string())?;
+            Ok(vec![event])
+        }
+        PayloadKind::OrderUpdate => {
+            let wire = order_updates::to_wire_events(&value)?;
+            wire.into_iter()
+                .map(|event| {
+                    validator
+                        .validate(event, now, || message.default_id)
+                        .map_err(|rejection| format!("mapped order event: {rejection}"))
+                })
+                .collect()
+        }
+    }
+}
+
+/// A dead letter for `message`, its payload cut to `max_payload` bytes.
+pub fn dead_letter(
+    source: &str,
+    message: &Message<'_>,
+    error: String,
+    max_payload: usize,
+) -> DeadLetter {
+    let truncated = message.payload.len() > max_payload;
+    DeadLetter {
+        source: source.to_string(),
+        topic: message.topic.to_string(),
+        partition: message.partition,
+        offset: message.offset,
+        key: message.key.map(str::to_string),
+        payload: message.payload[..message.payload.len().min(max_payload)].to_vec(),
+        payload_truncated: truncated,
+        event_id: message.default_id,
+        error,
+        received_at_ms: now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventLimits;
+
+    fn validator() -> EventValidator {
+        EventValidator::new(EventLimits {
+            max_properties: 100,
+            max_property_size: 10_000,
+            max_future_skew_ms: 300_000,
+            max_age_ms: 90 * 86_400_000,
+        })
+    }
+
+    fn message(payload: &[u8]) -> Message<'_> {
+        Message {
+            topic: "trading.events",
+            partition: 2,
+            offset: 41,
+            key: Some("k"),
+            payload,
+            default_id: derived_id("trading.events/2/41"),
+            kind: PayloadKind::Event,
+        }
+    }
+
+    #[test]
+    fn derived_ids_repeat_for_the_same_position_only() {
+        assert_eq!(derived_id("t/0/1"), derived_id("t/0/1"));
+        assert_ne!(derived_id("t/0/1"), derived_id("t/0/2"));
+        assert_eq!(derived_id("t/0/1").get_version_num(), 5);
+    }
+
+    #[test]
+    fn an_event_without_id_gets_the_derived_one() {
+        let events = decode_events(&validator(), &message(br#"{"event_type": "a"}"#)).unwrap();
+        assert_eq!(events[0].id, derived_id("trading.events/2/41"));
+        let own = r#"{"event_type": "a", "id": "0190b4a1-0000-7000-8000-000000000001"}"#;
+        let events = decode_events(&validator(), &message(own.as_bytes())).unwrap();
+        assert_eq!(
+            events[0].id.to_string(),
+            "0190b4a1-0000-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn bad_payloads_name_what_is_wrong() {
+        let not_json = decode_events(&validator(), &message(b"{oops")).unwrap_err();
+        assert!(
+            not_json.starts_with("payload is not valid JSON"),
+            "{not_json}"
+        );
+        let no_type = decode_events(&validator(), &message(br#"{"user_id": "u"}"#)).unwrap_err();
+        assert!(no_type.contains("event_type"), "{no_type}");
+    }
+
+    #[test]
+    fn dead_letters_keep_a_bounded_payload() {
+        let payload = vec![b'x'; 100];
+        let letter = dead_letter("kafka", &message(&payload), "bad".into(), 64);
+        assert_eq!(letter.payload.len(), 64);
+        assert!(letter.payload_truncated);
+        assert_eq!((letter.partition, letter.offset), (2, 41));
+        assert_eq!(letter.event_id, derived_id("trading.events/2/41"));
+    }
+
+    #[test]
+    fn order_update_subjects_are_recognised() {
+        assert_eq!(
+            PayloadKind::of_subject("orders.updates.BTCUSDT"),
+            PayloadKind::OrderUpdate
+        );
+        assert_eq!(
+            PayloadKind::of_subject("analytics.events"),
+            PayloadKind::Event
+        );
+    }
+}
