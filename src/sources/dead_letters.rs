@@ -108,6 +108,31 @@ pub async fn replay(
     }
 }
 
+/// `analytics dead-letters replay`: replays through a pipeline of its own
+/// on the configured store, then waits for the last commit.
+pub async fn replay_with_config(
+    config: &crate::config::Config,
+    source: Option<&str>,
+) -> anyhow::Result<ReplayReport> {
+    let store = crate::open_store(config).await?;
+    let validator = crate::event_validator(config, &*store).await?;
+    let ingestion = &config.analytics.ingestion;
+    let (pipeline, committer) = Pipeline::start(
+        std::sync::Arc::clone(&store),
+        crate::pipeline::PipelineSettings {
+            batch_size: ingestion.batch_size,
+            buffer_size: ingestion.buffer_size,
+            intervals: crate::configured_intervals(config)?,
+            on_commit: None,
+        },
+        std::sync::Arc::new(crate::telemetry::Telemetry::new()),
+    );
+    let report = replay(&*store, &pipeline, &validator, source).await?;
+    drop(pipeline);
+    committer.await?;
+    Ok(report)
+}
+
 /// Submits, waiting while the queue is full.
 async fn submit_patiently(
     pipeline: &Pipeline,

@@ -382,6 +382,18 @@ async fn health_ready_and_ingestion_metrics() {
             .ends_with('s')
     );
     assert!(ingestion["total_latency"].is_string());
+    // Per source: one event received over HTTP and stored; nothing else
+    // configured, so no stream source is listed.
+    let http = &ingestion["sources"]["http"];
+    assert_eq!(
+        (http["received"].clone(), http["committed"].clone()),
+        (json!(1), json!(1)),
+        "{ingestion}"
+    );
+    assert_eq!(http["duplicates"], 0, "{ingestion}");
+    assert!(ingestion["sources"].get("kafka").is_none(), "{ingestion}");
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["sources"], json!({}), "{health}");
 }
 
 #[tokio::test]

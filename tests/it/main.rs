@@ -4,6 +4,7 @@
 mod cache;
 mod contract;
 mod custom_events;
+mod dead_letters;
 mod durability;
 mod errors;
 mod exactness;
