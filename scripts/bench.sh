@@ -17,6 +17,8 @@
 #   --soak S        length of the sustained-ingest RSS run (default 30; the
 #                   issue's figure uses 300)
 #   --duration S    length of each single-event / baseline run (default 15)
+#   --no-redis      skip the Redis limiter scenario (default: run it when
+#                   Redis answers on REDIS_HOST:REDIS_PORT, 127.0.0.1:6379)
 #   --no-build      use the existing target/release/analytics
 #   --output FILE   write the table into FILE instead of BENCHMARKS.md
 #
@@ -38,6 +40,9 @@ OUTPUT="$ROOT/BENCHMARKS.md"
 POSTGRES=auto
 SQLITE=1
 PG_EVENTS=500000
+REDIS=auto
+REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
+REDIS_PORT="${REDIS_PORT:-6379}"
 PG_HOST="${PGHOST:-127.0.0.1}"
 PG_PORT="${PGPORT:-5432}"
 PG_USER="${PGUSER:-postgres}"
@@ -49,12 +54,13 @@ while [ $# -gt 0 ]; do
         --soak) SOAK="$2"; shift ;;
         --duration) DURATION="$2"; shift ;;
         --no-build) BUILD=0 ;;
+        --no-redis) REDIS=0 ;;
         --output) OUTPUT="$2"; shift ;;
         --postgres) POSTGRES=1 ;;
         --no-postgres) POSTGRES=0 ;;
         --postgres-only) POSTGRES=1; SQLITE=0 ;;
         --pg-events) PG_EVENTS="$2"; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -174,6 +180,7 @@ analytics:
 logging:
   level: warn
   output: stderr
+${EXTRA_CONFIG:-}
 EOF
 }
 
@@ -313,6 +320,20 @@ if [ "$SQLITE" = 1 ]; then
     log "filling 100 000 events over 3 days"
     fill 100000 10
     measure_queries small
+    # The same /metrics query over a fixed past range (cacheable) and ending
+    # at "now" (every request resolves another millisecond: never cached).
+    CACHE_END_MS="$(( $(date +%s) / 60 * 60000 - 60000 ))"
+    CACHE_START_MS="$(( CACHE_END_MS - 86400000 ))"
+    CACHED_PATH="/api/v1/metrics?metric_name=orders.latency_ms&interval=1m&start_time=$CACHE_START_MS&end_time=$CACHE_END_MS"
+    UNCACHED_PATH="/api/v1/metrics?metric_name=orders.latency_ms&interval=1m&start_time=$CACHE_START_MS"
+    loadgen --target get --path "$UNCACHED_PATH" --concurrency 1 --count 20 >/dev/null # warm
+    UNCACHED="$(loadgen --target get --path "$UNCACHED_PATH" --concurrency 1 --count 200)"
+    loadgen --target get --path "$CACHED_PATH" --concurrency 1 --count 1 >/dev/null # fill the entry
+    CACHED="$(loadgen --target get --path "$CACHED_PATH" --concurrency 1 --count 200)"
+    row "\`GET /api/v1/metrics\` (orders.latency_ms, 1m, 24 h) p50 / p99, cached, 100 k events (ms)" \
+        "$(jq -r '"\(.latency_ms.p50) / \(.latency_ms.p99)"' <<<"$CACHED")" \
+        "the same query ending at now (never cached): $(jq -r '"\(.latency_ms.p50) / \(.latency_ms.p99)"' <<<"$UNCACHED")" \
+        "p99 $(times "$(jq -r .latency_ms.p99 <<<"$UNCACHED")" "$(jq -r .latency_ms.p99 <<<"$CACHED")") faster" "reported" "—"
     if [ "$LARGE" = 1 ]; then
         log "filling to 10 000 000 events over the same 3 days (takes minutes)"
         fill 9900000 11
@@ -347,6 +368,63 @@ if [ "$SQLITE" = 1 ]; then
         "start" "$(times "$RSS_END_KIB" "$RSS_START_KIB")" "flat" \
         "$(verdict 'v <= 1.25' "$(awk -v a="$RSS_END_KIB" -v b="$RSS_START_KIB" 'BEGIN{print (b>0)?a/b:99}')")"
     stop_service
+fi
+
+# ------------------------------------------------------------------ redis ---
+# The shared rate limiter (one Lua script per request in Redis) against the
+# in-process one, same budget (large enough that nothing is refused), same
+# load: the realistic rate-limited call (single-event POST) and a call that
+# costs next to nothing besides the limiter (the worst case for the ratio).
+if [ "$REDIS" != 0 ]; then
+    if (exec 3<>"/dev/tcp/$REDIS_HOST/$REDIS_PORT") 2>/dev/null; then
+        REDIS=1
+    else
+        REDIS=unreachable
+    fi
+fi
+if [ "$SQLITE" = 1 ] && [ "$REDIS" = 1 ]; then
+    LIMIT_CONFIG="security:
+  rate_limit:
+    enabled: true
+    requests_per_minute: 1000000
+    burst: 1000000
+    exempt: []"
+    limiter_run() { # limiter_run LABEL: both loads against the running service -> $WORK/limit.LABEL.*
+        loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 3 > "$WORK/limit.$1.post"
+        loadgen --target get --path /api/v1/internal/ingestion-metrics --concurrency 64 --duration "${DURATION}s" > "$WORK/limit.$1.get"
+    }
+    EXTRA_CONFIG="$LIMIT_CONFIG" start_service limit-local
+    log "rate limiter in process: single-event POST and GET, 64 connections, ${DURATION}s each"
+    limiter_run local
+    stop_service
+    EXTRA_CONFIG="$LIMIT_CONFIG
+redis:
+  enabled: true
+  host: \"$REDIS_HOST\"
+  port: $REDIS_PORT
+  key_prefix: \"bench_$$_$(date +%s):\"" start_service limit-redis
+    log "rate limiter in Redis: the same loads"
+    limiter_run redis
+    stop_service
+    for kind in post get; do
+        LOCAL_RPS="$(jq -r .acknowledged_requests_per_second "$WORK/limit.local.$kind")"
+        REDIS_RPS="$(jq -r .acknowledged_requests_per_second "$WORK/limit.redis.$kind")"
+        LOCAL_P50="$(jq -r .latency_ms.p50 "$WORK/limit.local.$kind")"
+        REDIS_P50="$(jq -r .latency_ms.p50 "$WORK/limit.redis.$kind")"
+        REFUSED="$(jq -s -r 'map(.requests_failed + .transport_errors + .requests_rejected) | add' "$WORK/limit.local.$kind" "$WORK/limit.redis.$kind")"
+        if [ "$kind" = post ]; then
+            what="single-event POST"; target="≥ 80 %"
+            judged="$(verdict 'v >= 80' "$(awk -v a="$REDIS_RPS" -v b="$LOCAL_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+        else
+            what="GET /api/v1/internal/ingestion-metrics (worst case: the limiter is most of the work)"; target="(reported)"; judged="—"
+        fi
+        row "Redis rate limiter, $what, 64 connections (req/s; p50 added by Redis)" \
+            "$(printf %.0f "$REDIS_RPS") (p50 $REDIS_P50 ms, +$(awk -v a="$REDIS_P50" -v b="$LOCAL_P50" 'BEGIN{printf "%.3f", a-b}') ms; $REFUSED not acked in both runs)" \
+            "in-process limiter, same load: $(printf %.0f "$LOCAL_RPS") req/s (p50 $LOCAL_P50 ms)" \
+            "$(ratio "$REDIS_RPS" "$LOCAL_RPS")" "$target" "$judged"
+    done
+elif [ "$REDIS" = unreachable ]; then
+    row "Redis rate limiter vs in-process limiter" "not available (Redis unreachable at $REDIS_HOST:$REDIS_PORT)" "—" "—" "≥ 80 %" "—"
 fi
 
 # ------------------------------------------------------------ postgresql ---
