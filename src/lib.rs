@@ -227,6 +227,7 @@ pub async fn run(
             default_limit: config.analytics.query.default_limit,
             query_timeout: config.analytics.query.timeout,
             custom_events_enabled: config.custom_events.enabled,
+            raw_retention_ms: duration_ms(config.analytics.retention.raw_events),
         }),
         security: Arc::new(security),
         cache,

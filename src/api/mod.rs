@@ -11,6 +11,7 @@ mod params;
 mod queries;
 pub mod request_id;
 pub mod security;
+mod trading;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub struct ApiSettings {
     pub default_limit: usize,
     pub query_timeout: Duration,
     pub custom_events_enabled: bool,
+    /// How far back raw events are kept (strategy start/stop look-back).
+    pub raw_retention_ms: i64,
 }
 
 /// What every handler can reach. Cloned for every request (by the router
@@ -104,6 +107,8 @@ pub fn router(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Rou
             "/api/v1/internal/ingestion-metrics",
             get(queries::ingestion_metrics),
         )
+        .route("/api/v1/trading/strategies", get(trading::strategies))
+        .route("/api/v1/trading/strategies/{id}", get(trading::strategy))
         .route("/api/v1/internal/dead-letters", get(dead_letters::list))
         .route(
             "/api/v1/internal/dead-letters/replay",

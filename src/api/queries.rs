@@ -26,7 +26,7 @@ use crate::query::stats::event_stats;
 use crate::rollup::{Interval, TimeRange};
 
 /// Runs a query under the configured timeout and records its duration.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     state: &AppState,
     kind: &str,
     work: impl std::future::Future<Output = Result<T, ApiError>>,

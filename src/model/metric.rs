@@ -7,6 +7,10 @@
 //! event contributes: ingest uses it to update rollups and queries use it on
 //! the raw events of partial edge buckets, so both always agree.
 
+use std::borrow::Cow;
+
+use serde_json::Value;
+
 use super::event::Event;
 
 /// Count of events, dimension = event type.
@@ -19,6 +23,17 @@ pub const FILLED_NOTIONAL: &str = "trading.filled_notional";
 pub const FILLED_NOTIONAL_BY_SYMBOL: &str = "trading.filled_notional.symbol";
 /// Prefix of per-property metrics (`property.price`), dimension = event type.
 pub const PROPERTY_PREFIX: &str = "property.";
+/// `pnl` of every `position.closed`, dimension = strategy id.
+pub const STRATEGY_PNL: &str = "strategy.pnl";
+/// `pnl` of the winning (`pnl > 0`) `position.closed`, dimension = strategy id.
+pub const STRATEGY_WINS: &str = "strategy.wins";
+/// `pnl` of the losing (`pnl < 0`) `position.closed`, dimension = strategy id.
+pub const STRATEGY_LOSSES: &str = "strategy.losses";
+/// Event time (epoch ms) of `strategy.started`, dimension = strategy id: the
+/// maximum is the latest start.
+pub const STRATEGY_STARTED_AT: &str = "strategy.started_at";
+/// Event time (epoch ms) of `strategy.stopped`, dimension = strategy id.
+pub const STRATEGY_STOPPED_AT: &str = "strategy.stopped_at";
 
 /// The numeric properties summarised per event type (count, sum, min, max,
 /// quantiles).
@@ -37,7 +52,7 @@ pub const NUMERIC_PROPERTIES: [&str; 8] = [
 /// a value.
 pub struct Contribution<'a> {
     pub metric: &'a str,
-    pub dimensions: &'a str,
+    pub dimensions: Cow<'a, str>,
     pub value: Option<f64>,
 }
 
@@ -45,14 +60,14 @@ pub struct Contribution<'a> {
 pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribution<'a>)) {
     sink(Contribution {
         metric: EVENTS_COUNT,
-        dimensions: &event.event_type,
+        dimensions: Cow::Borrowed(&event.event_type),
         value: None,
     });
     for (index, name) in NUMERIC_PROPERTIES.iter().enumerate() {
         if let Some(value) = event.number(name) {
             sink(Contribution {
                 metric: PROPERTY_METRICS[index],
-                dimensions: &event.event_type,
+                dimensions: Cow::Borrowed(&event.event_type),
                 value: Some(value),
             });
         }
@@ -62,7 +77,7 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
     {
         sink(Contribution {
             metric: ORDERS_LATENCY_MS,
-            dimensions: "",
+            dimensions: Cow::Borrowed(""),
             value: Some(latency),
         });
     }
@@ -72,16 +87,71 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
         let notional = price * quantity;
         sink(Contribution {
             metric: FILLED_NOTIONAL,
-            dimensions: "",
+            dimensions: Cow::Borrowed(""),
             value: Some(notional),
         });
         if let Some(symbol) = event.string("symbol") {
             sink(Contribution {
                 metric: FILLED_NOTIONAL_BY_SYMBOL,
-                dimensions: symbol,
+                dimensions: Cow::Borrowed(symbol),
                 value: Some(notional),
             });
         }
+    }
+    strategy_contributions(event, &mut sink);
+}
+
+/// The strategy-performance metrics: the PnL of closed positions (all,
+/// winners, losers) and the times strategies started and stopped, per
+/// strategy id. Events without a strategy id contribute nothing here.
+fn strategy_contributions<'a>(event: &'a Event, sink: &mut impl FnMut(Contribution<'a>)) {
+    let metric = match event.event_type.as_str() {
+        "position.closed" => STRATEGY_PNL,
+        "strategy.started" => STRATEGY_STARTED_AT,
+        "strategy.stopped" => STRATEGY_STOPPED_AT,
+        _ => return,
+    };
+    let Some(strategy) = strategy_id(event) else {
+        return;
+    };
+    if metric != STRATEGY_PNL {
+        sink(Contribution {
+            metric,
+            dimensions: strategy,
+            value: Some(event.timestamp_ms as f64),
+        });
+        return;
+    }
+    let Some(pnl) = event.number("pnl") else {
+        return;
+    };
+    let outcome = if pnl > 0.0 {
+        Some(STRATEGY_WINS)
+    } else if pnl < 0.0 {
+        Some(STRATEGY_LOSSES)
+    } else {
+        None
+    };
+    if let Some(outcome) = outcome {
+        sink(Contribution {
+            metric: outcome,
+            dimensions: strategy.clone(),
+            value: Some(pnl),
+        });
+    }
+    sink(Contribution {
+        metric: STRATEGY_PNL,
+        dimensions: strategy,
+        value: Some(pnl),
+    });
+}
+
+/// An event's `strategy_id` property as text (a string, or a number).
+pub fn strategy_id(event: &Event) -> Option<Cow<'_, str>> {
+    match event.properties.get("strategy_id")? {
+        Value::String(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
+        Value::Number(number) => Some(Cow::Owned(number.to_string())),
+        _ => None,
     }
 }
 
@@ -110,16 +180,10 @@ pub fn for_each_distinct(event: &Event, mut sink: impl FnMut(&'static str, Strin
     if let Some(user_id) = &event.user_id {
         sink(DISTINCT_USERS, user_id.clone());
     }
-    if event.event_type.starts_with("strategy.") {
-        match event.properties.get("strategy_id") {
-            Some(serde_json::Value::String(text)) if !text.is_empty() => {
-                sink(DISTINCT_STRATEGIES, text.clone())
-            }
-            Some(serde_json::Value::Number(number)) => {
-                sink(DISTINCT_STRATEGIES, number.to_string())
-            }
-            _ => {}
-        }
+    if event.event_type.starts_with("strategy.")
+        && let Some(strategy) = strategy_id(event)
+    {
+        sink(DISTINCT_STRATEGIES, strategy.into_owned());
     }
 }
 
@@ -136,6 +200,8 @@ pub enum QueryMetric {
     SymbolVolume(String),
     /// `orders.latency_ms`
     OrderLatency,
+    /// `strategy.pnl.<strategy_id>`: realised PnL of closed positions.
+    StrategyPnl(String),
     /// `<event_type>.<property>`, e.g. `order.filled.price`
     Property {
         event_type: String,
@@ -157,6 +223,11 @@ impl QueryMetric {
             ORDERS_LATENCY_MS => return Ok(QueryMetric::OrderLatency),
             _ => {}
         }
+        if let Some(strategy) = name.strip_prefix("strategy.pnl.")
+            && !strategy.is_empty()
+        {
+            return Ok(QueryMetric::StrategyPnl(strategy.to_string()));
+        }
         if let Some(symbol) = name.strip_prefix("trading.volume.")
             && !symbol.is_empty()
         {
@@ -177,7 +248,7 @@ impl QueryMetric {
         Err(format!(
             "unknown metric_name {name:?}; expected events.count.<event_type>, \
              trading.order_fill_rate, trading.total_volume, trading.volume.<symbol>, \
-             orders.latency_ms or <event_type>.<property> with property one of {}",
+             orders.latency_ms, strategy.pnl.<strategy_id> or <event_type>.<property> with property one of {}",
             NUMERIC_PROPERTIES.join(", ")
         ))
     }
@@ -196,6 +267,9 @@ impl QueryMetric {
                 (FILLED_NOTIONAL_BY_SYMBOL.to_string(), Some(symbol.clone()))
             }
             QueryMetric::OrderLatency => (ORDERS_LATENCY_MS.to_string(), Some(String::new())),
+            QueryMetric::StrategyPnl(strategy) => {
+                (STRATEGY_PNL.to_string(), Some(strategy.clone()))
+            }
             QueryMetric::Property {
                 event_type,
                 property,
@@ -239,6 +313,10 @@ mod tests {
                 event_type: "market.data.update".into(),
                 property: "bid".into()
             })
+        );
+        assert_eq!(
+            QueryMetric::parse("strategy.pnl.momentum-1"),
+            Ok(QueryMetric::StrategyPnl("momentum-1".into()))
         );
         assert!(QueryMetric::parse("events.count.").is_err());
         assert!(QueryMetric::parse("nonsense").is_err());

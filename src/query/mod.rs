@@ -9,6 +9,7 @@
 pub mod dashboard;
 pub mod series;
 pub mod stats;
+pub mod strategies;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -169,20 +170,21 @@ impl QueryEngine {
                     for event in &events {
                         for_each_contribution(event, |contribution| {
                             for (filter, result) in filters.iter().zip(results.iter_mut()) {
-                                if !filter.matches(contribution.metric, contribution.dimensions) {
+                                if !filter.matches(contribution.metric, &contribution.dimensions) {
                                     continue;
                                 }
                                 let target =
                                     result.entry(group_of(event.timestamp_ms)).or_default();
-                                let accumulator = match target.get_mut(contribution.dimensions) {
-                                    Some(accumulator) => accumulator,
-                                    None => target
-                                        .entry(contribution.dimensions.to_string())
-                                        .or_insert_with(|| match contribution.value {
-                                            None => Accumulator::new_count_only(),
-                                            Some(_) => Accumulator::new_with_values(),
-                                        }),
-                                };
+                                let accumulator =
+                                    match target.get_mut(contribution.dimensions.as_ref()) {
+                                        Some(accumulator) => accumulator,
+                                        None => target
+                                            .entry(contribution.dimensions.to_string())
+                                            .or_insert_with(|| match contribution.value {
+                                                None => Accumulator::new_count_only(),
+                                                Some(_) => Accumulator::new_with_values(),
+                                            }),
+                                    };
                                 match contribution.value {
                                     None => accumulator.record_event(),
                                     Some(value) => accumulator.record_value(value),

@@ -174,7 +174,9 @@ pub async fn metric_series(
     let valued = !matches!(metric, QueryMetric::EventCount(_));
     let default = match metric {
         QueryMetric::EventCount(_) => Aggregation::Count,
-        QueryMetric::TotalVolume | QueryMetric::SymbolVolume(_) => Aggregation::Sum,
+        QueryMetric::TotalVolume | QueryMetric::SymbolVolume(_) | QueryMetric::StrategyPnl(_) => {
+            Aggregation::Sum
+        }
         _ => Aggregation::Avg,
     };
     let aggregation = aggregation.unwrap_or(default);

@@ -359,12 +359,12 @@ pub fn rollups_for<'a>(
         for_each_contribution(event, |contribution| match contribution.value {
             None => batch.add_count(
                 contribution.metric,
-                contribution.dimensions,
+                &contribution.dimensions,
                 event.timestamp_ms,
             ),
             Some(value) => batch.add_value(
                 contribution.metric,
-                contribution.dimensions,
+                &contribution.dimensions,
                 event.timestamp_ms,
                 value,
             ),

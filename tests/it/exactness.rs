@@ -52,10 +52,10 @@ async fn ingest(app: &TestApp, events: &[RawEvent]) {
 
 /// SplitMix64: a small deterministic generator, so the data is the same on
 /// every run and a failure reproduces.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -65,7 +65,7 @@ impl Rng {
 
     /// Uniform in `range` (half-open; the range is small next to 2^64, so
     /// modulo bias is negligible).
-    fn random_range<T: TryFrom<u64> + TryInto<u64> + Copy>(
+    pub(crate) fn random_range<T: TryFrom<u64> + TryInto<u64> + Copy>(
         &mut self,
         range: std::ops::Range<T>,
     ) -> T

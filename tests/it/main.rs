@@ -14,3 +14,4 @@ mod postgres_outage;
 mod redis;
 mod retention;
 mod security;
+mod trading;

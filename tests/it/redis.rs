@@ -36,7 +36,7 @@ fn reachable(host: &str, port: u16) -> bool {
 }
 
 /// Whether the shared Redis answers; says SKIPPED when not (fails under CI).
-fn shared_redis() -> Option<(String, u16)> {
+pub(crate) fn shared_redis() -> Option<(String, u16)> {
     let (host, port) = redis_address();
     if reachable(&host, port) {
         return Some((host, port));
@@ -49,12 +49,12 @@ fn shared_redis() -> Option<(String, u16)> {
     None
 }
 
-fn random_prefix() -> String {
+pub(crate) fn random_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
 }
 
 /// The environment of an app using Redis at `host:port` under `prefix`.
-fn redis_env(host: &str, port: u16, prefix: &str) -> Vec<(String, String)> {
+pub(crate) fn redis_env(host: &str, port: u16, prefix: &str) -> Vec<(String, String)> {
     vec![
         ("ANALYTICS_REDIS__ENABLED".into(), "true".into()),
         ("ANALYTICS_REDIS__HOST".into(), host.into()),
