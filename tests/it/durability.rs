@@ -2,51 +2,18 @@
 //! survives `kill -9` right after the answer, and SIGTERM drains the queue
 //! and exits 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// A service process on port 0 with its database in `database`.
-struct ServiceProcess {
-    child: Child,
-    address: String,
-}
+use crate::helpers::ServiceProcess;
 
+/// A service process on port 0 with its database in `database`.
 fn start(database: &std::path::Path) -> ServiceProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_analytics"))
-        .arg("serve")
-        .env("ANALYTICS_SERVER__PORT", "0")
-        .env("ANALYTICS_METRICS__PORT", "0")
-        .envs(crate::helpers::store_env_for(database))
-        .env("ANALYTICS_LOGGING__FORMAT", "json")
-        .env("ANALYTICS_LOGGING__LEVEL", "info")
-        .env_remove("ANALYTICS_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the analytics binary");
-    let stdout = child.stdout.take().expect("stdout");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(value) = serde_json::from_str::<Value>(&line)
-                && let Some(address) = value["fields"]["api_addr"].as_str()
-            {
-                let _ = sender.send(address.to_string());
-                sent = true;
-            }
-        }
-    });
-    let address = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .expect("service reported its address");
-    ServiceProcess { child, address }
+    ServiceProcess::start(&crate::helpers::store_env_for(database))
 }
 
 async fn post_events(
@@ -122,7 +89,7 @@ async fn acknowledged_events_survive_kill_9() {
     );
     assert_eq!(stored.len(), 300);
     let stats: Value = client
-        .get(format!("http://{}/api/v1/events/stats", restarted.address))
+        .get(restarted.url("/api/v1/events/stats"))
         .send()
         .await
         .unwrap()

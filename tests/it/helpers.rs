@@ -324,3 +324,51 @@ pub fn rfc3339(millis: i64) -> String {
 pub fn now_ms() -> i64 {
     analytics::model::event::now_ms()
 }
+
+/// A service process of the real binary, on port 0, with the environment
+/// `env`; `address` is the API address it logged at startup.
+pub struct ServiceProcess {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl ServiceProcess {
+    pub fn start(env: &[(String, String)]) -> ServiceProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_analytics"))
+            .arg("serve")
+            .env("ANALYTICS_SERVER__PORT", "0")
+            .env("ANALYTICS_METRICS__PORT", "0")
+            .envs(env.iter().cloned())
+            .env("ANALYTICS_LOGGING__FORMAT", "json")
+            .env("ANALYTICS_LOGGING__LEVEL", "info")
+            .env_remove("ANALYTICS_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the analytics binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent
+                    && let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && let Some(address) = value["fields"]["api_addr"].as_str()
+                {
+                    let _ = sender.send(address.to_string());
+                    sent = true;
+                }
+            }
+        });
+        let address = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("service reported its address");
+        ServiceProcess { child, address }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+}
