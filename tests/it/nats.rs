@@ -51,8 +51,10 @@ async fn shared_nats() -> Option<async_nats::Client> {
     None
 }
 
-/// A stream of one test: `T_<tag>` on `analytics.<tag>.>` and
+/// A stream of one test: `T_<tag>` on `test.<tag>.>` and
 /// `orders.updates.<SYMBOL><tag>` for the test's symbols. Deleted on drop.
+/// (A stream of `orders.updates.>` on the server, e.g. one a benchmark
+/// left, overlaps the latter: JetStream refuses the test stream then.)
 struct TestStream {
     js: jetstream::Context,
     name: String,
@@ -64,7 +66,7 @@ impl TestStream {
     async fn create(client: &async_nats::Client, symbols: &[&str]) -> TestStream {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_uppercase();
         let name = format!("T_{tag}");
-        let mut subjects = vec![format!("analytics.{tag}.>")];
+        let mut subjects = vec![format!("test.{tag}.>")];
         subjects.extend(
             symbols
                 .iter()
@@ -79,7 +81,9 @@ impl TestStream {
             ..Default::default()
         })
         .await
-        .expect("create the test stream");
+        .unwrap_or_else(|error| {
+            panic!("create the test stream on {subjects:?} (does another stream overlap?): {error}")
+        });
         TestStream {
             js,
             name,
@@ -89,7 +93,7 @@ impl TestStream {
     }
 
     fn events_subject(&self) -> String {
-        format!("analytics.{}.events", self.tag)
+        format!("test.{}.events", self.tag)
     }
 
     /// The symbol of this test for `base` (`BTC` -> `BTC<tag>`).
