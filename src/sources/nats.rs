@@ -21,8 +21,9 @@
 //! - else the UUIDv5 of `<stream>/<stream sequence>`.
 //!
 //! On shutdown it stops taking messages, finishes and acknowledges the batch
-//! in hand, naks what the client had prefetched (so another instance takes
-//! it at once) and returns. The client reconnects by itself; the source
+//! in hand and returns; what the client had prefetched but not handed over
+//! is redelivered (to another instance, or after a restart) after
+//! `ack_wait`. The client reconnects by itself; the source
 //! reports the connection state and, every second, the consumer's
 //! `num_pending` as the lag of `(stream, -1)`.
 
@@ -218,10 +219,10 @@ async fn consume(
             next = messages.next() => Some(next),
         };
         let first = match next {
-            None => {
-                nak_prefetched(&mut messages).await;
-                return Ok(());
-            }
+            // What the client prefetched but the source did not take is
+            // redelivered after ack_wait (naking it here would only have
+            // the still-open pull bring it straight back).
+            None => return Ok(()),
             Some(None) => anyhow::bail!("the message stream ended"),
             Some(Some(Err(error))) => {
                 tracing::warn!(error = %error, "NATS pull error");
@@ -241,20 +242,6 @@ async fn consume(
             }
         }
         process(batch, config, context, shutdown).await;
-    }
-}
-
-/// Naks the messages the client holds but the source did not take, so
-/// that they are redelivered at once rather than after `ack_wait`.
-async fn nak_prefetched(messages: &mut pull::Stream) {
-    let mut naked = 0usize;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if message.ack_with(AckKind::Nak(None)).await.is_ok() {
-            naked += 1;
-        }
-    }
-    if naked > 0 {
-        tracing::info!(naked, "NATS: released prefetched messages on shutdown");
     }
 }
 

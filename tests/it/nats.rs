@@ -57,6 +57,7 @@ async fn shared_nats() -> Option<async_nats::Client> {
 /// left, overlaps the latter: JetStream refuses the test stream then.)
 struct TestStream {
     js: jetstream::Context,
+    url: String,
     name: String,
     tag: String,
     subjects: Vec<String>,
@@ -64,6 +65,11 @@ struct TestStream {
 
 impl TestStream {
     async fn create(client: &async_nats::Client, symbols: &[&str]) -> TestStream {
+        TestStream::create_at(client, &nats_url(), symbols).await
+    }
+
+    /// The stream on the server at `url` (that `client` is connected to).
+    async fn create_at(client: &async_nats::Client, url: &str, symbols: &[&str]) -> TestStream {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_uppercase();
         let name = format!("T_{tag}");
         let mut subjects = vec![format!("test.{tag}.>")];
@@ -86,6 +92,7 @@ impl TestStream {
         });
         TestStream {
             js,
+            url: url.to_string(),
             name,
             tag,
             subjects,
@@ -104,7 +111,7 @@ impl TestStream {
     /// The service's NATS settings for this stream and `durable`.
     fn env(&self, durable: &str) -> Vec<(String, String)> {
         [
-            ("ANALYTICS_NATS__SERVERS", nats_url()),
+            ("ANALYTICS_NATS__SERVERS", self.url.clone()),
             ("ANALYTICS_NATS__STREAM", self.name.clone()),
             ("ANALYTICS_NATS__SUBJECTS", self.subjects.join(",")),
             ("ANALYTICS_NATS__DURABLE", durable.to_string()),
@@ -171,13 +178,14 @@ impl Drop for TestStream {
     /// lives on the test's runtime, which this blocks.
     fn drop(&mut self) {
         let name = self.name.clone();
+        let url = self.url.clone();
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .ok()?;
             runtime.block_on(async move {
-                let client = async_nats::connect(nats_url()).await.ok()?;
+                let client = async_nats::connect(url).await.ok()?;
                 jetstream::new(client).delete_stream(&name).await.ok()
             })
         })
@@ -868,4 +876,210 @@ async fn two_instances_sharing_the_durable_store_every_event_once() {
         received[0] > 0 && received[1] > 0,
         "both instances took a share: {received:?}"
     );
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_acknowledges_everything_it_stored() {
+    let Some(client) = shared_nats().await else {
+        return;
+    };
+    let stream = TestStream::create(&client, &[]).await;
+    let directory = tempfile::tempdir().unwrap();
+    let database = directory.path().join("analytics.db");
+    let _schema = SchemaGuard::for_path(&database);
+    let path = database.display().to_string();
+    let subject = stream.events_subject();
+    const COUNT: u64 = 3000;
+    let mut acks = Vec::new();
+    for index in 0..COUNT {
+        let payload = json!({"event_type": "page.view", "properties": {"index": index}});
+        acks.push(
+            stream
+                .js
+                .publish(subject.clone(), payload.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("publish acknowledged");
+    }
+    let env = stream.env("analytics");
+    let mut first = spawn_with(&env, &[("ANALYTICS_DATABASE__PATH", path.as_str())]).await;
+    let visible = wait_total(&first, 1, Duration::from_secs(10)).await;
+    assert!(visible["total_events"].as_u64() > Some(0), "{visible}");
+    first.stop().await.expect("clean stop");
+    // What it stored it acknowledged before returning; what it had only
+    // prefetched stays unacknowledged until ack_wait (2 s) redelivers it.
+    let info = stream.consumer_info("analytics").await;
+    let acknowledged = info.delivered.consumer_sequence - info.num_ack_pending as u64;
+    eprintln!(
+        "stopped after acknowledging {acknowledged} of {COUNT} ({} prefetched, unacknowledged)",
+        info.num_ack_pending
+    );
+
+    let second = spawn_with(&env, &[("ANALYTICS_DATABASE__PATH", path.as_str())]).await;
+    let info = stream
+        .wait_drained("analytics", Duration::from_secs(20))
+        .await;
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+    let answer = wait_total(&second, COUNT, Duration::from_secs(5)).await;
+    assert_eq!(answer["total_events"], COUNT, "{answer}");
+    let metrics = second.metrics_text().await;
+    assert_eq!(
+        source_counter(&metrics, "duplicate"),
+        0,
+        "nothing stored before the stop came again: {metrics}"
+    );
+    assert_eq!(
+        source_counter(&metrics, "committed"),
+        COUNT - acknowledged,
+        "{metrics}"
+    );
+}
+
+/// A private `nats-server` with JetStream on a free port, killed and
+/// started again on the same port and store.
+struct PrivateNats {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+impl PrivateNats {
+    fn start() -> Option<PrivateNats> {
+        if !Path::new(NATS_SERVER).exists() {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = PrivateNats {
+            child: None,
+            port,
+            store: tempfile::tempdir().unwrap(),
+        };
+        server.run();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn nats_health(app: &TestApp) -> Value {
+    let (_, health) = app.get("/health").await;
+    health["sources"]["nats"].clone()
+}
+
+async fn wait_health(app: &TestApp, wanted: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let state = nats_health(app).await;
+        if state == wanted || Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_source_reconnects_when_nats_restarts() {
+    let Some(mut server) = PrivateNats::start() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{NATS_SERVER} missing under CI"
+        );
+        eprintln!("SKIPPED: no {NATS_SERVER} to restart");
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let stream = TestStream::create_at(&client, &server.url(), &[]).await;
+    let subject = stream.events_subject();
+    let app = spawn_with(&stream.env("analytics"), &[]).await;
+    for index in 0..50 {
+        stream
+            .publish_json(
+                &subject,
+                &json!({"event_type": "page.view", "properties": {"i": index}}),
+            )
+            .await;
+    }
+    assert_eq!(
+        wait_total(&app, 50, Duration::from_secs(10)).await["total_events"],
+        50
+    );
+    assert_eq!(
+        wait_health(&app, "connected", Duration::from_secs(3)).await,
+        "connected"
+    );
+
+    server.kill();
+    assert_eq!(
+        wait_health(&app, "disconnected", Duration::from_secs(5)).await,
+        "disconnected"
+    );
+    let (status, health) = app.get("/health").await;
+    assert_eq!(health["status"], "degraded", "{status} {health}");
+
+    server.run();
+    assert_eq!(
+        wait_health(&app, "connected", Duration::from_secs(15)).await,
+        "connected",
+        "the source reconnected by itself"
+    );
+    // A client of its own: the first one may still be reconnecting.
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    let js = jetstream::new(client);
+    for index in 50..100 {
+        let payload = json!({"event_type": "page.view", "properties": {"i": index}});
+        js.publish(subject.clone(), payload.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish acknowledged");
+    }
+    let answer = wait_total(&app, 100, Duration::from_secs(15)).await;
+    assert_eq!(answer["total_events"], 100, "{answer}");
 }
