@@ -9,10 +9,13 @@
 //! most `nats.batch_size`), decode them, [`SourceContext::store`] them, and
 //! only then acknowledge: `Ack` (awaiting the server's confirmation) for
 //! stored events and for order updates that count for nothing, `Term` for
-//! dead-lettered messages (stored, never redelivered). A failed commit naks
-//! the batch with `nats.nak_delay`; a full ingest queue is waited out (the
-//! batch is retried, nothing more is fetched meanwhile) for at most half
-//! of `ack_wait`, then naked too. A message acknowledged late or twice is
+//! dead-lettered messages (stored, never redelivered). Up to four batches
+//! are stored at once (sharing the pipeline's group commit), each
+//! acknowledged after its own store. A failed commit naks
+//! the batch with `nats.nak_delay` (and the source pauses that long); a
+//! full ingest queue is waited out (the batch is retried; no more than four
+//! batches are ever held, so memory stays bounded) for at most half of
+//! `ack_wait`, then naked too. A message acknowledged late or twice is
 //! deduplicated by its id:
 //!
 //! - the event's own `id`;
@@ -20,8 +23,8 @@
 //!   UUIDv5 of `nats-msg-id/<value>`;
 //! - else the UUIDv5 of `<stream>/<stream sequence>`.
 //!
-//! On shutdown it stops taking messages, finishes and acknowledges the batch
-//! in hand and returns; what the client had prefetched but not handed over
+//! On shutdown it stops taking messages, finishes and acknowledges the
+//! batches in hand and returns; what the client had prefetched but not handed over
 //! is redelivered (to another instance, or after a restart) after
 //! `ack_wait`. The client reconnects by itself; the source
 //! reports the connection state and, every second, the consumer's
@@ -48,6 +51,8 @@ use crate::telemetry::sources::SourceStats;
 const ACK_CONCURRENCY: usize = 256;
 /// How often the lag and the connection state are refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// Batches stored (and acknowledged) at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 /// Longest pause before binding the stream and consumer again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -183,10 +188,13 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 deliver_policy: DeliverPolicy::All,
-                // Every instance holds up to about two batches unacknowledged.
-                max_ack_pending: i64::try_from(config.batch_size.saturating_mul(8))
-                    .unwrap_or(i64::MAX)
-                    .max(1000),
+                // An instance holds up to BATCHES_IN_FLIGHT batches being
+                // stored plus about 1.5 prefetched; room for a second one.
+                max_ack_pending: i64::try_from(
+                    config.batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3),
+                )
+                .unwrap_or(i64::MAX)
+                .max(1000),
                 ..Default::default()
             },
         )
@@ -196,7 +204,10 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
 }
 
 /// Takes, stores and acknowledges batches until `shutdown` (`Ok`) or until
-/// the message stream ends (`Err`: bind again).
+/// the message stream ends (`Err`: bind again). Up to
+/// [`BATCHES_IN_FLIGHT`] batches are stored at once (they share the
+/// pipeline's group commit); each is acknowledged when its own store
+/// returned. Before returning, every batch taken is finished.
 async fn consume(
     consumer: &PullConsumer,
     config: &NatsConfig,
@@ -212,7 +223,15 @@ async fn consume(
         .messages()
         .await
         .context("cannot start pulling messages")?;
-    loop {
+    let settings = Arc::new(config.clone());
+    let mut in_flight = tokio::task::JoinSet::new();
+    let outcome = loop {
+        if in_flight.len() >= BATCHES_IN_FLIGHT
+            && let Some(Ok(false)) = in_flight.join_next().await
+        {
+            // The store failed: do not run through the stream naking it.
+            pause(shutdown, config.nak_delay).await;
+        }
         let next = tokio::select! {
             biased;
             () = shutdown.cancelled() => None,
@@ -222,8 +241,8 @@ async fn consume(
             // What the client prefetched but the source did not take is
             // redelivered after ack_wait (naking it here would only have
             // the still-open pull bring it straight back).
-            None => return Ok(()),
-            Some(None) => anyhow::bail!("the message stream ended"),
+            None => break Ok(()),
+            Some(None) => break Err(anyhow::anyhow!("the message stream ended")),
             Some(Some(Err(error))) => {
                 tracing::warn!(error = %error, "NATS pull error");
                 continue;
@@ -241,8 +260,20 @@ async fn consume(
                 Some(None) | None => break,
             }
         }
-        process(batch, config, context, shutdown).await;
+        in_flight.spawn(process(
+            batch,
+            Arc::clone(&settings),
+            context.clone(),
+            shutdown.clone(),
+        ));
+    };
+    // The batches taken are stored and acknowledged before returning.
+    while let Some(finished) = in_flight.join_next().await {
+        if let Err(error) = finished {
+            tracing::error!(error = %error, "NATS batch task failed");
+        }
     }
+    outcome
 }
 
 /// What a message is acknowledged with once its batch is stored.
@@ -254,13 +285,14 @@ enum Outcome {
     Dead,
 }
 
-/// Decodes, stores and acknowledges one batch.
+/// Decodes, stores and acknowledges one batch; `false` when it could not
+/// be stored (and was naked).
 async fn process(
     batch: Vec<jetstream::Message>,
-    config: &NatsConfig,
-    context: &SourceContext,
-    shutdown: &CancellationToken,
-) {
+    config: Arc<NatsConfig>,
+    context: SourceContext,
+    shutdown: CancellationToken,
+) -> bool {
     context.stats.record_received(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
@@ -302,12 +334,16 @@ async fn process(
         }
     }
 
-    match store_waiting(events, dead, config, context, shutdown).await {
+    match store_waiting(events, dead, &config, &context, &shutdown).await {
         Ok(()) => {
             context.stats.record_skipped(skipped);
             acknowledge(&batch, &outcomes).await;
+            true
         }
-        Err(SubmitError::ShuttingDown) => nak(&batch, None).await,
+        Err(SubmitError::ShuttingDown) => {
+            nak(&batch, None).await;
+            false
+        }
         Err(error) => {
             tracing::warn!(
                 error = %error,
@@ -316,6 +352,7 @@ async fn process(
                 "NATS batch not stored; naked for redelivery"
             );
             nak(&batch, Some(config.nak_delay)).await;
+            false
         }
     }
 }
