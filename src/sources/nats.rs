@@ -47,8 +47,8 @@ use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
 
-/// Acknowledgements awaited at once.
-const ACK_CONCURRENCY: usize = 256;
+/// Longest wait for the server to confirm a batch's acknowledgements.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag and the connection state are refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches stored (and acknowledged) at once.
@@ -95,7 +95,7 @@ pub async fn run(
             Arc::clone(&context.stats),
             config.stream.clone(),
         ));
-        let consumed = consume(&consumer, &config, &context, &shutdown).await;
+        let consumed = consume(&client, &consumer, &config, &context, &shutdown).await;
         lag.abort();
         if let Err(error) = consumed {
             tracing::warn!(
@@ -209,6 +209,7 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
 /// pipeline's group commit); each is acknowledged when its own store
 /// returned. Before returning, every batch taken is finished.
 async fn consume(
+    client: &async_nats::Client,
     consumer: &PullConsumer,
     config: &NatsConfig,
     context: &SourceContext,
@@ -261,6 +262,7 @@ async fn consume(
             }
         }
         in_flight.spawn(process(
+            client.clone(),
             batch,
             Arc::clone(&settings),
             context.clone(),
@@ -288,6 +290,7 @@ enum Outcome {
 /// Decodes, stores and acknowledges one batch; `false` when it could not
 /// be stored (and was naked).
 async fn process(
+    client: async_nats::Client,
     batch: Vec<jetstream::Message>,
     config: Arc<NatsConfig>,
     context: SourceContext,
@@ -337,7 +340,7 @@ async fn process(
     match store_waiting(events, dead, &config, &context, &shutdown).await {
         Ok(()) => {
             context.stats.record_skipped(skipped);
-            acknowledge(&batch, &outcomes).await;
+            acknowledge(&client, &batch, &outcomes).await;
             true
         }
         Err(SubmitError::ShuttingDown) => {
@@ -397,26 +400,56 @@ async fn store_waiting(
     }
 }
 
-/// Acknowledges a stored batch, awaiting the server's confirmations.
-async fn acknowledge(batch: &[jetstream::Message], outcomes: &[Outcome]) {
-    let mut pending = futures_util::stream::FuturesUnordered::new();
-    let mut failures = 0usize;
-    for (message, outcome) in batch.iter().zip(outcomes) {
-        if pending.len() >= ACK_CONCURRENCY
-            && let Some(Err(_)) = pending.next().await
-        {
-            failures += 1;
+/// Acknowledges a stored batch and awaits the server's confirmations (a
+/// "double ack", batched: every ack carries a reply subject under one
+/// inbox of the batch, and the server answers each).
+async fn acknowledge(
+    client: &async_nats::Client,
+    batch: &[jetstream::Message],
+    outcomes: &[Outcome],
+) {
+    let inbox = client.new_inbox();
+    let mut confirmations = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(subscription) => Some(subscription),
+        Err(error) => {
+            tracing::debug!(error = %error, "NATS: acknowledging without confirmations");
+            None
         }
+    };
+    let mut expected = 0usize;
+    let mut failures = 0usize;
+    for (index, (message, outcome)) in batch.iter().zip(outcomes).enumerate() {
         let kind = match outcome {
             Outcome::Done => AckKind::Ack,
             Outcome::Dead => AckKind::Term,
         };
-        pending.push(message.double_ack_with(kind));
-    }
-    while let Some(result) = pending.next().await {
-        if result.is_err() {
-            failures += 1;
+        let sent = match (&message.reply, &confirmations) {
+            (Some(reply), Some(_)) => client
+                .publish_with_reply(reply.clone(), format!("{inbox}.{index}"), kind.into())
+                .await
+                .map_err(|error| error.to_string()),
+            _ => message
+                .ack_with(kind)
+                .await
+                .map_err(|error| error.to_string()),
+        };
+        match sent {
+            Ok(()) if confirmations.is_some() => expected += 1,
+            Ok(()) => {}
+            Err(_) => failures += 1,
         }
+    }
+    if let Some(subscription) = confirmations.as_mut() {
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        let mut confirmed = 0usize;
+        while confirmed < expected {
+            match tokio::time::timeout_at(deadline, subscription.next()).await {
+                Ok(Some(_)) => confirmed += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        failures += expected - confirmed;
+        subscription.unsubscribe().await.ok();
     }
     if failures > 0 {
         // Stored already: the redelivery is deduplicated.
