@@ -5,15 +5,15 @@
 //! missing, else bound. Every instance binds the same durable, so the
 //! server splits the messages between them.
 //!
-//! The loop: take the messages the client already holds (at least one, at
-//! most `nats.batch_size`), decode them, [`SourceContext::store`] them, and
-//! only then acknowledge: `Ack` (awaiting the server's confirmation) for
+//! The loop: gather messages (at most `nats.batch_size`) while the previous
+//! batches are being stored, decode them, [`SourceContext::store`] them,
+//! and only then acknowledge: `Ack` (awaiting the server's confirmation) for
 //! stored events and for order updates that count for nothing, `Term` for
-//! dead-lettered messages (stored, never redelivered). Up to four batches
-//! are stored at once (sharing the pipeline's group commit), each
-//! acknowledged after its own store. A failed commit naks
+//! dead-lettered messages (stored, never redelivered). Two batches are
+//! stored at once (sharing the pipeline's group commit), each acknowledged
+//! after its own store; batches grow with the load. A failed commit naks
 //! the batch with `nats.nak_delay` (and the source pauses that long); a
-//! full ingest queue is waited out (the batch is retried; no more than four
+//! full ingest queue is waited out (the batch is retried; no more than three
 //! batches are ever held, so memory stays bounded) for at most half of
 //! `ack_wait`, then naked too. A message acknowledged late or twice is
 //! deduplicated by its id:
@@ -51,8 +51,8 @@ use crate::telemetry::sources::SourceStats;
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag and the connection state are refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
-/// Batches stored (and acknowledged) at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches being stored (and acknowledged) at once.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// Longest pause before binding the stream and consumer again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -226,49 +226,59 @@ async fn consume(
         .context("cannot start pulling messages")?;
     let settings = Arc::new(config.clone());
     let mut in_flight = tokio::task::JoinSet::new();
+    let mut batch = Vec::with_capacity(batch_size);
     let outcome = loop {
-        if in_flight.len() >= BATCHES_IN_FLIGHT
-            && let Some(Ok(false)) = in_flight.join_next().await
-        {
-            // The store failed: do not run through the stream naking it.
-            pause(shutdown, config.nak_delay).await;
-        }
-        let next = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => None,
-            next = messages.next() => Some(next),
-        };
-        let first = match next {
-            // What the client prefetched but the source did not take is
-            // redelivered after ack_wait (naking it here would only have
-            // the still-open pull bring it straight back).
-            None => break Ok(()),
-            Some(None) => break Err(anyhow::anyhow!("the message stream ended")),
-            Some(Some(Err(error))) => {
-                tracing::warn!(error = %error, "NATS pull error");
-                continue;
-            }
-            Some(Some(Ok(message))) => message,
-        };
-        let mut batch = vec![first];
-        while batch.len() < batch_size {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.push(message),
-                Some(Some(Err(error))) => {
-                    tracing::warn!(error = %error, "NATS pull error");
-                    break;
+        // A free slot takes what has gathered (topped up with what the
+        // client already holds); while every slot is busy, messages gather
+        // into the next batch, so batches grow with the load.
+        if !batch.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
+            while batch.len() < batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(error))) => {
+                        tracing::warn!(error = %error, "NATS pull error");
+                        break;
+                    }
+                    Some(None) | None => break,
                 }
-                Some(None) | None => break,
             }
+            in_flight.spawn(process(
+                client.clone(),
+                std::mem::replace(&mut batch, Vec::with_capacity(batch_size)),
+                Arc::clone(&settings),
+                context.clone(),
+                shutdown.clone(),
+            ));
+            continue;
         }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(false) = finished {
+                    // The store failed: do not run through the stream naking it.
+                    pause(shutdown, config.nak_delay).await;
+                }
+            }
+            next = messages.next(), if batch.len() < batch_size => match next {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => tracing::warn!(error = %error, "NATS pull error"),
+                None => break Err(anyhow::anyhow!("the message stream ended")),
+            },
+        }
+    };
+    // Messages taken are finished too; what the client prefetched but the
+    // source did not take is redelivered after ack_wait (naking it here
+    // would only have the still-open pull bring it straight back).
+    if !batch.is_empty() {
         in_flight.spawn(process(
             client.clone(),
             batch,
-            Arc::clone(&settings),
+            settings,
             context.clone(),
             shutdown.clone(),
         ));
-    };
+    }
     // The batches taken are stored and acknowledged before returning.
     while let Some(finished) = in_flight.join_next().await {
         if let Err(error) = finished {
