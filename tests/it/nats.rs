@@ -58,6 +58,8 @@ async fn shared_nats() -> Option<async_nats::Client> {
 struct TestStream {
     js: jetstream::Context,
     url: String,
+    /// On a private server: not deleted on drop (the server goes).
+    private: bool,
     name: String,
     tag: String,
     subjects: Vec<String>,
@@ -93,6 +95,7 @@ impl TestStream {
         TestStream {
             js,
             url: url.to_string(),
+            private: false,
             name,
             tag,
             subjects,
@@ -177,6 +180,9 @@ impl Drop for TestStream {
     /// Deletes the stream over a connection of its own: the test's client
     /// lives on the test's runtime, which this blocks.
     fn drop(&mut self) {
+        if self.private {
+            return;
+        }
         let name = self.name.clone();
         let url = self.url.clone();
         let deleted = std::thread::spawn(move || {
@@ -944,12 +950,18 @@ struct PrivateNats {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// Further `nats-server` arguments (authentication).
+    extra: Vec<String>,
 }
 
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
 impl PrivateNats {
     fn start() -> Option<PrivateNats> {
+        PrivateNats::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Option<PrivateNats> {
         if !Path::new(NATS_SERVER).exists() {
             return None;
         }
@@ -962,6 +974,7 @@ impl PrivateNats {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
         server.run();
         Some(server)
@@ -982,6 +995,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1082,4 +1096,76 @@ async fn the_source_reconnects_when_nats_restarts() {
     }
     let answer = wait_total(&app, 100, Duration::from_secs(15)).await;
     assert_eq!(answer["total_events"], 100, "{answer}");
+}
+
+/// Connects the service to a private server requiring `auth` (server
+/// arguments) with `credentials` (service settings); returns whether the
+/// service stored an event published there.
+async fn stores_through(
+    server_auth: &[&str],
+    client: async_nats::ConnectOptions,
+    credentials: &[(&str, &str)],
+) -> Option<bool> {
+    let server = PrivateNats::start_with(server_auth)?;
+    let client = client
+        .connect(server.url())
+        .await
+        .expect("test client connects");
+    let mut stream = TestStream::create_at(&client, &server.url(), &[]).await;
+    // The server and its store go with the test.
+    stream.private = true;
+    let app = spawn_with(&stream.env("analytics"), credentials).await;
+    stream
+        .publish_json(
+            &stream.events_subject(),
+            &json!({"event_type": "page.view"}),
+        )
+        .await;
+    let stored = wait_total(&app, 1, Duration::from_secs(5)).await["total_events"] == 1;
+    let connected = nats_health(&app).await == "connected";
+    assert_eq!(
+        stored, connected,
+        "health says connected exactly when it works"
+    );
+    Some(stored)
+}
+
+#[tokio::test]
+async fn the_source_authenticates_with_user_and_password_or_token() {
+    let user = ["--user", "analytics", "--pass", "s3cret"];
+    let Some(stored) = stores_through(
+        &user,
+        async_nats::ConnectOptions::with_user_and_password("analytics".into(), "s3cret".into()),
+        &[
+            ("ANALYTICS_NATS__USER", "analytics"),
+            ("ANALYTICS_NATS__PASSWORD", "s3cret"),
+        ],
+    )
+    .await
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{NATS_SERVER} missing under CI"
+        );
+        eprintln!("SKIPPED: no {NATS_SERVER} for a private server");
+        return;
+    };
+    assert!(stored, "user and password");
+    let wrong = stores_through(
+        &user,
+        async_nats::ConnectOptions::with_user_and_password("analytics".into(), "s3cret".into()),
+        &[
+            ("ANALYTICS_NATS__USER", "analytics"),
+            ("ANALYTICS_NATS__PASSWORD", "wrong"),
+        ],
+    )
+    .await;
+    assert_eq!(wrong, Some(false), "a wrong password stores nothing");
+    let token = stores_through(
+        &["--auth", "t0ken"],
+        async_nats::ConnectOptions::with_token("t0ken".into()),
+        &[("ANALYTICS_NATS__TOKEN", "t0ken")],
+    )
+    .await;
+    assert_eq!(token, Some(true), "token");
 }
