@@ -1169,3 +1169,54 @@ async fn the_source_authenticates_with_user_and_password_or_token() {
     .await;
     assert_eq!(token, Some(true), "token");
 }
+
+#[tokio::test]
+async fn a_full_ingest_queue_is_waited_out_and_nothing_is_lost() {
+    let Some(client) = shared_nats().await else {
+        return;
+    };
+    let stream = TestStream::create(&client, &[]).await;
+    let subject = stream.events_subject();
+    const COUNT: u64 = 2000;
+    let mut acks = Vec::new();
+    for index in 0..COUNT {
+        let payload = json!({"event_type": "page.view", "properties": {"index": index}});
+        acks.push(
+            stream
+                .js
+                .publish(subject.clone(), payload.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("publish acknowledged");
+    }
+    // A queue of 20 events: two batches of 200 at once cannot both have it.
+    let app = spawn_with(
+        &stream.env("analytics"),
+        &[
+            ("ANALYTICS_ANALYTICS__INGESTION__BATCH_SIZE", "10"),
+            ("ANALYTICS_ANALYTICS__INGESTION__BUFFER_SIZE", "20"),
+        ],
+    )
+    .await;
+    let info = stream
+        .wait_drained("analytics", Duration::from_secs(30))
+        .await;
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+    let answer = wait_total(&app, COUNT, Duration::from_secs(5)).await;
+    assert_eq!(answer["total_events"], COUNT, "{answer}");
+    let metrics = app.metrics_text().await;
+    let overloaded = crate::cache::series_value(&metrics, "analytics_ingest_overloaded_total");
+    assert!(
+        overloaded > 0.0,
+        "the queue was full at times: {overloaded}"
+    );
+    assert_eq!(source_counter(&metrics, "committed"), COUNT, "{metrics}");
+    assert_eq!(
+        source_counter(&metrics, "received"),
+        COUNT,
+        "nothing naked, nothing redelivered"
+    );
+}
