@@ -16,7 +16,8 @@
 //! Invariants: every run is bounded by `--count` or `--duration` (a run
 //! with neither is refused); the generated content depends only on the seed,
 //! the worker count and the timestamps (so backfills with `--start` are
-//! reproducible byte for byte); only the given URL is contacted.
+//! reproducible byte for byte); only the given URL is contacted (for
+//! `--target nats`: `--nats-url`, and `--probe-url` when given).
 
 pub mod baseline;
 pub mod generator;

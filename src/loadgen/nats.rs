@@ -16,6 +16,23 @@
 //! - The stream (`--nats-stream`) is created on `--nats-subjects` (by
 //!   default the service's) when missing, so a stream can be pre-loaded before the
 //!   service first starts.
+//!
+//! Measuring the NATS source (release build, NATS with JetStream on
+//! 127.0.0.1:4222, a stream of its own so nothing else overlaps):
+//!
+//! ```text
+//! # (a) NATS -> store events/s: pre-load, then start the service on it and
+//! #     watch analytics_source_messages_total{outcome="committed",source="nats"}
+//! #     on the metrics port until it reaches the count
+//! analytics loadgen --target nats --nats-stream BENCH_NATS --nats-subjects 'bench.>' \
+//!     --subject bench.events --count 200000 --quiet --json
+//! ANALYTICS_NATS__SERVERS=nats://127.0.0.1:4222 ANALYTICS_NATS__STREAM=BENCH_NATS \
+//!     ANALYTICS_NATS__SUBJECTS='bench.>' ANALYTICS_NATS__DURABLE=bench analytics serve
+//! # (b) publish -> visible at a steady 5 000 events/s, against that service
+//! analytics loadgen --target nats --nats-stream BENCH_NATS --nats-subjects 'bench.>' \
+//!     --subject bench.events --rate 5000 --duration 30s \
+//!     --probe-url http://127.0.0.1:9097 --probe-interval 100ms --quiet --json
+//! ```
 
 use std::time::{Duration, Instant};
 
