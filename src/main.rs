@@ -35,8 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Generate a realistic B25 event stream: HTTP load, or an NDJSON file.
-    Loadgen(analytics::loadgen::LoadgenArgs),
+    /// Generate a realistic B25 event stream: HTTP load, NATS publishes, or
+    /// an NDJSON file.
+    Loadgen(Box<analytics::loadgen::LoadgenArgs>),
     /// API key tools.
     Keys {
         #[command(subcommand)]
@@ -223,7 +224,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Loadgen(args) => with_tool_runtime(&loaded, async move {
-            analytics::loadgen::run(args).await.map(drop)
+            analytics::loadgen::run(*args).await.map(drop)
         }),
         Command::DeadLetters { command } => with_tool_runtime(&loaded, async {
             match command {

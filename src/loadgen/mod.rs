@@ -7,17 +7,22 @@
 //!   events, batches or GETs at a global rate or as fast as possible;
 //! - [`report`]: per-worker tallies merged into one summary (counts, rates,
 //!   latency percentiles);
+//! - [`nats`]: the same stream published to NATS JetStream (async publish,
+//!   bounded in-flight acknowledgements), optionally timing publish →
+//!   visible;
 //! - [`baseline`]: the in-process comparison figures of `scripts/bench.sh`
 //!   (raw SQLite insert vs the store's batch commit).
 //!
 //! Invariants: every run is bounded by `--count` or `--duration` (a run
 //! with neither is refused); the generated content depends only on the seed,
 //! the worker count and the timestamps (so backfills with `--start` are
-//! reproducible byte for byte); only the given URL is contacted.
+//! reproducible byte for byte); only the given URL is contacted (for
+//! `--target nats`: `--nats-url`, and `--probe-url` when given).
 
 pub mod baseline;
 pub mod generator;
 pub mod http;
+pub mod nats;
 pub mod report;
 
 use std::io::{IsTerminal, Write};
@@ -45,6 +50,9 @@ pub enum Target {
     Ndjson,
     /// `GET --path` repeatedly (baseline and query latency).
     Get,
+    /// Publish to NATS JetStream (`--nats-url`, `--subject`), for the NATS
+    /// source.
+    Nats,
 }
 
 impl Target {
@@ -54,6 +62,7 @@ impl Target {
             Target::HttpBatch => "http-batch",
             Target::Ndjson => "ndjson",
             Target::Get => "get",
+            Target::Nats => "nats",
         }
     }
 }
@@ -118,9 +127,37 @@ pub struct LoadgenArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print the summary as one JSON object on stdout.
+    /// Print the summary as one JSON object on stdout (`--target nats`
+    /// with `--probe-url`: a second line, the `nats-visible` summary).
     #[arg(long)]
     pub json: bool,
+    /// NATS server for `--target nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// JetStream stream created (on `--nats-subjects`) when missing; empty =
+    /// do not create.
+    #[arg(long, default_value = "ANALYTICS")]
+    pub nats_stream: String,
+    /// Subjects of the stream when it is created (the service's defaults).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "analytics.>,orders.updates.>"
+    )]
+    pub nats_subjects: Vec<String>,
+    /// Subject the events are published on (`--target nats`).
+    #[arg(long, default_value = "analytics.events")]
+    pub subject: String,
+    /// Most publishes awaiting their stream acknowledgement (`--target nats`).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// `--target nats`: base URL of the service to time publish → visible
+    /// in `/api/v1/events/stats` against (one probe event per interval).
+    #[arg(long)]
+    pub probe_url: Option<String>,
+    /// Time between two visibility probes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub probe_interval: Duration,
 }
 
 /// How event timestamps are chosen.
@@ -207,6 +244,12 @@ impl LoadgenArgs {
         if self.concurrency == 0 || self.concurrency > 4096 {
             bail!("--concurrency must be between 1 and 4096");
         }
+        if self.max_in_flight == 0 {
+            bail!("--max-in-flight must be at least 1");
+        }
+        if self.probe_url.is_some() && self.target != Target::Nats {
+            bail!("--probe-url is for --target nats");
+        }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -225,15 +268,20 @@ impl LoadgenArgs {
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     args.check()?;
     let timestamps = args.timestamps()?;
-    let summary = match args.target {
-        Target::Ndjson => write_ndjson(&args, timestamps)?,
-        Target::HttpSingle | Target::HttpBatch | Target::Get => run_http(&args, timestamps).await?,
+    let (summary, visible) = match args.target {
+        Target::Ndjson => (write_ndjson(&args, timestamps)?, None),
+        Target::HttpSingle | Target::HttpBatch | Target::Get => {
+            (run_http(&args, timestamps).await?, None)
+        }
+        Target::Nats => nats::run(&args, timestamps).await?,
     };
-    eprint!("{}", summary.to_text());
-    if args.json {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer(&mut stdout, &summary).context("cannot write the summary")?;
-        writeln!(stdout).context("cannot write the summary")?;
+    for summary in std::iter::once(&summary).chain(&visible) {
+        eprint!("{}", summary.to_text());
+        if args.json {
+            let mut stdout = std::io::stdout().lock();
+            serde_json::to_writer(&mut stdout, summary).context("cannot write the summary")?;
+            writeln!(stdout).context("cannot write the summary")?;
+        }
     }
     Ok(summary)
 }

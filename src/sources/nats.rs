@@ -1,9 +1,60 @@
-//! The NATS source (scaffold: being written).
+//! The NATS JetStream source.
+//!
+//! One durable pull consumer (`nats.durable`, explicit acks, deliver all)
+//! on the stream `nats.stream`, created when `nats.create_stream` and
+//! missing, else bound. Every instance binds the same durable, so the
+//! server splits the messages between them.
+//!
+//! The loop: gather messages (at most `nats.batch_size`) while the previous
+//! batches are being stored, decode them, [`SourceContext::store`] them,
+//! and only then acknowledge: `Ack` (awaiting the server's confirmation) for
+//! stored events and for order updates that count for nothing, `Term` for
+//! dead-lettered messages (stored, never redelivered). Two batches are
+//! stored at once (sharing the pipeline's group commit), each acknowledged
+//! after its own store; batches grow with the load. A failed commit naks
+//! the batch with `nats.nak_delay` (and the source pauses that long); a
+//! full ingest queue is waited out (the batch is retried; no more than three
+//! batches are ever held, so memory stays bounded) for at most half of
+//! `ack_wait`, then naked too. A message acknowledged late or twice is
+//! deduplicated by its id:
+//!
+//! - the event's own `id`;
+//! - else the `Nats-Msg-Id` header: that UUID when it is one, else the
+//!   UUIDv5 of `nats-msg-id/<value>`;
+//! - else the UUIDv5 of `<stream>/<stream sequence>`.
+//!
+//! On shutdown it stops taking messages, finishes and acknowledges the
+//! batches in hand and returns; what the client had prefetched but not handed over
+//! is redelivered (to another instance, or after a restart) after
+//! `ack_wait`. The client reconnects by itself; the source
+//! reports the connection state and, every second, the consumer's
+//! `num_pending` as the lag of `(stream, -1)`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectOptions, Event as ClientEvent, header};
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use super::SourceContext;
+use super::{Decoded, Message, PayloadKind, SourceContext, derived_id};
 use crate::config::NatsConfig;
+use crate::pipeline::SubmitError;
+use crate::telemetry::sources::SourceStats;
+
+/// Longest wait for the server to confirm a batch's acknowledgements.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the lag and the connection state are refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// Batches being stored (and acknowledged) at once.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Longest pause before binding the stream and consumer again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Consumes the JetStream stream `config.stream` through the durable pull consumer `config.durable` until
 /// `shutdown`, then acknowledges what it stored and returns.
@@ -12,6 +63,469 @@ pub async fn run(
     context: SourceContext,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _ = (config, context, shutdown);
-    anyhow::bail!("the NATS source is not written yet")
+    context.stats.set_connected(false);
+    let client = match connect(&config, Arc::clone(&context.stats)).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "NATS source cannot start");
+            return Err(error);
+        }
+    };
+    let jetstream = jetstream::new(client.clone());
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let consumer = match bind(&jetstream, &config).await {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(
+                    stream = %config.stream,
+                    durable = %config.durable,
+                    error = %format!("{error:#}"),
+                    "cannot bind the NATS stream and consumer; retrying"
+                );
+                pause(&shutdown, delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        let lag = tokio::spawn(report_lag(
+            consumer.clone(),
+            client.clone(),
+            Arc::clone(&context.stats),
+            config.stream.clone(),
+        ));
+        let consumed = consume(&client, &consumer, &config, &context, &shutdown).await;
+        lag.abort();
+        if let Err(error) = consumed {
+            tracing::warn!(
+                stream = %config.stream,
+                durable = %config.durable,
+                error = %format!("{error:#}"),
+                "NATS consumer stopped; binding it again"
+            );
+            pause(&shutdown, Duration::from_secs(1)).await;
+        }
+    }
+    context.stats.clear_lag(&config.stream, -1);
+    // Naks are sent without waiting for their confirmation: flush them.
+    if let Err(error) = client.flush().await {
+        tracing::debug!(error = %error, "NATS flush on shutdown failed");
+    }
+    context.stats.set_connected(false);
+    Ok(())
+}
+
+/// A client that connects (and reconnects) in the background and reports
+/// its state in `stats`.
+async fn connect(
+    config: &NatsConfig,
+    stats: Arc<SourceStats>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = match &config.credentials_file {
+        Some(path) => ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .with_context(|| format!("cannot read NATS credentials {}", path.display()))?,
+        None => ConnectOptions::new(),
+    };
+    if !config.user.is_empty() {
+        options =
+            options.user_and_password(config.user.clone(), config.password.expose().to_string());
+    }
+    if !config.token.expose().is_empty() {
+        options = options.token(config.token.expose().to_string());
+    }
+    let options = options
+        .name("analytics")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let stats = Arc::clone(&stats);
+            async move {
+                match event {
+                    ClientEvent::Connected => {
+                        tracing::info!("NATS connected");
+                        stats.set_connected(true);
+                    }
+                    ClientEvent::Disconnected | ClientEvent::Closed => {
+                        tracing::warn!("NATS disconnected");
+                        stats.set_connected(false);
+                    }
+                    other => tracing::warn!(event = %other, "NATS client event"),
+                }
+            }
+        });
+    options
+        .connect(config.servers.as_slice())
+        .await
+        .context("cannot connect to NATS")
+}
+
+/// The durable pull consumer, creating the stream (when allowed) and the
+/// consumer when missing.
+async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<PullConsumer> {
+    let stream = if config.create_stream {
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: config.subjects.clone(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create or get stream {}", config.stream))?
+    } else {
+        jetstream
+            .get_stream(&config.stream)
+            .await
+            .with_context(|| format!("cannot get stream {}", config.stream))?
+    };
+    let consumer = stream
+        .get_or_create_consumer(
+            &config.durable,
+            pull::Config {
+                durable_name: Some(config.durable.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                deliver_policy: DeliverPolicy::All,
+                // An instance holds up to BATCHES_IN_FLIGHT batches being
+                // stored plus about 1.5 prefetched; room for a second one.
+                max_ack_pending: i64::try_from(
+                    config.batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3),
+                )
+                .unwrap_or(i64::MAX)
+                .max(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot create or get consumer {}", config.durable))?;
+    Ok(consumer)
+}
+
+/// Takes, stores and acknowledges batches until `shutdown` (`Ok`) or until
+/// the message stream ends (`Err`: bind again). Up to
+/// [`BATCHES_IN_FLIGHT`] batches are stored at once (they share the
+/// pipeline's group commit); each is acknowledged when its own store
+/// returned. Before returning, every batch taken is finished.
+async fn consume(
+    client: &async_nats::Client,
+    consumer: &PullConsumer,
+    config: &NatsConfig,
+    context: &SourceContext,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let batch_size = config.batch_size.max(1);
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch_size)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .context("cannot start pulling messages")?;
+    let settings = Arc::new(config.clone());
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut batch = Vec::with_capacity(batch_size);
+    let outcome = loop {
+        // A free slot takes what has gathered (topped up with what the
+        // client already holds); while every slot is busy, messages gather
+        // into the next batch, so batches grow with the load.
+        if !batch.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
+            while batch.len() < batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(error))) => {
+                        tracing::warn!(error = %error, "NATS pull error");
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            in_flight.spawn(process(
+                client.clone(),
+                std::mem::replace(&mut batch, Vec::with_capacity(batch_size)),
+                Arc::clone(&settings),
+                context.clone(),
+                shutdown.clone(),
+            ));
+            continue;
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(false) = finished {
+                    // The store failed: do not run through the stream naking it.
+                    pause(shutdown, config.nak_delay).await;
+                }
+            }
+            next = messages.next(), if batch.len() < batch_size => match next {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => tracing::warn!(error = %error, "NATS pull error"),
+                None => break Err(anyhow::anyhow!("the message stream ended")),
+            },
+        }
+    };
+    // Messages taken are finished too; what the client prefetched but the
+    // source did not take is redelivered after ack_wait (naking it here
+    // would only have the still-open pull bring it straight back).
+    if !batch.is_empty() {
+        in_flight.spawn(process(
+            client.clone(),
+            batch,
+            settings,
+            context.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // The batches taken are stored and acknowledged before returning.
+    while let Some(finished) = in_flight.join_next().await {
+        if let Err(error) = finished {
+            tracing::error!(error = %error, "NATS batch task failed");
+        }
+    }
+    outcome
+}
+
+/// What a message is acknowledged with once its batch is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Stored (or counts for nothing): `Ack`.
+    Done,
+    /// Dead-lettered: `Term`.
+    Dead,
+}
+
+/// Decodes, stores and acknowledges one batch; `false` when it could not
+/// be stored (and was naked).
+async fn process(
+    client: async_nats::Client,
+    batch: Vec<jetstream::Message>,
+    config: Arc<NatsConfig>,
+    context: SourceContext,
+    shutdown: CancellationToken,
+) -> bool {
+    context.stats.record_received(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut skipped = 0usize;
+    for message in &batch {
+        let (stream, sequence) = match message.info() {
+            Ok(info) => (info.stream.to_string(), info.stream_sequence),
+            Err(_) => (config.stream.clone(), 0),
+        };
+        let message_id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(header::NATS_MESSAGE_ID))
+            .map(|value| value.as_str())
+            .filter(|value| !value.is_empty());
+        let default_id = message_default_id(&stream, sequence, message_id);
+        let decoded = context.decode(&Message {
+            topic: message.subject.as_str(),
+            partition: -1,
+            offset: i64::try_from(sequence).unwrap_or(i64::MAX),
+            key: message_id,
+            payload: &message.payload,
+            default_id,
+            kind: PayloadKind::of_subject(message.subject.as_str()),
+        });
+        match decoded {
+            Decoded::Events(decoded) => {
+                if decoded.is_empty() {
+                    skipped += 1;
+                }
+                events.extend(decoded);
+                outcomes.push(Outcome::Done);
+            }
+            Decoded::Dead(letter) => {
+                dead.push(letter);
+                outcomes.push(Outcome::Dead);
+            }
+        }
+    }
+
+    match store_waiting(events, dead, &config, &context, &shutdown).await {
+        Ok(()) => {
+            context.stats.record_skipped(skipped);
+            acknowledge(&client, &batch, &outcomes).await;
+            true
+        }
+        Err(SubmitError::ShuttingDown) => {
+            nak(&batch, None).await;
+            false
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %error,
+                messages = batch.len(),
+                delay = ?config.nak_delay,
+                "NATS batch not stored; naked for redelivery"
+            );
+            nak(&batch, Some(config.nak_delay)).await;
+            false
+        }
+    }
+}
+
+/// The id of an event of a message that carries none.
+fn message_default_id(stream: &str, sequence: u64, message_id: Option<&str>) -> Uuid {
+    match message_id {
+        Some(value) => {
+            Uuid::parse_str(value).unwrap_or_else(|_| derived_id(&format!("nats-msg-id/{value}")))
+        }
+        None => derived_id(&format!("{stream}/{sequence}")),
+    }
+}
+
+/// Stores a batch, waiting out a full ingest queue for at most half of
+/// `ack_wait` (nothing more is taken meanwhile, so memory stays bounded).
+async fn store_waiting(
+    events: Vec<crate::model::Event>,
+    dead: Vec<crate::store::DeadLetter>,
+    config: &NatsConfig,
+    context: &SourceContext,
+    shutdown: &CancellationToken,
+) -> Result<(), SubmitError> {
+    let deadline = tokio::time::Instant::now() + config.ack_wait / 2;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let last_try = shutdown.is_cancelled() || tokio::time::Instant::now() >= deadline;
+        // The events go to the pipeline by value: keep a copy while a retry
+        // is still possible.
+        let attempt = if last_try {
+            return context.store(events, dead).await.map(drop);
+        } else {
+            context.store(events.clone(), dead.clone()).await
+        };
+        match attempt {
+            Err(SubmitError::Overloaded) => {
+                pause(shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Acknowledges a stored batch and awaits the server's confirmations (a
+/// "double ack", batched: every ack carries a reply subject under one
+/// inbox of the batch, and the server answers each).
+async fn acknowledge(
+    client: &async_nats::Client,
+    batch: &[jetstream::Message],
+    outcomes: &[Outcome],
+) {
+    let inbox = client.new_inbox();
+    let mut confirmations = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(subscription) => Some(subscription),
+        Err(error) => {
+            tracing::debug!(error = %error, "NATS: acknowledging without confirmations");
+            None
+        }
+    };
+    let mut expected = 0usize;
+    let mut failures = 0usize;
+    for (index, (message, outcome)) in batch.iter().zip(outcomes).enumerate() {
+        let kind = match outcome {
+            Outcome::Done => AckKind::Ack,
+            Outcome::Dead => AckKind::Term,
+        };
+        let sent = match (&message.reply, &confirmations) {
+            (Some(reply), Some(_)) => client
+                .publish_with_reply(reply.clone(), format!("{inbox}.{index}"), kind.into())
+                .await
+                .map_err(|error| error.to_string()),
+            _ => message
+                .ack_with(kind)
+                .await
+                .map_err(|error| error.to_string()),
+        };
+        match sent {
+            Ok(()) if confirmations.is_some() => expected += 1,
+            Ok(()) => {}
+            Err(_) => failures += 1,
+        }
+    }
+    if let Some(subscription) = confirmations.as_mut() {
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        let mut confirmed = 0usize;
+        while confirmed < expected {
+            match tokio::time::timeout_at(deadline, subscription.next()).await {
+                Ok(Some(_)) => confirmed += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        failures += expected - confirmed;
+        subscription.unsubscribe().await.ok();
+    }
+    if failures > 0 {
+        // Stored already: the redelivery is deduplicated.
+        tracing::warn!(
+            failures,
+            "NATS acknowledgements unconfirmed; those messages will be redelivered"
+        );
+    }
+}
+
+/// Naks a batch (redelivered after `delay`).
+async fn nak(batch: &[jetstream::Message], delay: Option<Duration>) {
+    for message in batch {
+        if let Err(error) = message.ack_with(AckKind::Nak(delay)).await {
+            tracing::debug!(error = %error, "NATS nak failed; redelivered after ack_wait");
+        }
+    }
+}
+
+/// Reports the consumer's pending count as the lag, and the connection
+/// state, every [`LAG_INTERVAL`].
+async fn report_lag(
+    consumer: PullConsumer,
+    client: async_nats::Client,
+    stats: Arc<SourceStats>,
+    stream: String,
+) {
+    let mut interval = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        interval.tick().await;
+        stats.set_connected(client.connection_state() == async_nats::connection::State::Connected);
+        match consumer.get_info().await {
+            Ok(info) => stats.set_lag(
+                &stream,
+                -1,
+                i64::try_from(info.num_pending).unwrap_or(i64::MAX),
+            ),
+            Err(error) => tracing::debug!(error = %error, "NATS consumer info failed"),
+        }
+    }
+}
+
+/// Sleeps `delay` or until `shutdown`.
+async fn pause(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_prefer_the_header() {
+        let uuid = "0190b4a1-0000-7000-8000-000000000001";
+        assert_eq!(message_default_id("S", 7, Some(uuid)).to_string(), uuid);
+        assert_eq!(
+            message_default_id("S", 7, Some("order-42")),
+            derived_id("nats-msg-id/order-42")
+        );
+        assert_eq!(message_default_id("S", 7, None), derived_id("S/7"));
+        assert_ne!(
+            message_default_id("S", 7, None),
+            message_default_id("S", 8, None)
+        );
+    }
 }

@@ -10,6 +10,7 @@ mod errors;
 mod exactness;
 mod helpers;
 mod logging;
+mod nats;
 mod postgres_outage;
 mod redis;
 mod retention;
