@@ -45,6 +45,15 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// Why [`Pipeline::try_submit`] did not commit.
+#[derive(Debug)]
+pub enum Refused {
+    /// The queue is full: the events, untouched, to offer again later.
+    Full(Vec<Event>),
+    /// Anything else ([`SubmitError`] other than `Overloaded`).
+    Failed(SubmitError),
+}
+
 /// Sizes of the pipeline, from `analytics.ingestion`.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -133,6 +142,17 @@ impl Pipeline {
     /// Submits events and waits until they are committed. Returns, index for
     /// index, whether each was newly stored (`false`: duplicate id).
     pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<bool>, SubmitError> {
+        match self.try_submit(events).await {
+            Ok(inserted) => Ok(inserted),
+            Err(Refused::Full(_)) => Err(SubmitError::Overloaded),
+            Err(Refused::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Like [`Pipeline::submit`], but a submission refused because the
+    /// queue is full gets its events back, so a source can wait and offer
+    /// them again without keeping a copy of every batch.
+    pub async fn try_submit(&self, events: Vec<Event>) -> Result<Vec<bool>, Refused> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -142,9 +162,11 @@ impl Pipeline {
             Ok(permits) => permits,
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 self.telemetry.overloaded.inc();
-                return Err(SubmitError::Overloaded);
+                return Err(Refused::Full(events));
             }
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(Refused::Failed(SubmitError::ShuttingDown));
+            }
         };
         let queued = events.len() as i64;
         self.telemetry.queue_depth.add(queued);
@@ -160,9 +182,9 @@ impl Pipeline {
                 Ok(batch) => batch,
                 Err(error) => {
                     self.telemetry.queue_depth.sub(queued);
-                    return Err(SubmitError::CommitFailed(format!(
+                    return Err(Refused::Failed(SubmitError::CommitFailed(format!(
                         "preparing the batch failed: {error}"
-                    )));
+                    ))));
                 }
             }
         };
@@ -177,7 +199,7 @@ impl Pipeline {
             Err(_) => Err(SubmitError::ShuttingDown),
         };
         self.telemetry.queue_depth.sub(queued);
-        result
+        result.map_err(Refused::Failed)
     }
 }
 

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::model::Event;
 use crate::model::event::now_ms;
 use crate::pipeline::validate::EventValidator;
-use crate::pipeline::{Pipeline, SubmitError};
+use crate::pipeline::{Pipeline, Refused, SubmitError};
 use crate::store::{DeadLetter, Store};
 use crate::telemetry::sources::SourceStats;
 
@@ -120,14 +120,33 @@ impl SourceContext {
         events: Vec<Event>,
         dead: Vec<DeadLetter>,
     ) -> Result<Stored, SubmitError> {
-        let inserted = self.pipeline.submit(events).await?;
+        match self.try_store(events, dead).await {
+            Ok(stored) => Ok(stored),
+            Err(NotStored::Full { .. }) => Err(SubmitError::Overloaded),
+            Err(NotStored::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Like [`SourceContext::store`], but when the ingest queue is full the
+    /// events and dead letters come back untouched, to offer again once
+    /// there is room (no copy of every batch kept for that case).
+    pub async fn try_store(
+        &self,
+        events: Vec<Event>,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Stored, NotStored> {
+        let inserted = match self.pipeline.try_submit(events).await {
+            Ok(inserted) => inserted,
+            Err(Refused::Full(events)) => return Err(NotStored::Full { events, dead }),
+            Err(Refused::Failed(error)) => return Err(NotStored::Failed(error)),
+        };
         let committed = inserted.iter().filter(|new| **new).count();
         let duplicates = inserted.len() - committed;
         let dead_lettered = self
             .store
             .insert_dead_letters(&dead)
             .await
-            .map_err(|error| SubmitError::CommitFailed(error.to_string()))?;
+            .map_err(|error| NotStored::Failed(SubmitError::CommitFailed(error.to_string())))?;
         self.stats.record_committed(committed, duplicates);
         self.stats.record_dead_lettered(dead_lettered as usize);
         Ok(Stored {
@@ -136,6 +155,19 @@ impl SourceContext {
             dead_lettered: dead_lettered as usize,
         })
     }
+}
+
+/// Why [`SourceContext::try_store`] stored nothing (or not all).
+#[derive(Debug)]
+pub enum NotStored {
+    /// The ingest queue is full; nothing was stored: offer these again.
+    Full {
+        events: Vec<Event>,
+        dead: Vec<DeadLetter>,
+    },
+    /// The commit failed (or the pipeline stopped): nothing may be
+    /// acknowledged; a redelivery is deduplicated.
+    Failed(SubmitError),
 }
 
 /// What [`SourceContext::store`] stored.

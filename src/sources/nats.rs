@@ -42,7 +42,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Decoded, Message, PayloadKind, SourceContext, derived_id};
+use super::{Decoded, Message, NotStored, PayloadKind, SourceContext, derived_id};
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -391,21 +391,25 @@ async fn store_waiting(
 ) -> Result<(), SubmitError> {
     let deadline = tokio::time::Instant::now() + config.ack_wait / 2;
     let mut delay = Duration::from_millis(20);
+    let (mut events, mut dead) = (events, dead);
     loop {
-        let last_try = shutdown.is_cancelled() || tokio::time::Instant::now() >= deadline;
-        // The events go to the pipeline by value: keep a copy while a retry
-        // is still possible.
-        let attempt = if last_try {
-            return context.store(events, dead).await.map(drop);
-        } else {
-            context.store(events.clone(), dead.clone()).await
-        };
-        match attempt {
-            Err(SubmitError::Overloaded) => {
+        match context.try_store(events, dead).await {
+            Ok(_) => return Ok(()),
+            Err(NotStored::Failed(error)) => return Err(error),
+            Err(NotStored::Full { .. })
+                if shutdown.is_cancelled() || tokio::time::Instant::now() >= deadline =>
+            {
+                return Err(SubmitError::Overloaded);
+            }
+            // The queue is full: the batch comes back untouched.
+            Err(NotStored::Full {
+                events: returned,
+                dead: letters,
+            }) => {
+                (events, dead) = (returned, letters);
                 pause(shutdown, delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }
-            other => return other.map(drop),
         }
     }
 }
