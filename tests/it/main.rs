@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod kafka;
 mod logging;
 mod postgres_outage;
 mod redis;
