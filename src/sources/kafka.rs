@@ -281,6 +281,30 @@ fn complete_in_order(
     block: bool,
     auto_commit: bool,
 ) {
+    let to_store = take_completed(flow, block);
+    if to_store.is_empty() {
+        return;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), next) in &to_store {
+        if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::warn!(%error, topic, partition, "kafka offset not recorded");
+        }
+    }
+    if let Err(error) = consumer.store_offsets(&offsets) {
+        tracing::warn!(%error, "storing kafka offsets failed");
+        return;
+    }
+    if !auto_commit && let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+        tracing::warn!(%error, "committing kafka offsets failed");
+    }
+}
+
+/// Pops the finished batches at the front of the queue (waiting for each
+/// when `block`) and returns the offsets to store: per partition the next
+/// offset after the last batch that was stored with all batches before it.
+/// After a batch that was given up, nothing is returned any more.
+fn take_completed(flow: &mut Flow, block: bool) -> BTreeMap<(String, i32), i64> {
     let mut to_store: BTreeMap<(String, i32), i64> = BTreeMap::new();
     loop {
         let stored = if block {
@@ -309,22 +333,7 @@ fn complete_in_order(
             to_store.extend(next_offsets);
         }
     }
-    if to_store.is_empty() {
-        return;
-    }
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), next) in &to_store {
-        if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-            tracing::warn!(%error, topic, partition, "kafka offset not recorded");
-        }
-    }
-    if let Err(error) = consumer.store_offsets(&offsets) {
-        tracing::warn!(%error, "storing kafka offsets failed");
-        return;
-    }
-    if !auto_commit && let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
-        tracing::warn!(%error, "committing kafka offsets failed");
-    }
+    to_store
 }
 
 /// Commits the stored offsets and waits for the answer.
@@ -522,5 +531,71 @@ async fn store_batch(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(offsets: &[(&str, i32, i64)]) -> (oneshot::Sender<bool>, InFlight) {
+        let (sender, stored) = oneshot::channel();
+        let next_offsets = offsets
+            .iter()
+            .map(|(topic, partition, next)| ((topic.to_string(), *partition), *next))
+            .collect();
+        (
+            sender,
+            InFlight {
+                stored,
+                next_offsets,
+            },
+        )
+    }
+
+    #[test]
+    fn a_later_success_never_skips_an_unfinished_batch() {
+        let mut flow = Flow::default();
+        let (first, in_flight) = batch(&[("t", 0, 10), ("t", 1, 5)]);
+        flow.in_flight.push_back(in_flight);
+        let (second, in_flight) = batch(&[("t", 0, 20)]);
+        flow.in_flight.push_back(in_flight);
+        second.send(true).unwrap();
+        assert!(take_completed(&mut flow, false).is_empty());
+        assert_eq!(flow.in_flight.len(), 2);
+        first.send(true).unwrap();
+        let stored = take_completed(&mut flow, false);
+        assert_eq!(
+            stored,
+            BTreeMap::from([(("t".to_string(), 0), 20), (("t".to_string(), 1), 5)])
+        );
+        assert!(flow.in_flight.is_empty());
+    }
+
+    #[test]
+    fn nothing_after_a_batch_given_up_is_stored() {
+        let mut flow = Flow::default();
+        let (first, in_flight) = batch(&[("t", 0, 10)]);
+        flow.in_flight.push_back(in_flight);
+        let (second, in_flight) = batch(&[("t", 0, 20)]);
+        flow.in_flight.push_back(in_flight);
+        let (third, in_flight) = batch(&[("t", 1, 3)]);
+        flow.in_flight.push_back(in_flight);
+        first.send(true).unwrap();
+        second.send(false).unwrap();
+        third.send(true).unwrap();
+        let stored = take_completed(&mut flow, true);
+        assert_eq!(stored, BTreeMap::from([(("t".to_string(), 0), 10)]));
+        assert!(flow.gave_up);
+    }
+
+    #[test]
+    fn a_batch_whose_task_vanished_counts_as_given_up() {
+        let mut flow = Flow::default();
+        let (first, in_flight) = batch(&[("t", 0, 10)]);
+        flow.in_flight.push_back(in_flight);
+        drop(first);
+        assert!(take_completed(&mut flow, false).is_empty());
+        assert!(flow.gave_up);
     }
 }
