@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, now_ms, postgres_selected, rfc3339, spawn_app_with, store_env_for};
+use crate::postgres_outage::{BIN as POSTGRES_BIN, PrivateServer};
 
 /// A mock cluster with one topic, and a producer to it.
 struct Broker {
@@ -325,13 +326,13 @@ async fn poison_messages_are_dead_lettered_and_replayed_after_a_schema_fix() {
         stats["total_events"], 21,
         "the partition kept flowing: {stats}"
     );
-    let (status, listed) = app
-        .get_query(
-            "/api/v1/internal/dead-letters",
-            &[("source", "kafka".into())],
-        )
-        .await;
-    assert_eq!(status, 200, "{listed}");
+    // The dead letters are stored right after the batch's events.
+    let listed = wait_until(
+        &app.client,
+        &app.url("/api/v1/internal/dead-letters?source=kafka"),
+        |body| body["count"] == 3,
+    )
+    .await;
     let letters = listed["dead_letters"].as_array().unwrap();
     let positions: Vec<(String, i64, i64)> = letters
         .iter()
@@ -610,4 +611,77 @@ async fn two_instances_share_the_group_and_survive_a_rebalance() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(broker.committed_offsets(&group), high);
+}
+
+#[tokio::test]
+async fn nothing_is_acknowledged_while_the_store_is_down_and_nothing_is_lost() {
+    if !postgres_selected() {
+        eprintln!(
+            "SKIPPED (SQLite pass): the Kafka store-outage test stops a private PostgreSQL; it runs in the PostgreSQL pass"
+        );
+        return;
+    }
+    let Some(server) = PrivateServer::create() else {
+        panic!("PostgreSQL server binaries not found under {POSTGRES_BIN}");
+    };
+    let broker = Broker::new("trading.events", 1);
+    let group = unique("outage");
+    let port = server.port.to_string();
+    let app = spawn_kafka_app(
+        &broker,
+        &group,
+        &[
+            ("ANALYTICS_DATABASE__HOST", "127.0.0.1"),
+            ("ANALYTICS_DATABASE__PORT", port.as_str()),
+            ("ANALYTICS_DATABASE__DATABASE", "postgres"),
+            ("ANALYTICS_DATABASE__SCHEMA", "kafka_outage"),
+            ("ANALYTICS_ANALYTICS__QUERY__TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    let address = app.address.to_string();
+    let (before, mut by_type) = mixed_events(20, "before");
+    broker.produce(&before);
+    let stored_before = before.len() as i64;
+    assert_counts(&app.client, &address, &by_type).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.committed_offsets(&group)[&0] != stored_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broker.committed_offsets(&group)[&0], stored_before);
+
+    server.stop();
+    let (during, counted) = mixed_events(30, "during");
+    for (event_type, count) in counted {
+        *by_type.entry(event_type).or_default() += count;
+    }
+    broker.produce(&during);
+    // The batch was read and its commit failed (at least once) ...
+    let metrics = wait_until(
+        &app.client,
+        &app.url("/api/v1/internal/ingestion-metrics"),
+        |body| {
+            body["sources"]["kafka"]["received"].as_i64() >= Some(stored_before + 30)
+                && body["events_failed"].as_u64() > Some(0)
+        },
+    )
+    .await;
+    assert!(metrics["events_failed"].as_u64() > Some(0), "{metrics}");
+    // ... so nothing of it is acknowledged.
+    assert_eq!(
+        broker.committed_offsets(&group)[&0],
+        stored_before,
+        "offsets of unstored events were committed"
+    );
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["database"], "disconnected", "{health}");
+
+    server.start();
+    assert_counts(&app.client, &address, &by_type).await;
+    let everything = (before.len() + during.len()) as i64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.committed_offsets(&group)[&0] != everything && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broker.committed_offsets(&group)[&0], everything);
 }

@@ -14,13 +14,13 @@ use serde_json::json;
 
 use crate::helpers::{postgres_selected, spawn_app_with};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A throwaway PostgreSQL cluster, run as the `postgres` user (the server
 /// refuses to run as root).
-struct PrivateServer {
+pub(crate) struct PrivateServer {
     data: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     _directory: tempfile::TempDir,
 }
 
@@ -41,7 +41,7 @@ fn free_port() -> u16 {
 }
 
 impl PrivateServer {
-    fn create() -> Option<PrivateServer> {
+    pub(crate) fn create() -> Option<PrivateServer> {
         if !Path::new(BIN).join("pg_ctl").exists() {
             return None;
         }
@@ -77,7 +77,7 @@ impl PrivateServer {
         Some(server)
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -103,7 +103,7 @@ impl PrivateServer {
         );
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let stopped = as_postgres(
             "pg_ctl",
             &[
