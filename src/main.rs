@@ -36,7 +36,7 @@ enum Command {
         command: ConfigCommand,
     },
     /// Generate a realistic B25 event stream: HTTP load, or an NDJSON file.
-    Loadgen(analytics::loadgen::LoadgenArgs),
+    Loadgen(Box<analytics::loadgen::LoadgenArgs>),
     /// API key tools.
     Keys {
         #[command(subcommand)]
@@ -47,6 +47,10 @@ enum Command {
     /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
     #[command(hide = true)]
     BenchBaseline(analytics::loadgen::baseline::BaselineArgs),
+    /// A mock Kafka cluster for benchmarks: prints its bootstrap servers,
+    /// runs until SIGTERM or Ctrl-C.
+    #[command(hide = true)]
+    KafkaMock(analytics::loadgen::kafka::KafkaMockArgs),
 }
 
 #[derive(Subcommand)]
@@ -196,7 +200,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Loadgen(args) => with_tool_runtime(&loaded, async move {
-            analytics::loadgen::run(args).await.map(drop)
+            analytics::loadgen::run(*args).await.map(drop)
         }),
         Command::Import(args) => with_tool_runtime(&loaded, async {
             let report = analytics::import::run(&loaded.config, &args).await?;
@@ -205,6 +209,15 @@ fn main() -> ExitCode {
             if report.rejected > 0 {
                 anyhow::bail!("{} records were rejected", report.rejected);
             }
+            Ok(())
+        }),
+        Command::KafkaMock(args) => with_tool_runtime(&loaded, async move {
+            let (cluster, bootstrap) = analytics::loadgen::kafka::start_mock_cluster(&args)?;
+            println!("{bootstrap}");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            shutdown.cancelled().await;
+            drop(cluster);
             Ok(())
         }),
         Command::BenchBaseline(args) => with_tool_runtime(&loaded, async move {

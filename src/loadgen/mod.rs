@@ -18,6 +18,7 @@
 pub mod baseline;
 pub mod generator;
 pub mod http;
+pub mod kafka;
 pub mod report;
 
 use std::io::{IsTerminal, Write};
@@ -45,6 +46,8 @@ pub enum Target {
     Ndjson,
     /// `GET --path` repeatedly (baseline and query latency).
     Get,
+    /// Produce to `--topic` on `--brokers` (see [`kafka`]).
+    Kafka,
 }
 
 impl Target {
@@ -54,6 +57,7 @@ impl Target {
             Target::HttpBatch => "http-batch",
             Target::Ndjson => "ndjson",
             Target::Get => "get",
+            Target::Kafka => "kafka",
         }
     }
 }
@@ -115,6 +119,18 @@ pub struct LoadgenArgs {
     /// Backfill: span the events are spread over, e.g. `3d`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub spread: Option<Duration>,
+    /// Kafka bootstrap servers for `--target kafka`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic for `--target kafka`.
+    #[arg(long, default_value = "trading.events")]
+    pub topic: String,
+    /// `--target kafka`: also measure produce-to-visible latency at `--url`.
+    #[arg(long)]
+    pub probe_visible: bool,
+    /// Time between visibility probes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub probe_interval: Duration,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -213,6 +229,12 @@ impl LoadgenArgs {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             bail!("--rate must be a number >= 0");
         }
+        if self.target == Target::Kafka && self.brokers.is_none() {
+            bail!("--target kafka needs --brokers");
+        }
+        if self.probe_interval.is_zero() {
+            bail!("--probe-interval must be above zero");
+        }
         if self.target == Target::Get && !self.path.starts_with('/') {
             bail!("--path must start with /");
         }
@@ -227,6 +249,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let timestamps = args.timestamps()?;
     let summary = match args.target {
         Target::Ndjson => write_ndjson(&args, timestamps)?,
+        Target::Kafka => kafka::run_kafka(&args, timestamps).await?,
         Target::HttpSingle | Target::HttpBatch | Target::Get => run_http(&args, timestamps).await?,
     };
     eprint!("{}", summary.to_text());
