@@ -17,9 +17,13 @@
 //!   offsets stored and committed synchronously; queued but not yet
 //!   submitted messages of revoked partitions are dropped (the next owner
 //!   re-reads them from the committed offset);
-//! - memory is bounded: when `max_in_flight` batches are pending (e.g. the
-//!   pipeline answers `Overloaded`), the assigned partitions are paused, and
-//!   librdkafka's prefetch queue is capped by `queued.max.messages.kbytes`.
+//! - memory is bounded: at most `max_in_flight` batches are in flight
+//!   (a batch the pipeline refuses as `Overloaded` is retried with backoff
+//!   and holds its slot); while none can be handed over the thread waits
+//!   for one to finish instead of reading ahead, librdkafka's prefetch is
+//!   capped by `queued.max.messages.kbytes`, and should the queued messages
+//!   still reach twice `batch_size` (the thread must keep polling for
+//!   rebalances) the assigned partitions are paused until they drain.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +33,9 @@ use anyhow::Context as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
@@ -45,6 +50,8 @@ use crate::telemetry::sources::SourceStats;
 const PREFETCH_KBYTES: &str = "16384";
 /// How long a partial batch waits for more messages before it is submitted.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// Longest wait for a batch to finish while none can be handed over.
+const BLOCKED_WAIT: Duration = Duration::from_millis(50);
 /// First and largest wait between retries of a batch the store refused.
 const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -77,6 +84,7 @@ pub async fn run(
         topics = %config.topics.join(","),
         "kafka consumer started"
     );
+    let (completed, completions) = std::sync::mpsc::sync_channel(1);
     let poller = Poller {
         consumer,
         source: context,
@@ -85,6 +93,8 @@ pub async fn run(
         batch_size: config.batch_size.max(1),
         max_in_flight: config.max_in_flight.max(1),
         auto_commit: config.enable_auto_commit,
+        completed,
+        completions,
     };
     let (done_sender, done) = oneshot::channel();
     std::thread::Builder::new()
@@ -346,6 +356,20 @@ fn commit_sync(consumer: &BaseConsumer<KafkaContext>) {
     }
 }
 
+/// An owned copy of a polled message.
+fn to_received(message: &BorrowedMessage<'_>) -> Received {
+    Received {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .map(str::to_string),
+        payload: message.payload().unwrap_or_default().to_vec(),
+    }
+}
+
 /// The poll thread.
 struct Poller {
     consumer: BaseConsumer<KafkaContext>,
@@ -355,13 +379,16 @@ struct Poller {
     batch_size: usize,
     max_in_flight: usize,
     auto_commit: bool,
+    /// Wake-ups from finished batches.
+    completed: std::sync::mpsc::SyncSender<()>,
+    completions: std::sync::mpsc::Receiver<()>,
 }
 
 impl Poller {
     fn run(self) -> anyhow::Result<()> {
         let context = self.consumer.context();
         while !self.shutdown.is_cancelled() {
-            let busy = {
+            let (busy, blocked) = {
                 let mut flow = context.flow();
                 complete_in_order(&self.consumer, &mut flow, false, self.auto_commit);
                 if flow.gave_up {
@@ -369,8 +396,32 @@ impl Poller {
                 }
                 self.dispatch_if_due(&mut flow, false);
                 self.pause_or_resume(&mut flow);
-                !flow.in_flight.is_empty() || !flow.pending.is_empty()
+                let blocked = flow.in_flight.len() >= self.max_in_flight
+                    && flow.pending.len() >= self.batch_size;
+                (
+                    !flow.in_flight.is_empty() || !flow.pending.is_empty(),
+                    blocked,
+                )
             };
+            if blocked {
+                // No batch can be handed over: wait for one to finish rather
+                // than read further ahead (librdkafka's bounded prefetch
+                // holds the rest). The poll below still runs every
+                // `BLOCKED_WAIT`, for rebalances and `max.poll.interval.ms`.
+                let _ = self.completions.recv_timeout(BLOCKED_WAIT);
+                let mut flow = context.flow();
+                complete_in_order(&self.consumer, &mut flow, false, self.auto_commit);
+                self.dispatch_if_due(&mut flow, false);
+                if flow.in_flight.len() >= self.max_in_flight
+                    && flow.pending.len() >= self.batch_size
+                {
+                    drop(flow);
+                    if let Some(message) = self.consumer.poll(Duration::ZERO) {
+                        self.accept(message.map(|message| to_received(&message)));
+                    }
+                    continue;
+                }
+            }
             // Short polls while batches are pending, so a finished batch's
             // offsets are stored promptly.
             let timeout = if busy {
@@ -383,24 +434,7 @@ impl Poller {
                     let mut flow = context.flow();
                     self.dispatch_if_due(&mut flow, true);
                 }
-                Some(Ok(message)) => {
-                    let received = Received {
-                        topic: message.topic().to_string(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message
-                            .key()
-                            .and_then(|key| std::str::from_utf8(key).ok())
-                            .map(str::to_string),
-                        payload: message.payload().unwrap_or_default().to_vec(),
-                    };
-                    drop(message);
-                    let mut flow = context.flow();
-                    flow.pending_since.get_or_insert_with(Instant::now);
-                    flow.pending.push(received);
-                    self.dispatch_if_due(&mut flow, false);
-                }
-                Some(Err(error)) => tracing::warn!(%error, "kafka poll failed"),
+                Some(message) => self.accept(message.map(|message| to_received(&message))),
             }
         }
         // Shutdown: wait for what was submitted, store its offsets, commit.
@@ -414,8 +448,23 @@ impl Poller {
         Ok(())
     }
 
-    /// Hands the pending messages to the runtime when the batch is full, has
-    /// lingered, or nothing more is arriving (`idle`), and there is room.
+    /// Queues one polled message for the next batch.
+    fn accept(&self, message: KafkaResult<Received>) {
+        match message {
+            Ok(received) => {
+                let mut flow = self.consumer.context().flow();
+                flow.pending_since.get_or_insert_with(Instant::now);
+                flow.pending.push(received);
+                self.dispatch_if_due(&mut flow, false);
+            }
+            Err(error) => tracing::warn!(%error, "kafka poll failed"),
+        }
+    }
+
+    /// Hands the pending messages to the runtime when there is room and the
+    /// batch is full, has lingered, or nothing more is arriving (`idle`) and
+    /// nothing else is in flight (so a quiet stream is stored at once and a
+    /// busy one in full batches).
     fn dispatch_if_due(&self, flow: &mut Flow, idle: bool) {
         if flow.pending.is_empty() || flow.in_flight.len() >= self.max_in_flight {
             return;
@@ -423,7 +472,8 @@ impl Poller {
         let lingered = flow
             .pending_since
             .is_some_and(|since| since.elapsed() >= BATCH_LINGER);
-        if !(idle || lingered || flow.pending.len() >= self.batch_size) {
+        let quiet = idle && flow.in_flight.is_empty();
+        if !(quiet || lingered || flow.pending.len() >= self.batch_size) {
             return;
         }
         let take = flow.pending.len().min(self.batch_size);
@@ -439,9 +489,12 @@ impl Poller {
         let (sender, stored) = oneshot::channel();
         let source = self.source.clone();
         let shutdown = self.shutdown.clone();
+        let completed = self.completed.clone();
         self.runtime.spawn(async move {
             let stored = store_batch(&source, batch, &shutdown).await;
             let _ = sender.send(stored);
+            // A wake-up only: a full channel already holds one.
+            let _ = completed.try_send(());
         });
         flow.in_flight.push_back(InFlight {
             stored,
@@ -452,8 +505,14 @@ impl Poller {
     /// Pauses the assignment while no more batches may be submitted and
     /// resumes it when there is room again.
     fn pause_or_resume(&self, flow: &mut Flow) {
-        let full =
-            flow.in_flight.len() >= self.max_in_flight || flow.pending.len() >= self.batch_size;
+        // Pausing drops librdkafka's prefetched messages (fetched again on
+        // resume): only when the pending messages reach their bound, e.g.
+        // while the store is down, not on every full window.
+        let full = if flow.paused {
+            flow.pending.len() >= self.batch_size
+        } else {
+            flow.pending.len() >= 2 * self.batch_size
+        };
         if full == flow.paused {
             return;
         }
