@@ -48,6 +48,8 @@ use crate::telemetry::sources::SourceStats;
 
 /// librdkafka's prefetch queue, shared by all assigned partitions (KiB).
 const PREFETCH_KBYTES: &str = "16384";
+/// How soon librdkafka fetches again after its queue was full (ms).
+const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 /// How long a partial batch waits for more messages before it is submitted.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// Longest wait for a batch to finish while none can be handed over.
@@ -143,6 +145,10 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
             "queued.min.messages",
             config.batch_size.max(1000).to_string(),
         )
+        // librdkafka waits this long to fetch again once its queue reached
+        // the thresholds above (default 1 s): with the store as the slower
+        // side that idles the consumer.
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", "1000")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (key, value) in &config.properties {
