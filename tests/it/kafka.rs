@@ -395,6 +395,40 @@ async fn poison_messages_are_dead_lettered_and_replayed_after_a_schema_fix() {
     assert_eq!(stats["total_events"], 22, "{stats}");
 }
 
+#[tokio::test]
+async fn an_overloaded_pipeline_slows_the_consumer_and_loses_nothing() {
+    let broker = Broker::new("market.data", 2);
+    let group = unique("overload");
+    // A queue of 40 events and batches of 40 messages, 3 in flight: every
+    // batch beyond the first is refused as overloaded until there is room.
+    let app = spawn_kafka_app(
+        &broker,
+        &group,
+        &[
+            ("ANALYTICS_ANALYTICS__INGESTION__BATCH_SIZE", "20"),
+            ("ANALYTICS_ANALYTICS__INGESTION__BUFFER_SIZE", "40"),
+        ],
+    )
+    .await;
+    let (payloads, by_type) = mixed_events(800, "overload");
+    broker.produce(&payloads);
+    assert_counts(&app.client, &app.address.to_string(), &by_type).await;
+    let overloaded: f64 = app
+        .metrics_text()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix("analytics_ingest_overloaded_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("overload counter");
+    assert!(overloaded > 0.0, "the pipeline pushed back");
+    let high = broker.high_watermarks();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.committed_offsets(&group) != high && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broker.committed_offsets(&group), high);
+}
+
 /// A service process on port 0 consuming from a mock cluster.
 struct ServiceProcess {
     child: Child,
