@@ -451,6 +451,10 @@ impl Poller {
         }
         commit_sync(&self.consumer);
         tracing::info!("kafka consumer stopped");
+        if !self.shutdown.is_cancelled() {
+            // A batch was given up without a shutdown: the pipeline stopped.
+            anyhow::bail!("the ingest pipeline stopped under the Kafka source");
+        }
         Ok(())
     }
 
