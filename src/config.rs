@@ -750,6 +750,12 @@ fn merge_mapping(
             });
         };
         match (schema_value, value) {
+            // A free-form map (`kafka.properties`: empty by default) takes
+            // any key: its entries are not checked against the defaults.
+            (Value::Mapping(schema_child), Value::Mapping(child)) if schema_child.is_empty() => {
+                base.insert(Value::String(name), Value::Mapping(child));
+                set_by.insert(path, origin.to_string());
+            }
             (Value::Mapping(schema_child), Value::Mapping(child)) => {
                 let slot = base
                     .entry(Value::String(name))
@@ -1586,6 +1592,18 @@ mod tests {
         let loaded = load_text("redis:\nserver:\n", &[]).expect("empty sections load");
         assert_eq!(loaded.config, Config::default());
         assert!(loaded.unhonoured_keys.is_empty());
+    }
+
+    #[test]
+    fn kafka_properties_take_librdkafka_keys_from_a_file() {
+        let loaded = load_text(
+            "kafka:\n  properties:\n    fetch.wait.max.ms: \"10\"\n    sasl.password: \"hunter2\"\n",
+            &[],
+        )
+        .expect("free-form properties load");
+        let properties = &loaded.config.kafka.properties;
+        assert_eq!(properties["fetch.wait.max.ms"].expose(), "10");
+        assert_eq!(properties["sasl.password"].expose(), "hunter2");
     }
 
     #[test]

@@ -35,8 +35,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Generate a realistic B25 event stream: HTTP load, NATS publishes, or
-    /// an NDJSON file.
+    /// Generate a realistic B25 event stream: HTTP load, Kafka produces, NATS
+    /// publishes, or an NDJSON file.
     Loadgen(Box<analytics::loadgen::LoadgenArgs>),
     /// API key tools.
     Keys {
@@ -53,6 +53,10 @@ enum Command {
     /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
     #[command(hide = true)]
     BenchBaseline(analytics::loadgen::baseline::BaselineArgs),
+    /// A mock Kafka cluster for benchmarks: prints its bootstrap servers,
+    /// runs until SIGTERM or Ctrl-C.
+    #[command(hide = true)]
+    KafkaMock(analytics::loadgen::kafka::KafkaMockArgs),
 }
 
 #[derive(Subcommand)]
@@ -259,6 +263,15 @@ fn main() -> ExitCode {
             if report.rejected > 0 {
                 anyhow::bail!("{} records were rejected", report.rejected);
             }
+            Ok(())
+        }),
+        Command::KafkaMock(args) => with_tool_runtime(&loaded, async move {
+            let (cluster, bootstrap) = analytics::loadgen::kafka::start_mock_cluster(&args)?;
+            println!("{bootstrap}");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            shutdown.cancelled().await;
+            drop(cluster);
             Ok(())
         }),
         Command::BenchBaseline(args) => with_tool_runtime(&loaded, async move {

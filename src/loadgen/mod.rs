@@ -22,6 +22,7 @@
 pub mod baseline;
 pub mod generator;
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod report;
 
@@ -50,6 +51,8 @@ pub enum Target {
     Ndjson,
     /// `GET --path` repeatedly (baseline and query latency).
     Get,
+    /// Produce to `--topic` on `--brokers` (see [`kafka`]).
+    Kafka,
     /// Publish to NATS JetStream (`--nats-url`, `--subject`), for the NATS
     /// source.
     Nats,
@@ -62,6 +65,7 @@ impl Target {
             Target::HttpBatch => "http-batch",
             Target::Ndjson => "ndjson",
             Target::Get => "get",
+            Target::Kafka => "kafka",
             Target::Nats => "nats",
         }
     }
@@ -124,11 +128,26 @@ pub struct LoadgenArgs {
     /// Backfill: span the events are spread over, e.g. `3d`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub spread: Option<Duration>,
+    /// Kafka bootstrap servers for `--target kafka`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic for `--target kafka`.
+    #[arg(long, default_value = "trading.events")]
+    pub topic: String,
+    /// `--target kafka` or `nats`: also measure produce-to-visible latency
+    /// against the service at `--url` (one probe event per
+    /// `--probe-interval`; a second summary, `kafka-visible` or
+    /// `nats-visible`).
+    #[arg(long)]
+    pub probe_visible: bool,
+    /// Time between visibility probes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub probe_interval: Duration,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print the summary as one JSON object on stdout (`--target nats`
-    /// with `--probe-url`: a second line, the `nats-visible` summary).
+    /// Print the summary as one JSON object on stdout (with
+    /// `--probe-visible`: a second line, the visibility summary).
     #[arg(long)]
     pub json: bool,
     /// NATS server for `--target nats`.
@@ -151,13 +170,6 @@ pub struct LoadgenArgs {
     /// Most publishes awaiting their stream acknowledgement (`--target nats`).
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
-    /// `--target nats`: base URL of the service to time publish → visible
-    /// in `/api/v1/events/stats` against (one probe event per interval).
-    #[arg(long)]
-    pub probe_url: Option<String>,
-    /// Time between two visibility probes.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
-    pub probe_interval: Duration,
 }
 
 /// How event timestamps are chosen.
@@ -247,14 +259,20 @@ impl LoadgenArgs {
         if self.max_in_flight == 0 {
             bail!("--max-in-flight must be at least 1");
         }
-        if self.probe_url.is_some() && self.target != Target::Nats {
-            bail!("--probe-url is for --target nats");
+        if self.probe_visible && !matches!(self.target, Target::Kafka | Target::Nats) {
+            bail!("--probe-visible is for --target kafka or nats");
         }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             bail!("--rate must be a number >= 0");
+        }
+        if self.target == Target::Kafka && self.brokers.is_none() {
+            bail!("--target kafka needs --brokers");
+        }
+        if self.probe_interval.is_zero() {
+            bail!("--probe-interval must be above zero");
         }
         if self.target == Target::Get && !self.path.starts_with('/') {
             bail!("--path must start with /");
@@ -270,6 +288,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let timestamps = args.timestamps()?;
     let (summary, visible) = match args.target {
         Target::Ndjson => (write_ndjson(&args, timestamps)?, None),
+        Target::Kafka => (kafka::run_kafka(&args, timestamps).await?, None),
         Target::HttpSingle | Target::HttpBatch | Target::Get => {
             (run_http(&args, timestamps).await?, None)
         }

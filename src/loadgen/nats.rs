@@ -7,7 +7,7 @@
 //!   acknowledgement.
 //! - With `--rate`, event `k` is not published before `start + k / rate`
 //!   (a steady offered rate); without, as fast as the acknowledgements come.
-//! - With `--probe-url`, a probe publishes every `--probe-interval` one event
+//! - With `--probe-visible`, a probe publishes every `--probe-interval` one event
 //!   of a type of its own on the same subject and reads
 //!   `/api/v1/events/stats` of the service until that type shows up: publish
 //!   → visible through the whole pipeline (JetStream, the source, the
@@ -31,7 +31,7 @@
 //! # (b) publish -> visible at a steady 5 000 events/s, against that service
 //! analytics loadgen --target nats --nats-stream BENCH_NATS --nats-subjects 'bench.>' \
 //!     --subject bench.events --rate 5000 --duration 30s \
-//!     --probe-url http://127.0.0.1:9097 --probe-interval 100ms --quiet --json
+//!     --probe-visible --url http://127.0.0.1:9097 --probe-interval 100ms --quiet --json
 //! ```
 
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ pub async fn run(
     let started = Instant::now();
     let deadline = args.duration.map(|duration| started + duration);
     let done = tokio_util::sync::CancellationToken::new();
-    let probe = args.probe_url.clone().map(|url| {
+    let probe = args.probe_visible.then(|| args.url.clone()).map(|url| {
         tokio::spawn(probe(
             js.clone(),
             args.subject.clone(),

@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod exactness;
 mod helpers;
+mod kafka;
 mod logging;
 mod nats;
 mod postgres_outage;
