@@ -15,5 +15,6 @@ mod nats;
 mod postgres_outage;
 mod redis;
 mod retention;
+mod scale_out;
 mod security;
 mod trading;
