@@ -31,6 +31,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 BIN="${BIN:-$ROOT/target/release/analytics}" # BIN=... overrides (use with --no-build)
 LARGE=0
 SOAK=30
@@ -118,8 +119,29 @@ stop_service() {
         SERVICE_PID=""
     fi
 }
+NATS_STREAMS=()
+# nats_delete_stream NAME: deletes a JetStream stream this run made, over
+# the NATS protocol itself ($JS.API.STREAM.DELETE), so no client is needed.
+nats_delete_stream() {
+    local hostport="${NATS_URL#nats://}"
+    (
+        exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}" || exit 0
+        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\nPING\r\n' "$1" >&3
+        timeout 2 head -c 4096 <&3 >/dev/null || true
+    ) 2>/dev/null
+}
+MOCK_PID=""
+stop_mock() { # the Kafka mock cluster of the streams section
+    if [ -n "$MOCK_PID" ]; then
+        kill -TERM "$MOCK_PID" 2>/dev/null || true
+        wait "$MOCK_PID" 2>/dev/null || true
+        MOCK_PID=""
+    fi
+}
 cleanup() {
     stop_service
+    stop_mock
+    for stream in "${NATS_STREAMS[@]}"; do nats_delete_stream "$stream"; done
     for schema in "${PG_SCHEMAS[@]}"; do
         pg_psql -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 ||
             echo "could not drop schema $schema (drop it by hand)" >&2
@@ -570,8 +592,127 @@ else
     row "PostgreSQL scenarios" "not run (--no-postgres)" "—" "—" "—" "—"
 fi
 
-row "Kafka ingest vs batch HTTP" "not available (no Kafka source yet)" "—" "—" "—" "—"
-row "NATS JetStream ingest vs batch HTTP" "not available (no NATS source yet)" "—" "—" "—" "—"
+# --------------------------------------------------------------- streams ---
+# Kafka (librdkafka's mock cluster: the real protocol on loopback, started by
+# `analytics kafka-mock`) and NATS JetStream (the server on $NATS_URL) into
+# the embedded store, against the batch HTTP figure of the ingest section
+# (same generator, seed and count). The stream is loaded first; then the
+# service starts and consumes it: the rate is the events committed over
+# the time from the service's start to its last commit. Then the latency
+# from produce/publish to visible, at a steady 5 000 events/s.
+STREAM_EVENTS=200000 # the mock cluster keeps about 5 MB per partition
+# consume_rate SOURCE COUNT: waits until the running service has committed
+# COUNT events from SOURCE (bounded: 600 s); prints the events/s from the
+# first commit seen to the last (the mock cluster takes seconds to assign
+# partitions to a new group member: not ingest time).
+consume_rate() {
+    local committed=0 first_ns="" first=0
+    for _ in $(seq 1 12000); do
+        committed="$(curl -fsS "$URL/api/v1/internal/ingestion-metrics" | jq -r --arg s "$1" '.sources[$s].committed // 0')"
+        if [ -z "$first_ns" ] && [ "$committed" -gt 0 ]; then first_ns="$(date +%s%N)"; first="$committed"; fi
+        [ "$committed" -ge "$2" ] && break
+        sleep 0.05
+    done
+    awk -v n="$((committed - first))" -v ns="$(( $(date +%s%N) - ${first_ns:-$(date +%s%N)} ))" 'BEGIN {if (ns > 0) printf "%.0f", n / (ns / 1e9); else print 0}'
+}
+# wait_assigned SOURCE: until the running service's SOURCE is connected
+# (Kafka: has its partitions assigned), bounded (30 s).
+wait_assigned() {
+    for _ in $(seq 1 300); do
+        curl -fsS "$URL/health" | jq -e --arg s "$1" '.sources[$s] == "connected"' >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 did not connect within 30 s" >&2
+}
+stream_rows() { # stream_rows NAME RATE VISIBLE_JSON
+    row "$1 ingest into the embedded store, $STREAM_EVENTS events loaded beforehand (events/s committed)" \
+        "$2" "batch HTTP of the same events (10 000-event batches, 2 connections), this section: $(printf %.0f "$STREAM_BASELINE_EPS") events/s" \
+        "$(ratio "$2" "$STREAM_BASELINE_EPS")" "≥ 70 %" \
+        "$(verdict 'v >= 70' "$(awk -v a="$2" -v b="$STREAM_BASELINE_EPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+    row "$1: produce → visible in /api/v1/events at a steady 5 000 events/s (ms)" \
+        "$(jq -r '"p50 \(.latency_ms.p50), p99 \(.latency_ms.p99) (\(.requests_acknowledged) probes)"' <<<"$3")" \
+        "—" "—" "reported" "—"
+}
+if [ "$SQLITE" = 1 ]; then
+    log "streams baseline: batch HTTP of the same $STREAM_EVENTS events"
+    start_service stream-baseline
+    STREAM_BASELINE="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$STREAM_EVENTS" --seed 2)"
+    STREAM_BASELINE_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$STREAM_BASELINE")"
+    stop_service
+    log "kafka: mock cluster, $STREAM_EVENTS events loaded"
+    # The mock keeps about 5 MB per partition and drops older messages:
+    # enough partitions that the whole stream stays.
+    "$BIN" kafka-mock --partitions 64 --topics trading.events,bench.latency > "$WORK/kafka.out" 2>>"$WORK/loadgen.log" &
+    MOCK_PID=$!
+    for _ in $(seq 1 100); do [ -s "$WORK/kafka.out" ] && break; sleep 0.1; done
+    BROKERS="$(head -1 "$WORK/kafka.out")"
+    "$BIN" loadgen --url http://127.0.0.1:1 --quiet --json --target kafka --brokers "$BROKERS" --topic trading.events \
+        --count "$STREAM_EVENTS" --seed 2 > "$WORK/kafka.load.json" 2>>"$WORK/loadgen.log"
+    # The mock broker holds every fetch for fetch.wait.max.ms even when data
+    # waits (a real broker answers at once): 10 ms instead of 500.
+    KAFKA_CONFIG="kafka:
+  brokers: [\"$BROKERS\"]
+  topics: [\"trading.events\"]
+  consumer_group: \"bench-$$\"
+  properties: {fetch.wait.max.ms: \"10\"}"
+    START_NS="$(date +%s%N)"
+    EXTRA_CONFIG="$KAFKA_CONFIG" start_service kafka-ingest
+    KAFKA_EPS="$(consume_rate kafka "$STREAM_EVENTS")"
+    stop_service
+    log "kafka: produce → visible at 5 000 events/s for ${DURATION}s"
+    EXTRA_CONFIG="kafka:
+  brokers: [\"$BROKERS\"]
+  topics: [\"bench.latency\"]
+  consumer_group: \"bench-latency-$$\"
+  properties: {fetch.wait.max.ms: \"10\"}" start_service kafka-latency
+    wait_assigned kafka
+    # Warm-up (not measured): the group's first fetch positions take a
+    # moment on a new group.
+    loadgen --target kafka --brokers "$BROKERS" --topic bench.latency --rate 5000 --count 2000 --seed 5 >/dev/null
+    consume_rate kafka 2000 >/dev/null
+    KAFKA_VISIBLE="$(loadgen --target kafka --brokers "$BROKERS" --topic bench.latency --rate 5000 \
+        --duration "${DURATION}s" --seed 4 --probe-visible | jq -c 'select(.target | endswith("-visible"))')"
+    stop_service
+    stop_mock
+    stream_rows "Kafka" "$KAFKA_EPS" "$KAFKA_VISIBLE"
+
+    NATS_HOST_PORT="${NATS_URL#nats://}"
+    if (exec 3<>"/dev/tcp/${NATS_HOST_PORT%:*}/${NATS_HOST_PORT#*:}") 2>/dev/null; then
+        log "nats: $STREAM_EVENTS events published to a stream of this run"
+        NATS_STREAM="BENCH_$$"
+        NATS_SUBJECT="bench$$"
+        NATS_STREAMS+=("$NATS_STREAM" "${NATS_STREAM}_L")
+        "$BIN" loadgen --url http://127.0.0.1:1 --quiet --json --target nats --nats-url "$NATS_URL" \
+            --nats-stream "$NATS_STREAM" --nats-subjects "$NATS_SUBJECT.>" --subject "$NATS_SUBJECT.events" \
+            --count "$STREAM_EVENTS" --seed 2 > "$WORK/nats.load.json" 2>>"$WORK/loadgen.log"
+        NATS_CONFIG="nats:
+  servers: [\"$NATS_URL\"]
+  stream: \"$NATS_STREAM\"
+  subjects: [\"$NATS_SUBJECT.>\"]
+  durable: \"bench\""
+        START_NS="$(date +%s%N)"
+        EXTRA_CONFIG="$NATS_CONFIG" start_service nats-ingest
+        NATS_EPS="$(consume_rate nats "$STREAM_EVENTS")"
+        stop_service
+        log "nats: publish → visible at 5 000 events/s for ${DURATION}s"
+        EXTRA_CONFIG="nats:
+  servers: [\"$NATS_URL\"]
+  stream: \"${NATS_STREAM}_L\"
+  subjects: [\"${NATS_SUBJECT}l.>\"]
+  durable: \"bench\"" start_service nats-latency
+        wait_assigned nats
+        loadgen --target nats --nats-url "$NATS_URL" --nats-stream "${NATS_STREAM}_L" \
+            --nats-subjects "${NATS_SUBJECT}l.>" --subject "${NATS_SUBJECT}l.events" --rate 5000 --count 2000 --seed 5 >/dev/null
+        consume_rate nats 2000 >/dev/null
+        NATS_VISIBLE="$(loadgen --target nats --nats-url "$NATS_URL" --nats-stream "${NATS_STREAM}_L" \
+            --nats-subjects "${NATS_SUBJECT}l.>" --subject "${NATS_SUBJECT}l.events" --rate 5000 \
+            --duration "${DURATION}s" --seed 4 --probe-visible | jq -c 'select(.target | endswith("-visible"))')"
+        stop_service
+        stream_rows "NATS JetStream" "$NATS_EPS" "$NATS_VISIBLE"
+    else
+        row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
+    fi
+fi
 
 # ---------------------------------------------------------------- report ---
 COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- . 2>/dev/null || echo ' (dirty tree)')"
