@@ -330,6 +330,8 @@ pub fn now_ms() -> i64 {
 pub struct ServiceProcess {
     pub child: std::process::Child,
     pub address: String,
+    /// The Prometheus listener's address.
+    pub metrics_address: String,
 }
 
 impl ServiceProcess {
@@ -357,18 +359,35 @@ impl ServiceProcess {
                     && let Ok(value) = serde_json::from_str::<Value>(&line)
                     && let Some(address) = value["fields"]["api_addr"].as_str()
                 {
-                    let _ = sender.send(address.to_string());
+                    let metrics = value["fields"]["metrics_addr"].as_str().unwrap_or("");
+                    let _ = sender.send((address.to_string(), metrics.to_string()));
                     sent = true;
                 }
             }
         });
-        let address = receiver
+        let (address, metrics_address) = receiver
             .recv_timeout(Duration::from_secs(60))
             .expect("service reported its address");
-        ServiceProcess { child, address }
+        ServiceProcess {
+            child,
+            address,
+            metrics_address,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
+    }
+
+    /// `http://<api address>`.
+    #[allow(dead_code)] // for the stream tests
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The Prometheus exposition URL (default `metrics.path`).
+    #[allow(dead_code)] // for the stream tests
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_address)
     }
 }

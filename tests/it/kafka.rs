@@ -9,8 +9,7 @@
 //! suite's PostgreSQL pass runs these again on PostgreSQL.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -429,49 +428,29 @@ async fn an_overloaded_pipeline_slows_the_consumer_and_loses_nothing() {
     assert_eq!(broker.committed_offsets(&group), high);
 }
 
-/// A service process on port 0 consuming from a mock cluster.
-struct ServiceProcess {
-    child: Child,
-    address: String,
+/// A service process on port 0 consuming from a mock cluster; killed when
+/// dropped.
+struct ServiceProcess(crate::helpers::ServiceProcess);
+
+impl std::ops::Deref for ServiceProcess {
+    type Target = crate::helpers::ServiceProcess;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServiceProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl ServiceProcess {
     fn start(database: &std::path::Path, env: &[(String, String)]) -> ServiceProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_analytics"))
-            .arg("serve")
-            .env("ANALYTICS_SERVER__PORT", "0")
-            .env("ANALYTICS_METRICS__PORT", "0")
-            .envs(store_env_for(database))
-            .envs(env.iter().cloned())
-            .env("ANALYTICS_LOGGING__FORMAT", "json")
-            .env("ANALYTICS_LOGGING__LEVEL", "info")
-            .env_remove("ANALYTICS_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the analytics binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent
-                    && let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && let Some(address) = value["fields"]["api_addr"].as_str()
-                {
-                    let _ = sender.send(address.to_string());
-                    sent = true;
-                }
-            }
-        });
-        let address = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("service reported its address");
-        ServiceProcess { child, address }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.address, path)
+        let mut all = store_env_for(database);
+        all.extend(env.iter().cloned());
+        ServiceProcess(crate::helpers::ServiceProcess::start(&all))
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -484,8 +463,8 @@ impl ServiceProcess {
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 

@@ -5,7 +5,6 @@
 //! Without a NATS server these tests say `SKIPPED: NATS unreachable` and
 //! pass, except under `CI=true`, where that is a failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -622,63 +621,27 @@ async fn poison_messages_are_dead_lettered_once_and_the_stream_flows_on() {
     assert_eq!(source_counter(&metrics, "dead_lettered"), 9, "{metrics}");
 }
 
-/// A service process (the real binary) on port 0 consuming `stream`.
-struct ServiceProcess {
-    child: Child,
-    base: String,
-    metrics: String,
-}
+/// A service process (the real binary) on port 0 consuming `stream`;
+/// killed when dropped.
+struct ServiceProcess(crate::helpers::ServiceProcess);
 
 impl ServiceProcess {
     fn start(database: &Path, nats: &[(String, String)]) -> ServiceProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_analytics"))
-            .arg("serve")
-            .env("ANALYTICS_SERVER__PORT", "0")
-            .env("ANALYTICS_METRICS__PORT", "0")
-            .envs(crate::helpers::store_env_for(database))
-            .envs(nats.iter().cloned())
-            .env("ANALYTICS_LOGGING__FORMAT", "json")
-            .env("ANALYTICS_LOGGING__LEVEL", "info")
-            .env_remove("ANALYTICS_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the analytics binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent
-                    && let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && let Some(address) = value["fields"]["api_addr"].as_str()
-                {
-                    let metrics = value["fields"]["metrics_addr"].as_str().unwrap_or("");
-                    let _ = sender.send((address.to_string(), metrics.to_string()));
-                    sent = true;
-                }
-            }
-        });
-        let (address, metrics) = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("service reported its address");
-        ServiceProcess {
-            child,
-            base: format!("http://{address}"),
-            metrics: format!("http://{metrics}/metrics"),
-        }
+        let mut env = crate::helpers::store_env_for(database);
+        env.extend(nats.iter().cloned());
+        ServiceProcess(crate::helpers::ServiceProcess::start(&env))
     }
 
     fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
+        self.0.child.kill().expect("kill -9");
+        self.0.child.wait().expect("reaped");
     }
 }
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 
@@ -717,7 +680,7 @@ async fn a_crash_between_commit_and_ack_loses_and_duplicates_nothing() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut visible = 0;
     while visible == 0 && Instant::now() < deadline {
-        visible = stats_at(&http, &first.base).await["total_events"]
+        visible = stats_at(&http, &first.0.base_url()).await["total_events"]
             .as_u64()
             .unwrap_or(0);
     }
@@ -735,13 +698,13 @@ async fn a_crash_between_commit_and_ack_loses_and_duplicates_nothing() {
         .wait_drained("analytics", Duration::from_secs(20))
         .await;
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
-    let answer = wait_total_at(&http, &second.base, COUNT, Duration::from_secs(5)).await;
+    let answer = wait_total_at(&http, &second.0.base_url(), COUNT, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = stats_at(&http, &second.base).await;
+    let again = stats_at(&http, &second.0.base_url()).await;
     assert_eq!(answer["total_events"], COUNT, "{answer}");
     assert_eq!(again["total_events"], COUNT, "{again}");
     let metrics = http
-        .get(&second.metrics)
+        .get(second.0.metrics_url())
         .send()
         .await
         .expect("metrics")
