@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{Message, PayloadKind, decode_events};
 use crate::pipeline::validate::EventValidator;
-use crate::pipeline::{Pipeline, SubmitError};
+use crate::pipeline::{Pipeline, Refused, SubmitError};
 use crate::store::{DeadLetterQuery, Store, StoreError};
 
 /// Dead letters read and replayed per round.
@@ -133,19 +133,22 @@ pub async fn replay_with_config(
     Ok(report)
 }
 
-/// Submits, waiting while the queue is full.
+/// Submits, waiting while the queue is full (a refused submission comes
+/// back untouched, so nothing is copied for the retry).
 async fn submit_patiently(
     pipeline: &Pipeline,
-    events: Vec<crate::model::Event>,
+    mut events: Vec<crate::model::Event>,
 ) -> Result<Vec<bool>, SubmitError> {
     let mut wait = Duration::from_millis(10);
     loop {
-        match pipeline.submit(events.clone()).await {
-            Err(SubmitError::Overloaded) => {
+        match pipeline.try_submit(events).await {
+            Ok(inserted) => return Ok(inserted),
+            Err(Refused::Failed(error)) => return Err(error),
+            Err(Refused::Full(returned)) => {
+                events = returned;
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
-            outcome => return outcome,
         }
     }
 }

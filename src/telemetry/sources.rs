@@ -164,6 +164,8 @@ impl SourceStats {
 
     /// Forgets the lag of a partition this instance no longer consumes.
     pub fn clear_lag(&self, topic: &str, partition: i32) {
+        // Err only when no such series exists (no lag was reported for
+        // that partition yet): nothing to remove.
         let _ = self
             .lag_series
             .remove_label_values(&[self.name, topic, &partition.to_string()]);

@@ -9,10 +9,11 @@
 //! PostgreSQL is found through `PGHOST`, `PGPORT`, `PGUSER` and
 //! `PGDATABASE` (defaults `127.0.0.1`, `5432`, `postgres`, `test`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use analytics::config;
 use analytics::{Listeners, run};
@@ -389,5 +390,72 @@ impl ServiceProcess {
     #[allow(dead_code)] // for the stream tests
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.metrics_address)
+    }
+}
+
+/// The range the multi-process and stream tests read: the last two days
+/// and the next hour.
+pub fn stats_range() -> Vec<(&'static str, String)> {
+    let now = now_ms();
+    vec![
+        ("start_time", rfc3339(now - 2 * 86_400_000)),
+        ("end_time", rfc3339(now + 3_600_000)),
+    ]
+}
+
+/// Polls `/api/v1/events/stats` at `address` until it counts `expected`
+/// events (or the deadline), and returns the last answer.
+pub async fn wait_for_total(client: &reqwest::Client, address: &str, expected: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let stats: Value = client
+            .get(format!("http://{address}/api/v1/events/stats"))
+            .query(&stats_range())
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats body");
+        let total = stats["total_events"].as_u64().unwrap_or(0);
+        if total >= expected || Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stats and metric rollups equal the raw counts `by_type`.
+pub async fn assert_counts(
+    client: &reqwest::Client,
+    address: &str,
+    by_type: &BTreeMap<String, u64>,
+) {
+    let expected_total: u64 = by_type.values().sum();
+    let stats = wait_for_total(client, address, expected_total).await;
+    assert_eq!(stats["total_events"], expected_total, "{stats}");
+    let counted: BTreeMap<String, u64> =
+        serde_json::from_value(stats["by_type"].clone()).expect("by_type");
+    assert_eq!(&counted, by_type);
+    for (event_type, count) in by_type {
+        let mut query = stats_range();
+        query.push(("metric_name", format!("events.count.{event_type}")));
+        query.push(("interval", "1h".to_string()));
+        let metrics: Value = client
+            .get(format!("http://{address}/api/v1/metrics"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rolled_up: f64 = metrics["result"]["data_points"]
+            .as_array()
+            .unwrap_or_else(|| panic!("data points: {metrics}"))
+            .iter()
+            .map(|point| point["value"].as_f64().unwrap())
+            .sum();
+        assert_eq!(rolled_up as u64, *count, "rollup of {event_type}");
     }
 }

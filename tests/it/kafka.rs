@@ -19,7 +19,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, now_ms, postgres_selected, rfc3339, spawn_app_with, store_env_for};
+use crate::helpers::{
+    TestApp, assert_counts, now_ms, postgres_selected, spawn_app_with, store_env_for,
+    wait_for_total,
+};
 use crate::postgres_outage::{BIN as POSTGRES_BIN, PrivateServer};
 
 /// A mock cluster with one topic, and a producer to it.
@@ -172,36 +175,6 @@ fn mixed_events(count: usize, tag: &str) -> (Vec<Vec<u8>>, BTreeMap<String, u64>
     (payloads, by_type)
 }
 
-fn stats_range() -> Vec<(&'static str, String)> {
-    let now = now_ms();
-    vec![
-        ("start_time", rfc3339(now - 2 * 86_400_000)),
-        ("end_time", rfc3339(now + 3_600_000)),
-    ]
-}
-
-/// Polls `/api/v1/events/stats` at `address` until it counts `expected`
-/// events (or the deadline), and returns the last answer.
-async fn wait_for_total(client: &reqwest::Client, address: &str, expected: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let stats: Value = client
-            .get(format!("http://{address}/api/v1/events/stats"))
-            .query(&stats_range())
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats body");
-        let total = stats["total_events"].as_u64().unwrap_or(0);
-        if total >= expected || Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Polls until `check` holds for the JSON at `url` or the deadline passes;
 /// returns the last answer.
 async fn wait_until(client: &reqwest::Client, url: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -215,37 +188,6 @@ async fn wait_until(client: &reqwest::Client, url: &str, check: impl Fn(&Value) 
             return body;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Stats and metric rollups equal the raw counts `by_type`.
-async fn assert_counts(client: &reqwest::Client, address: &str, by_type: &BTreeMap<String, u64>) {
-    let expected_total: u64 = by_type.values().sum();
-    let stats = wait_for_total(client, address, expected_total).await;
-    assert_eq!(stats["total_events"], expected_total, "{stats}");
-    let counted: BTreeMap<String, u64> =
-        serde_json::from_value(stats["by_type"].clone()).expect("by_type");
-    assert_eq!(&counted, by_type);
-    for (event_type, count) in by_type {
-        let mut query = stats_range();
-        query.push(("metric_name", format!("events.count.{event_type}")));
-        query.push(("interval", "1h".to_string()));
-        let metrics: Value = client
-            .get(format!("http://{address}/api/v1/metrics"))
-            .query(&query)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let rolled_up: f64 = metrics["result"]["data_points"]
-            .as_array()
-            .unwrap_or_else(|| panic!("data points: {metrics}"))
-            .iter()
-            .map(|point| point["value"].as_f64().unwrap())
-            .sum();
-        assert_eq!(rolled_up as u64, *count, "rollup of {event_type}");
     }
 }
 

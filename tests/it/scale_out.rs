@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SchemaGuard, ServiceProcess, now_ms, postgres_selected, rfc3339, store_env_for,
+    SchemaGuard, ServiceProcess, assert_counts, now_ms, postgres_selected, store_env_for,
 };
 use crate::redis::{random_prefix, redis_env, shared_redis};
 
@@ -142,42 +142,6 @@ async fn post_batches(
     }
 }
 
-fn range_query(now: i64) -> Vec<(&'static str, String)> {
-    vec![
-        ("start_time", rfc3339(now - 3_600_000)),
-        ("end_time", rfc3339(now + 120_000)),
-    ]
-}
-
-async fn stats(client: &reqwest::Client, instance: &Instance, now: i64) -> Value {
-    client
-        .get(instance.url("/api/v1/events/stats"))
-        .query(&range_query(now))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("stats JSON")
-}
-
-/// Waits until the stats of `instance` count `total` events.
-async fn wait_for_total(
-    client: &reqwest::Client,
-    instance: &Instance,
-    now: i64,
-    total: u64,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let body = stats(client, instance, now).await;
-        if body["total_events"].as_u64() == Some(total) || Instant::now() > deadline {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_behave_as_one_service() {
     if !postgres_selected() {
@@ -265,9 +229,7 @@ async fn three_instances_behave_as_one_service() {
         let all: Vec<&Instance> = instances.iter().collect();
         post_batches(&client, &all, 12, 100, 100_000, &mut expected).await;
     }
-    let total: u64 = expected.values().sum();
-    let seen = wait_for_total(&client, &instances[0], now, total).await;
-    assert_eq!(seen["total_events"], total, "before the kill: {seen}");
+    assert_counts(&client, instances[0].address(), &expected).await;
 
     // 3. One instance dies; its partitions must move to the survivors.
     instances[2].kill();
@@ -276,40 +238,10 @@ async fn three_instances_behave_as_one_service() {
         let survivors: Vec<&Instance> = instances[..2].iter().collect();
         post_batches(&client, &survivors, 12, 100, 200_000, &mut expected).await;
     }
-    let total: u64 = expected.values().sum();
-    let seen = wait_for_total(&client, &instances[1], now, total).await;
 
     // 4. Exactly once, by type, on every survivor; rollups equal raw counts.
     for instance in &instances[..2] {
-        let body = stats(&client, instance, now).await;
-        assert_eq!(
-            body["total_events"],
-            total,
-            "{}: {body} (seen earlier: {seen})",
-            instance.address()
-        );
-        for (event_type, count) in &expected {
-            assert_eq!(body["by_type"][event_type], *count, "{event_type}: {body}");
-            let mut query = range_query(now);
-            query.push(("metric_name", format!("events.count.{event_type}")));
-            query.push(("interval", "1h".into()));
-            let metrics: Value = client
-                .get(instance.url("/api/v1/metrics"))
-                .query(&query)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let rolled: f64 = metrics["result"]["data_points"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{metrics}"))
-                .iter()
-                .map(|point| point["value"].as_f64().unwrap())
-                .sum();
-            assert_eq!(rolled, *count as f64, "rollup of {event_type}: {metrics}");
-        }
+        assert_counts(&client, instance.address(), &expected).await;
     }
 
     // 5. The survivors hold every partition between them (as reported by
