@@ -296,6 +296,9 @@ pub struct AggregationConfig {
     /// Rollup intervals, each one of [`SUPPORTED_INTERVALS`], no duplicates.
     pub intervals: Vec<String>,
     pub workers: usize,
+    /// Keep the trading tables (per-order state, fills, quotes, one-minute
+    /// bars) behind `/api/v1/trading/orders`, `/execution` and `/bars`.
+    pub trading: bool,
 }
 
 impl AggregationConfig {

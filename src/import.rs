@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::model::Event;
 use crate::model::event::now_ms;
 use crate::pipeline::validate::EventValidator;
-use crate::pipeline::{Pipeline, PipelineSettings, SubmitError};
+use crate::pipeline::{Pipeline, SubmitError};
 use crate::telemetry::Telemetry;
 
 /// Namespace of the UUIDv5 ids given to imported records without `id`.
@@ -198,12 +198,7 @@ pub async fn import_file(config: &Config, args: &ImportArgs) -> anyhow::Result<I
     let ingestion = &config.analytics.ingestion;
     let (pipeline, committer) = Pipeline::start(
         store,
-        PipelineSettings {
-            batch_size: ingestion.batch_size,
-            buffer_size: ingestion.buffer_size,
-            intervals: crate::configured_intervals(config)?,
-            on_commit: None,
-        },
+        crate::pipeline_settings(config, None)?,
         Arc::new(Telemetry::new()),
     );
     let bar = progress_bar(args.quiet, file_size);

@@ -21,6 +21,7 @@ pub mod rollup;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod trading;
 
 use std::sync::Arc;
 
@@ -61,6 +62,21 @@ pub struct Listeners {
     pub api: TcpListener,
     /// `None` when `metrics.enabled` is false.
     pub metrics: Option<TcpListener>,
+}
+
+/// The pipeline sizes and switches of `config` (`analytics.ingestion`,
+/// `analytics.aggregation`), with `on_commit` told about every commit.
+pub fn pipeline_settings(
+    config: &Config,
+    on_commit: Option<Arc<dyn pipeline::CommitListener>>,
+) -> anyhow::Result<PipelineSettings> {
+    Ok(PipelineSettings {
+        batch_size: config.analytics.ingestion.batch_size,
+        buffer_size: config.analytics.ingestion.buffer_size,
+        intervals: configured_intervals(config)?,
+        trading: config.analytics.aggregation.trading,
+        on_commit,
+    })
 }
 
 /// The configured rollup intervals, finest first.
@@ -186,12 +202,7 @@ pub async fn run(
     ));
     let (pipeline, committer) = Pipeline::start(
         Arc::clone(&store),
-        PipelineSettings {
-            batch_size: config.analytics.ingestion.batch_size,
-            buffer_size: config.analytics.ingestion.buffer_size,
-            intervals: intervals.clone(),
-            on_commit: Some(cache.invalidator()),
-        },
+        pipeline_settings(&config, Some(cache.invalidator()))?,
         Arc::clone(&telemetry),
     );
     let mut security = Security::new(&config.security, &config.server, &telemetry);
@@ -227,6 +238,7 @@ pub async fn run(
             default_limit: config.analytics.query.default_limit,
             query_timeout: config.analytics.query.timeout,
             custom_events_enabled: config.custom_events.enabled,
+            trading_enabled: config.analytics.aggregation.trading,
             raw_retention_ms: duration_ms(config.analytics.retention.raw_events),
         }),
         security: Arc::new(security),

@@ -39,6 +39,8 @@ pub struct ApiSettings {
     pub default_limit: usize,
     pub query_timeout: Duration,
     pub custom_events_enabled: bool,
+    /// `analytics.aggregation.trading`: the stores keep the trading tables.
+    pub trading_enabled: bool,
     /// How far back raw events are kept (strategy start/stop look-back).
     pub raw_retention_ms: i64,
 }
@@ -109,6 +111,12 @@ pub fn router(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Rou
         )
         .route("/api/v1/trading/strategies", get(trading::strategies))
         .route("/api/v1/trading/strategies/{id}", get(trading::strategy))
+        .route("/api/v1/trading/orders", get(trading::orders))
+        .route("/api/v1/trading/execution", get(trading::execution))
+        .route(
+            "/api/v1/trading/markets/{symbol}/bars",
+            get(trading::market_bars),
+        )
         .route("/api/v1/internal/dead-letters", get(dead_letters::list))
         .route(
             "/api/v1/internal/dead-letters/replay",

@@ -1,6 +1,9 @@
-//! Trading analytics endpoints: `GET /api/v1/trading/strategies` and
-//! `GET /api/v1/trading/strategies/{id}` (strategy performance, see
-//! [`crate::query::strategies`]).
+//! Trading analytics endpoints:
+//! - `GET /api/v1/trading/strategies` and `/strategies/{id}`: strategy
+//!   performance from rollups ([`crate::query::strategies`]);
+//! - `GET /api/v1/trading/orders`, `/execution` and
+//!   `/markets/{symbol}/bars`: order lifecycle, execution quality and OHLCV
+//!   bars from the trading tables ([`crate::trading`]).
 
 use std::collections::HashMap;
 
@@ -14,8 +17,11 @@ use super::error::ApiError;
 use super::params::RequestedRange;
 use super::queries::timed;
 use crate::model::event::now_ms;
-use crate::query::strategies::{StrategyError, StrategyPerformance, strategy_performance};
+use crate::query::strategies::{
+    MAX_BUCKETS, StrategyError, StrategyPerformance, strategy_performance,
+};
 use crate::rollup::{Interval, TimeRange};
+use crate::trading::report::{Filters, bars, execution_report, orders_report};
 
 /// How far ahead of now a lifecycle event may be stamped (the accepted
 /// future skew is smaller).
@@ -95,4 +101,152 @@ pub async fn strategy(
     body["end_time"] = json!(range.end_text());
     body["interval"] = json!(interval.as_str());
     Ok(Json(body).into_response())
+}
+
+/// The trading tables exist only with `analytics.aggregation.trading`.
+fn ensure_trading(state: &AppState) -> Result<(), ApiError> {
+    if state.settings.trading_enabled {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "trading analytics are off (analytics.aggregation.trading is false)",
+        ))
+    }
+}
+
+/// `symbol`, `strategy_id` and `side` (`buy` or `sell`, any case).
+fn filters_param(params: &HashMap<String, String>) -> Result<Filters, ApiError> {
+    let text = |name: &str| {
+        params
+            .get(name)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let side = match text("side").map(|side| side.to_ascii_lowercase()) {
+        None => None,
+        Some(side) if side == "buy" || side == "sell" => Some(side),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid side {other:?}; expected buy or sell"
+            ))
+            .with_details(json!({"field": "side", "allowed": ["buy", "sell"]})));
+        }
+    };
+    Ok(Filters {
+        symbol: text("symbol"),
+        strategy_id: text("strategy_id"),
+        side,
+    })
+}
+
+/// The range and interval of a report, with the bucket count checked.
+fn range_params(
+    params: &HashMap<String, String>,
+) -> Result<(RequestedRange, TimeRange, Interval), ApiError> {
+    let interval = interval_param(params)?;
+    let range = RequestedRange::from_params(params, now_ms())?;
+    let half_open = range.half_open();
+    let buckets = (half_open.end_ms - half_open.start_ms) / interval.millis() + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::bad_request(format!(
+            "the range holds {buckets} buckets of {}, more than {MAX_BUCKETS}; use a coarser interval or a shorter range",
+            interval.as_str()
+        ))
+        .with_details(json!({"field": "interval"})));
+    }
+    Ok((range, half_open, interval))
+}
+
+fn report_body(
+    range: RequestedRange,
+    interval: Interval,
+    filters: &Filters,
+    report: impl serde::Serialize,
+) -> Result<Response, ApiError> {
+    let mut body = serde_json::to_value(report).map_err(ApiError::internal)?;
+    body["start_time"] = json!(range.start_text());
+    body["end_time"] = json!(range.end_text());
+    body["interval"] = json!(interval.as_str());
+    body["filters"] = json!({
+        "symbol": filters.symbol,
+        "strategy_id": filters.strategy_id,
+        "side": filters.side,
+    });
+    Ok(Json(body).into_response())
+}
+
+/// `GET /api/v1/trading/orders`: order lifecycle of the orders placed in the
+/// range (summary, series by placement bucket, breakdowns).
+pub async fn orders(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    ensure_trading(&state)?;
+    let (range, half_open, interval) = range_params(&params)?;
+    let filters = filters_param(&params)?;
+    let report = timed(&state, "trading_orders", async {
+        let orders = state
+            .query
+            .store()
+            .read_orders(half_open.start_ms, half_open.end_ms)
+            .await?;
+        Ok(orders_report(&orders, interval, &filters))
+    })
+    .await?;
+    report_body(range, interval, &filters, report)
+}
+
+/// `GET /api/v1/trading/execution`: fills in the range, their VWAP, maker
+/// ratio, commission and slippage against the mid.
+pub async fn execution(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    ensure_trading(&state)?;
+    let (range, half_open, interval) = range_params(&params)?;
+    let filters = filters_param(&params)?;
+    let report = timed(&state, "trading_execution", async {
+        let fills = state
+            .query
+            .store()
+            .read_fills(half_open.start_ms, half_open.end_ms)
+            .await?;
+        Ok(execution_report(&fills, interval, &filters))
+    })
+    .await?;
+    report_body(range, interval, &filters, report)
+}
+
+/// `GET /api/v1/trading/markets/{symbol}/bars`: OHLCV bars of the whole
+/// minutes in the range.
+pub async fn market_bars(
+    State(state): State<AppState>,
+    Path(symbol): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    ensure_trading(&state)?;
+    let (range, half_open, interval) = range_params(&params)?;
+    let bars = timed(&state, "trading_bars", async {
+        let minutes = state
+            .query
+            .store()
+            .read_bars(
+                &symbol,
+                Interval::M1.bucket_start(half_open.start_ms),
+                half_open.end_ms,
+            )
+            .await?;
+        Ok(bars(&minutes, interval))
+    })
+    .await?;
+    Ok(Json(json!({
+        "symbol": symbol,
+        "start_time": range.start_text(),
+        "end_time": range.end_text(),
+        "interval": interval.as_str(),
+        "count": bars.len(),
+        "bars": bars,
+    }))
+    .into_response())
 }

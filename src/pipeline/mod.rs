@@ -63,6 +63,8 @@ pub struct PipelineSettings {
     pub buffer_size: usize,
     /// The rollup intervals of the store.
     pub intervals: Vec<Interval>,
+    /// Whether the store keeps the trading tables for these events.
+    pub trading: bool,
     /// Told about every committed batch.
     pub on_commit: Option<Arc<dyn CommitListener>>,
 }
@@ -108,6 +110,7 @@ pub struct Pipeline {
     permits: Arc<Semaphore>,
     buffer_size: usize,
     intervals: Arc<[Interval]>,
+    trading: bool,
     telemetry: Arc<Telemetry>,
 }
 
@@ -134,6 +137,7 @@ impl Pipeline {
             permits: Arc::new(Semaphore::new(buffer_size)),
             buffer_size,
             intervals: settings.intervals.into(),
+            trading: settings.trading,
             telemetry,
         };
         (pipeline, committer)
@@ -172,7 +176,7 @@ impl Pipeline {
         self.telemetry.queue_depth.add(queued);
         // Work that needs no database happens here, in the submitter's task,
         // so submissions prepare in parallel and the committer only writes.
-        let batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
+        let mut batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
             PreparedBatch::prepare(events, &self.intervals)
         } else {
             let intervals = Arc::clone(&self.intervals);
@@ -188,6 +192,7 @@ impl Pipeline {
                 }
             }
         };
+        batch.trading = self.trading;
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
             batch,

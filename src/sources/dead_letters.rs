@@ -116,15 +116,9 @@ pub async fn replay_with_config(
 ) -> anyhow::Result<ReplayReport> {
     let store = crate::open_store(config).await?;
     let validator = crate::event_validator(config, &*store).await?;
-    let ingestion = &config.analytics.ingestion;
     let (pipeline, committer) = Pipeline::start(
         std::sync::Arc::clone(&store),
-        crate::pipeline::PipelineSettings {
-            batch_size: ingestion.batch_size,
-            buffer_size: ingestion.buffer_size,
-            intervals: crate::configured_intervals(config)?,
-            on_commit: None,
-        },
+        crate::pipeline_settings(config, None)?,
         std::sync::Arc::new(crate::telemetry::Telemetry::new()),
     );
     let report = replay(&*store, &pipeline, &validator, source).await?;

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupBatch};
+use crate::trading::{BarDelta, FillView, OrderDelta};
 
 /// A storage failure. Client mistakes never reach this layer; everything
 /// here is either a conflict the API reports or a fault it hides behind 5xx.
@@ -52,6 +53,9 @@ pub struct PreparedBatch {
     pub rollups: RollupBatch,
     /// Distinct values per minute: (dimension, minute start, value).
     pub distinct: BTreeSet<(&'static str, i64, String)>,
+    /// Whether the store also keeps the trading tables (orders, fills,
+    /// quotes, bars) for these events (`analytics.aggregation.trading`).
+    pub trading: bool,
 }
 
 impl PreparedBatch {
@@ -78,6 +82,7 @@ impl PreparedBatch {
             properties_json,
             rollups,
             distinct,
+            trading: true,
         }
     }
 
@@ -163,6 +168,19 @@ pub struct RetentionReport {
     pub distinct_rows_deleted: u64,
     /// Whole partitions dropped (stores that partition events by day).
     pub partitions_dropped: u64,
+    /// Rows of the trading tables (orders, fills, quotes, one-minute bars).
+    pub trading_rows_deleted: u64,
+}
+
+impl RetentionCutoffs {
+    /// Where the one-minute market bars end: with the one-minute rollups,
+    /// else with the raw events.
+    pub fn bars_before_ms(&self) -> i64 {
+        self.rollups_before_ms
+            .iter()
+            .find(|(interval, _)| *interval == Interval::M1)
+            .map_or(self.events_before_ms, |(_, before)| *before)
+    }
 }
 
 /// One stored rollup bucket.
@@ -302,6 +320,23 @@ pub trait Store: Send + Sync + 'static {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Orders whose `order.placed` time lies in `[start_ms, end_ms)`, as
+    /// the trading tables hold them now.
+    async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError>;
+
+    /// Fills stamped in `[start_ms, end_ms)`, each with its side and strategy
+    /// completed from its order and the mid price in force at its time.
+    async fn read_fills(&self, start_ms: i64, end_ms: i64) -> Result<Vec<FillView>, StoreError>;
+
+    /// One-minute bars of `symbol` (both sources) with minute starts in
+    /// `[start_ms, end_ms)`, by minute.
+    async fn read_bars(
+        &self,
+        symbol: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<BarDelta>, StoreError>;
 
     /// Removes what retention has expired: raw events (and the per-minute
     /// distinct sets) stamped before `cutoffs.events_before_ms`, and rollup

@@ -46,6 +46,7 @@ use super::{
 use crate::config::DatabaseConfig;
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupKey};
+use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -54,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "dead_letters",
         include_str!("migrations/postgres/0002_dead_letters.sql"),
+    ),
+    (
+        3,
+        "trading",
+        include_str!("migrations/postgres/0003_trading.sql"),
     ),
 ];
 
@@ -618,6 +624,13 @@ impl PostgresStore {
             .into_sorted();
             write_rollups(&transaction, &of_inserted).await?;
         }
+        if batch.trading {
+            write_trading(
+                &transaction,
+                &TradingBatch::of_inserted(&batch.events, &inserted),
+            )
+            .await?;
+        }
         let (dimensions, minutes, values) = &batch.distinct;
         if !dimensions.is_empty() {
             // Distinct values are a set: those of duplicates change nothing.
@@ -645,6 +658,8 @@ struct CommitInput {
     rollups: Vec<(RollupKey, Accumulator)>,
     /// Distinct values as column arrays: (dimension, minute, value).
     distinct: (Vec<&'static str>, Vec<i64>, Vec<String>),
+    /// Whether to write the trading tables too.
+    trading: bool,
 }
 
 impl CommitInput {
@@ -662,6 +677,7 @@ impl CommitInput {
             intervals,
             rollups: batch.rollups.into_sorted(),
             distinct,
+            trading: batch.trading,
         }
     }
 }
@@ -743,6 +759,320 @@ impl<'a> EventColumns<'a> {
         }
         columns
     }
+}
+
+/// Writes a batch's trading changes (see [`crate::trading::projection`]):
+/// one statement per table, rows in key order so concurrent writers lock
+/// them in the same order.
+async fn write_trading(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    trading: &TradingBatch,
+) -> Result<(), StoreError> {
+    if !trading.orders.is_empty() {
+        let orders = &trading.orders;
+        let text = |field: fn(&OrderDelta) -> &Option<String>| -> Vec<Option<&str>> {
+            orders.iter().map(|order| field(order).as_deref()).collect()
+        };
+        let int = |field: fn(&OrderDelta) -> Option<i64>| -> Vec<Option<i64>> {
+            orders.iter().map(field).collect()
+        };
+        let float = |field: fn(&OrderDelta) -> Option<f64>| -> Vec<Option<f64>> {
+            orders.iter().map(field).collect()
+        };
+        let ids: Vec<&str> = orders.iter().map(|order| order.order_id.as_str()).collect();
+        let (symbols, sides, strategies, types) = (
+            text(|order| &order.symbol),
+            text(|order| &order.side),
+            text(|order| &order.strategy_id),
+            text(|order| &order.order_type),
+        );
+        let placed = int(|order| order.placed_at);
+        let (quantities, prices, latencies) = (
+            float(|order| order.quantity),
+            float(|order| order.price),
+            float(|order| order.latency_ms),
+        );
+        let filled_quantity = float(|order| Some(order.filled_quantity));
+        let filled_notional = float(|order| Some(order.filled_notional));
+        let fills = int(|order| Some(order.fills));
+        let maker_fills = int(|order| Some(order.maker_fills));
+        let commission = float(|order| Some(order.commission));
+        let (first, last, canceled, rejected, seen) = (
+            int(|order| order.first_fill_at),
+            int(|order| order.last_fill_at),
+            int(|order| order.canceled_at),
+            int(|order| order.rejected_at),
+            int(|order| Some(order.seen_at)),
+        );
+        let upsert = transaction
+            .prepare_cached(
+                "INSERT INTO trading_orders AS t (order_id, symbol, side, strategy_id, order_type,
+                     placed_at, quantity, price, latency_ms, filled_quantity, filled_notional, fills,
+                     maker_fills, commission, first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::int8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+                     $12::int8[], $13::int8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[],
+                     $18::int8[], $19::int8[])
+                 ON CONFLICT (order_id) DO UPDATE SET
+                     symbol = COALESCE(t.symbol, excluded.symbol),
+                     side = COALESCE(t.side, excluded.side),
+                     strategy_id = COALESCE(t.strategy_id, excluded.strategy_id),
+                     order_type = COALESCE(t.order_type, excluded.order_type),
+                     placed_at = LEAST(t.placed_at, excluded.placed_at),
+                     quantity = CASE WHEN excluded.placed_at < t.placed_at THEN COALESCE(excluded.quantity, t.quantity)
+                                     ELSE COALESCE(t.quantity, excluded.quantity) END,
+                     price = CASE WHEN excluded.placed_at < t.placed_at THEN COALESCE(excluded.price, t.price)
+                                  ELSE COALESCE(t.price, excluded.price) END,
+                     latency_ms = CASE WHEN excluded.placed_at < t.placed_at THEN COALESCE(excluded.latency_ms, t.latency_ms)
+                                       ELSE COALESCE(t.latency_ms, excluded.latency_ms) END,
+                     filled_quantity = t.filled_quantity + excluded.filled_quantity,
+                     filled_notional = t.filled_notional + excluded.filled_notional,
+                     fills = t.fills + excluded.fills,
+                     maker_fills = t.maker_fills + excluded.maker_fills,
+                     commission = t.commission + excluded.commission,
+                     first_fill_at = LEAST(t.first_fill_at, excluded.first_fill_at),
+                     last_fill_at = GREATEST(t.last_fill_at, excluded.last_fill_at),
+                     canceled_at = LEAST(t.canceled_at, excluded.canceled_at),
+                     rejected_at = LEAST(t.rejected_at, excluded.rejected_at),
+                     seen_at = LEAST(t.seen_at, excluded.seen_at)",
+            )
+            .await?;
+        transaction
+            .execute(
+                &upsert,
+                &[
+                    &ids,
+                    &symbols,
+                    &sides,
+                    &strategies,
+                    &types,
+                    &placed,
+                    &quantities,
+                    &prices,
+                    &latencies,
+                    &filled_quantity,
+                    &filled_notional,
+                    &fills,
+                    &maker_fills,
+                    &commission,
+                    &first,
+                    &last,
+                    &canceled,
+                    &rejected,
+                    &seen,
+                ],
+            )
+            .await?;
+    }
+    if !trading.fills.is_empty() {
+        let fills = &trading.fills;
+        let ids: Vec<Uuid> = fills.iter().map(|fill| fill.event_id).collect();
+        let order_ids: Vec<Option<&str>> =
+            fills.iter().map(|fill| fill.order_id.as_deref()).collect();
+        let symbols: Vec<Option<&str>> = fills.iter().map(|fill| fill.symbol.as_deref()).collect();
+        let sides: Vec<Option<&str>> = fills.iter().map(|fill| fill.side.as_deref()).collect();
+        let strategies: Vec<Option<&str>> = fills
+            .iter()
+            .map(|fill| fill.strategy_id.as_deref())
+            .collect();
+        let timestamps: Vec<i64> = fills.iter().map(|fill| fill.timestamp_ms).collect();
+        let prices: Vec<f64> = fills.iter().map(|fill| fill.price).collect();
+        let quantities: Vec<f64> = fills.iter().map(|fill| fill.quantity).collect();
+        let makers: Vec<Option<bool>> = fills.iter().map(|fill| fill.is_maker).collect();
+        let commissions: Vec<Option<f64>> = fills.iter().map(|fill| fill.commission).collect();
+        let insert = transaction
+            .prepare_cached(
+                "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id, ts, price,
+                     quantity, is_maker, commission)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::int8[], $7::float8[], $8::float8[], $9::bool[], $10::float8[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        transaction
+            .execute(
+                &insert,
+                &[
+                    &ids,
+                    &order_ids,
+                    &symbols,
+                    &sides,
+                    &strategies,
+                    &timestamps,
+                    &prices,
+                    &quantities,
+                    &makers,
+                    &commissions,
+                ],
+            )
+            .await?;
+    }
+    if !trading.quotes.is_empty() {
+        let quotes = &trading.quotes;
+        let symbols: Vec<&str> = quotes.iter().map(|quote| quote.symbol.as_str()).collect();
+        let timestamps: Vec<i64> = quotes.iter().map(|quote| quote.timestamp_ms).collect();
+        let ids: Vec<&str> = quotes.iter().map(|quote| quote.event_id.as_str()).collect();
+        let mids: Vec<f64> = quotes.iter().map(|quote| quote.mid).collect();
+        let insert = transaction
+            .prepare_cached(
+                "INSERT INTO market_quotes (symbol, ts, event_id, mid)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::float8[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        transaction
+            .execute(&insert, &[&symbols, &timestamps, &ids, &mids])
+            .await?;
+    }
+    if !trading.bars.is_empty() {
+        let bars = &trading.bars;
+        let symbols: Vec<&str> = bars.iter().map(|bar| bar.symbol.as_str()).collect();
+        let sources: Vec<&str> = bars.iter().map(|bar| bar.source).collect();
+        let int = |field: fn(&BarDelta) -> i64| -> Vec<i64> { bars.iter().map(field).collect() };
+        let float = |field: fn(&BarDelta) -> f64| -> Vec<f64> { bars.iter().map(field).collect() };
+        let open_ids: Vec<&str> = bars.iter().map(|bar| bar.open_id.as_str()).collect();
+        let close_ids: Vec<&str> = bars.iter().map(|bar| bar.close_id.as_str()).collect();
+        let upsert = transaction
+            .prepare_cached(
+                "INSERT INTO market_bars AS b (symbol, source, minute, open_ts, open_id, open,
+                     close_ts, close_id, close, high, low, volume, updates, spread_sum, spread_count)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                     $6::float8[], $7::int8[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
+                     $12::float8[], $13::int8[], $14::float8[], $15::int8[])
+                 ON CONFLICT (symbol, source, minute) DO UPDATE SET
+                     open = CASE WHEN (excluded.open_ts, excluded.open_id) < (b.open_ts, b.open_id) THEN excluded.open ELSE b.open END,
+                     open_id = CASE WHEN (excluded.open_ts, excluded.open_id) < (b.open_ts, b.open_id) THEN excluded.open_id ELSE b.open_id END,
+                     open_ts = CASE WHEN (excluded.open_ts, excluded.open_id) < (b.open_ts, b.open_id) THEN excluded.open_ts ELSE b.open_ts END,
+                     close = CASE WHEN (excluded.close_ts, excluded.close_id) > (b.close_ts, b.close_id) THEN excluded.close ELSE b.close END,
+                     close_id = CASE WHEN (excluded.close_ts, excluded.close_id) > (b.close_ts, b.close_id) THEN excluded.close_id ELSE b.close_id END,
+                     close_ts = CASE WHEN (excluded.close_ts, excluded.close_id) > (b.close_ts, b.close_id) THEN excluded.close_ts ELSE b.close_ts END,
+                     high = GREATEST(b.high, excluded.high),
+                     low = LEAST(b.low, excluded.low),
+                     volume = b.volume + excluded.volume,
+                     updates = b.updates + excluded.updates,
+                     spread_sum = b.spread_sum + excluded.spread_sum,
+                     spread_count = b.spread_count + excluded.spread_count",
+            )
+            .await?;
+        transaction
+            .execute(
+                &upsert,
+                &[
+                    &symbols,
+                    &sources,
+                    &int(|bar| bar.minute),
+                    &int(|bar| bar.open_ts),
+                    &open_ids,
+                    &float(|bar| bar.open),
+                    &int(|bar| bar.close_ts),
+                    &close_ids,
+                    &float(|bar| bar.close),
+                    &float(|bar| bar.high),
+                    &float(|bar| bar.low),
+                    &float(|bar| bar.volume),
+                    &int(|bar| bar.updates),
+                    &float(|bar| bar.spread_sum),
+                    &int(|bar| bar.spread_count),
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Retention of the trading tables, one chunk per statement: (DELETE,
+/// whether the one-minute bar cutoff applies rather than the events one).
+const TRADING_RETENTION: [(&str, bool); 4] = [
+    (
+        "DELETE FROM trading_orders WHERE order_id IN
+             (SELECT order_id FROM trading_orders WHERE seen_at < $1 LIMIT $2)",
+        false,
+    ),
+    (
+        "DELETE FROM trading_fills WHERE event_id IN
+             (SELECT event_id FROM trading_fills WHERE ts < $1 LIMIT $2)",
+        false,
+    ),
+    (
+        "DELETE FROM market_quotes WHERE (symbol, ts, event_id) IN
+             (SELECT symbol, ts, event_id FROM market_quotes WHERE ts < $1 LIMIT $2)",
+        false,
+    ),
+    (
+        "DELETE FROM market_bars WHERE (symbol, source, minute) IN
+             (SELECT symbol, source, minute FROM market_bars WHERE minute < $1 LIMIT $2)",
+        true,
+    ),
+];
+
+const ORDER_COLUMNS: &str = "order_id, symbol, side, strategy_id, order_type, placed_at, quantity,
+     price, latency_ms, filled_quantity, filled_notional, fills, maker_fills, commission,
+     first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at";
+
+fn order_of(row: &Row) -> Result<OrderDelta, tokio_postgres::Error> {
+    Ok(OrderDelta {
+        order_id: row.try_get(0)?,
+        symbol: row.try_get(1)?,
+        side: row.try_get(2)?,
+        strategy_id: row.try_get(3)?,
+        order_type: row.try_get(4)?,
+        placed_at: row.try_get(5)?,
+        quantity: row.try_get(6)?,
+        price: row.try_get(7)?,
+        latency_ms: row.try_get(8)?,
+        filled_quantity: row.try_get(9)?,
+        filled_notional: row.try_get(10)?,
+        fills: row.try_get(11)?,
+        maker_fills: row.try_get(12)?,
+        commission: row.try_get(13)?,
+        first_fill_at: row.try_get(14)?,
+        last_fill_at: row.try_get(15)?,
+        canceled_at: row.try_get(16)?,
+        rejected_at: row.try_get(17)?,
+        seen_at: row.try_get(18)?,
+    })
+}
+
+fn fill_of(row: &Row) -> Result<FillView, tokio_postgres::Error> {
+    Ok(FillView {
+        fill: FillRow {
+            event_id: row.try_get(0)?,
+            order_id: row.try_get(1)?,
+            symbol: row.try_get(2)?,
+            side: row.try_get(3)?,
+            strategy_id: row.try_get(4)?,
+            timestamp_ms: row.try_get(5)?,
+            price: row.try_get(6)?,
+            quantity: row.try_get(7)?,
+            is_maker: row.try_get(8)?,
+            commission: row.try_get(9)?,
+        },
+        mid: row.try_get(10)?,
+    })
+}
+
+const BAR_COLUMNS: &str = "symbol, source, minute, open_ts, open_id, open, close_ts, close_id,
+     close, high, low, volume, updates, spread_sum, spread_count";
+
+fn bar_of(row: &Row) -> Result<BarDelta, tokio_postgres::Error> {
+    let source: &str = row.try_get(1)?;
+    Ok(BarDelta {
+        symbol: row.try_get(0)?,
+        source: crate::trading::projection::source_name(source),
+        minute: row.try_get(2)?,
+        open_ts: row.try_get(3)?,
+        open_id: row.try_get(4)?,
+        open: row.try_get(5)?,
+        close_ts: row.try_get(6)?,
+        close_id: row.try_get(7)?,
+        close: row.try_get(8)?,
+        high: row.try_get(9)?,
+        low: row.try_get(10)?,
+        volume: row.try_get(11)?,
+        updates: row.try_get(12)?,
+        spread_sum: row.try_get(13)?,
+        spread_count: row.try_get(14)?,
+    })
 }
 
 /// Writes the sorted rollup deltas: count rows by one additive upsert,
@@ -1132,6 +1462,53 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS} FROM trading_orders WHERE placed_at >= $1 AND placed_at < $2"
+            ))
+            .await?;
+        let rows = client.query(&statement, &[&start_ms, &end_ms]).await?;
+        Ok(rows.iter().map(order_of).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_fills(&self, start_ms: i64, end_ms: i64) -> Result<Vec<FillView>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT f.event_id, f.order_id, f.symbol, COALESCE(f.side, o.side),
+                        COALESCE(f.strategy_id, o.strategy_id), f.ts, f.price, f.quantity,
+                        f.is_maker, f.commission,
+                        (SELECT q.mid FROM market_quotes q WHERE q.symbol = f.symbol AND q.ts <= f.ts
+                         ORDER BY q.ts DESC, q.event_id DESC LIMIT 1)
+                 FROM trading_fills f LEFT JOIN trading_orders o ON o.order_id = f.order_id
+                 WHERE f.ts >= $1 AND f.ts < $2",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&start_ms, &end_ms]).await?;
+        Ok(rows.iter().map(fill_of).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_bars(
+        &self,
+        symbol: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<BarDelta>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {BAR_COLUMNS} FROM market_bars
+                 WHERE symbol = $1 AND minute >= $2 AND minute < $3 ORDER BY minute, source"
+            ))
+            .await?;
+        let rows = client
+            .query(&statement, &[&symbol, &start_ms, &end_ms])
+            .await?;
+        Ok(rows.iter().map(bar_of).collect::<Result<_, _>>()?)
+    }
+
     async fn read_rollups(
         &self,
         metric: &str,
@@ -1229,11 +1606,21 @@ impl Store for PostgresStore {
         let counts = self
             .drop_expired(cutoffs.events_before_ms, &cutoffs.rollups_before_ms)
             .await?;
+        let mut trading_rows_deleted = 0;
+        for (delete, is_bars) in TRADING_RETENTION {
+            let before_ms = if is_bars {
+                cutoffs.bars_before_ms()
+            } else {
+                cutoffs.events_before_ms
+            };
+            trading_rows_deleted += self.delete_in_chunks(delete, None, before_ms).await?;
+        }
         Ok(RetentionReport {
             events_deleted: counts.events_deleted,
             rollup_rows_deleted: counts.rollup_rows_deleted,
             distinct_rows_deleted: counts.distinct_rows_deleted,
             partitions_dropped: counts.partitions_dropped,
+            trading_rows_deleted,
         })
     }
 

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
+use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -35,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "dead_letters",
         include_str!("migrations/sqlite/0003_dead_letters.sql"),
+    ),
+    (
+        4,
+        "trading",
+        include_str!("migrations/sqlite/0004_trading.sql"),
     ),
 ];
 
@@ -364,7 +370,13 @@ fn commit_transaction(
             inserted.push(changed == 1);
         }
     }
+    let trading = batch
+        .trading
+        .then(|| TradingBatch::of_inserted(&batch.events, &inserted));
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
+    if let Some(trading) = &trading {
+        write_trading(&transaction, trading)?;
+    }
     let mut written = Vec::new();
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
@@ -429,6 +441,234 @@ fn commit_transaction(
     transaction.commit()?;
     cache.insert_committed(written);
     Ok(inserted)
+}
+
+const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, strategy_id,
+         order_type, placed_at, quantity, price, latency_ms, filled_quantity, filled_notional, fills,
+         maker_fills, commission, first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+     ON CONFLICT (order_id) DO UPDATE SET
+         symbol = COALESCE(symbol, excluded.symbol),
+         side = COALESCE(side, excluded.side),
+         strategy_id = COALESCE(strategy_id, excluded.strategy_id),
+         order_type = COALESCE(order_type, excluded.order_type),
+         placed_at = COALESCE(MIN(placed_at, excluded.placed_at), placed_at, excluded.placed_at),
+         quantity = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.quantity, quantity)
+                         ELSE COALESCE(quantity, excluded.quantity) END,
+         price = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.price, price)
+                      ELSE COALESCE(price, excluded.price) END,
+         latency_ms = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.latency_ms, latency_ms)
+                           ELSE COALESCE(latency_ms, excluded.latency_ms) END,
+         filled_quantity = filled_quantity + excluded.filled_quantity,
+         filled_notional = filled_notional + excluded.filled_notional,
+         fills = fills + excluded.fills,
+         maker_fills = maker_fills + excluded.maker_fills,
+         commission = commission + excluded.commission,
+         first_fill_at = COALESCE(MIN(first_fill_at, excluded.first_fill_at), first_fill_at, excluded.first_fill_at),
+         last_fill_at = COALESCE(MAX(last_fill_at, excluded.last_fill_at), last_fill_at, excluded.last_fill_at),
+         canceled_at = COALESCE(MIN(canceled_at, excluded.canceled_at), canceled_at, excluded.canceled_at),
+         rejected_at = COALESCE(MIN(rejected_at, excluded.rejected_at), rejected_at, excluded.rejected_at),
+         seen_at = MIN(seen_at, excluded.seen_at)";
+
+const INSERT_FILL: &str =
+    "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id,
+         ts, price, quantity, is_maker, commission)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
+
+const INSERT_QUOTE: &str = "INSERT INTO market_quotes (symbol, ts, event_id, mid)
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
+const UPSERT_BAR: &str = "INSERT INTO market_bars (symbol, source, minute, open_ts, open_id, open,
+         close_ts, close_id, close, high, low, volume, updates, spread_sum, spread_count)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+     ON CONFLICT (symbol, source, minute) DO UPDATE SET
+         open = CASE WHEN (excluded.open_ts, excluded.open_id) < (open_ts, open_id) THEN excluded.open ELSE open END,
+         open_id = CASE WHEN (excluded.open_ts, excluded.open_id) < (open_ts, open_id) THEN excluded.open_id ELSE open_id END,
+         open_ts = CASE WHEN (excluded.open_ts, excluded.open_id) < (open_ts, open_id) THEN excluded.open_ts ELSE open_ts END,
+         close = CASE WHEN (excluded.close_ts, excluded.close_id) > (close_ts, close_id) THEN excluded.close ELSE close END,
+         close_id = CASE WHEN (excluded.close_ts, excluded.close_id) > (close_ts, close_id) THEN excluded.close_id ELSE close_id END,
+         close_ts = CASE WHEN (excluded.close_ts, excluded.close_id) > (close_ts, close_id) THEN excluded.close_ts ELSE close_ts END,
+         high = MAX(high, excluded.high),
+         low = MIN(low, excluded.low),
+         volume = volume + excluded.volume,
+         updates = updates + excluded.updates,
+         spread_sum = spread_sum + excluded.spread_sum,
+         spread_count = spread_count + excluded.spread_count";
+
+/// Retention of the trading tables: (DELETE of one chunk, which cutoff).
+/// `?1`/`$1` is the cutoff and `?2`/`$2` the chunk size.
+const TRADING_RETENTION: [(&str, bool); 4] = [
+    (
+        "DELETE FROM trading_orders WHERE order_id IN
+             (SELECT order_id FROM trading_orders WHERE seen_at < ?1 LIMIT ?2)",
+        false,
+    ),
+    (
+        "DELETE FROM trading_fills WHERE rowid IN
+             (SELECT rowid FROM trading_fills WHERE ts < ?1 LIMIT ?2)",
+        false,
+    ),
+    (
+        "DELETE FROM market_quotes WHERE (symbol, ts, event_id) IN
+             (SELECT symbol, ts, event_id FROM market_quotes WHERE ts < ?1 LIMIT ?2)",
+        false,
+    ),
+    (
+        "DELETE FROM market_bars WHERE (symbol, source, minute) IN
+             (SELECT symbol, source, minute FROM market_bars WHERE minute < ?1 LIMIT ?2)",
+        true,
+    ),
+];
+
+const ORDER_COLUMNS: &str = "order_id, symbol, side, strategy_id, order_type, placed_at, quantity,
+     price, latency_ms, filled_quantity, filled_notional, fills, maker_fills, commission,
+     first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at";
+
+fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderDelta> {
+    Ok(OrderDelta {
+        order_id: row.get(0)?,
+        symbol: row.get(1)?,
+        side: row.get(2)?,
+        strategy_id: row.get(3)?,
+        order_type: row.get(4)?,
+        placed_at: row.get(5)?,
+        quantity: row.get(6)?,
+        price: row.get(7)?,
+        latency_ms: row.get(8)?,
+        filled_quantity: row.get(9)?,
+        filled_notional: row.get(10)?,
+        fills: row.get(11)?,
+        maker_fills: row.get(12)?,
+        commission: row.get(13)?,
+        first_fill_at: row.get(14)?,
+        last_fill_at: row.get(15)?,
+        canceled_at: row.get(16)?,
+        rejected_at: row.get(17)?,
+        seen_at: row.get(18)?,
+    })
+}
+
+/// Columns 1..=10 of the fills query (the id, column 0, is decoded by the
+/// caller).
+fn row_fill(row: &rusqlite::Row<'_>) -> rusqlite::Result<(FillRow, Option<f64>)> {
+    Ok((
+        FillRow {
+            event_id: Uuid::nil(),
+            order_id: row.get(1)?,
+            symbol: row.get(2)?,
+            side: row.get(3)?,
+            strategy_id: row.get(4)?,
+            timestamp_ms: row.get(5)?,
+            price: row.get(6)?,
+            quantity: row.get(7)?,
+            is_maker: row.get(8)?,
+            commission: row.get(9)?,
+        },
+        row.get(10)?,
+    ))
+}
+
+const BAR_COLUMNS: &str = "symbol, source, minute, open_ts, open_id, open, close_ts, close_id,
+     close, high, low, volume, updates, spread_sum, spread_count";
+
+fn read_bar(row: &rusqlite::Row<'_>) -> rusqlite::Result<BarDelta> {
+    let source: String = row.get(1)?;
+    Ok(BarDelta {
+        symbol: row.get(0)?,
+        source: crate::trading::projection::source_name(&source),
+        minute: row.get(2)?,
+        open_ts: row.get(3)?,
+        open_id: row.get(4)?,
+        open: row.get(5)?,
+        close_ts: row.get(6)?,
+        close_id: row.get(7)?,
+        close: row.get(8)?,
+        high: row.get(9)?,
+        low: row.get(10)?,
+        volume: row.get(11)?,
+        updates: row.get(12)?,
+        spread_sum: row.get(13)?,
+        spread_count: row.get(14)?,
+    })
+}
+
+/// Writes a batch's trading changes (see [`crate::trading::projection`]).
+fn write_trading(
+    transaction: &rusqlite::Transaction<'_>,
+    trading: &TradingBatch,
+) -> Result<(), StoreError> {
+    if trading.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = transaction.prepare_cached(UPSERT_ORDER)?;
+    for order in &trading.orders {
+        upsert.execute(params![
+            order.order_id,
+            order.symbol,
+            order.side,
+            order.strategy_id,
+            order.order_type,
+            order.placed_at,
+            order.quantity,
+            order.price,
+            order.latency_ms,
+            order.filled_quantity,
+            order.filled_notional,
+            order.fills,
+            order.maker_fills,
+            order.commission,
+            order.first_fill_at,
+            order.last_fill_at,
+            order.canceled_at,
+            order.rejected_at,
+            order.seen_at,
+        ])?;
+    }
+    let mut insert = transaction.prepare_cached(INSERT_FILL)?;
+    for fill in &trading.fills {
+        insert.execute(params![
+            fill.event_id.as_bytes().as_slice(),
+            fill.order_id,
+            fill.symbol,
+            fill.side,
+            fill.strategy_id,
+            fill.timestamp_ms,
+            fill.price,
+            fill.quantity,
+            fill.is_maker,
+            fill.commission,
+        ])?;
+    }
+    let mut insert = transaction.prepare_cached(INSERT_QUOTE)?;
+    for quote in &trading.quotes {
+        insert.execute(params![
+            quote.symbol,
+            quote.timestamp_ms,
+            quote.event_id,
+            quote.mid
+        ])?;
+    }
+    let mut upsert = transaction.prepare_cached(UPSERT_BAR)?;
+    for bar in &trading.bars {
+        upsert.execute(params![
+            bar.symbol,
+            bar.source,
+            bar.minute,
+            bar.open_ts,
+            bar.open_id,
+            bar.open,
+            bar.close_ts,
+            bar.close_id,
+            bar.close,
+            bar.high,
+            bar.low,
+            bar.volume,
+            bar.updates,
+            bar.spread_sum,
+            bar.spread_count,
+        ])?;
+    }
+    Ok(())
 }
 
 /// Rollup rows of one filter at `interval` with bucket starts in
@@ -691,6 +931,62 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS} FROM trading_orders WHERE placed_at >= ?1 AND placed_at < ?2"
+            ))?;
+            let rows = statement.query_map(params![start_ms, end_ms], read_order)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn read_fills(&self, start_ms: i64, end_ms: i64) -> Result<Vec<FillView>, StoreError> {
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT f.event_id, f.order_id, f.symbol, COALESCE(f.side, o.side),
+                        COALESCE(f.strategy_id, o.strategy_id), f.ts, f.price, f.quantity,
+                        f.is_maker, f.commission,
+                        (SELECT q.mid FROM market_quotes q WHERE q.symbol = f.symbol AND q.ts <= f.ts
+                         ORDER BY q.ts DESC, q.event_id DESC LIMIT 1)
+                 FROM trading_fills f LEFT JOIN trading_orders o ON o.order_id = f.order_id
+                 WHERE f.ts >= ?1 AND f.ts < ?2",
+            )?;
+            let rows = statement.query_map(params![start_ms, end_ms], |row| {
+                let id: Vec<u8> = row.get(0)?;
+                Ok((id, row_fill(row)?))
+            })?;
+            let mut fills = Vec::new();
+            for row in rows {
+                let (id, (mut fill, mid)) = row?;
+                fill.event_id = Uuid::from_slice(&id)
+                    .map_err(|error| StoreError::Corrupt(format!("fill id: {error}")))?;
+                fills.push(FillView { fill, mid });
+            }
+            Ok(fills)
+        })
+        .await
+    }
+
+    async fn read_bars(
+        &self,
+        symbol: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<BarDelta>, StoreError> {
+        let symbol = symbol.to_owned();
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {BAR_COLUMNS} FROM market_bars
+                 WHERE symbol = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute, source"
+            ))?;
+            let rows = statement.query_map(params![symbol, start_ms, end_ms], read_bar)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn count_events_by_type(
         &self,
         start_ms: i64,
@@ -831,6 +1127,14 @@ impl Store for SqliteStore {
                     *before_ms,
                 )
                 .await?;
+        }
+        for (delete, is_bars) in TRADING_RETENTION {
+            let before_ms = if is_bars {
+                cutoffs.bars_before_ms()
+            } else {
+                cutoffs.events_before_ms
+            };
+            report.trading_rows_deleted += self.delete_in_chunks(delete, None, before_ms).await?;
         }
         Ok(report)
     }

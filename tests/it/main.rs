@@ -18,3 +18,4 @@ mod retention;
 mod scale_out;
 mod security;
 mod trading;
+mod trading_orders;
