@@ -20,10 +20,11 @@ use super::params::RequestedRange;
 use crate::cache::{CanonicalQuery, Lookup};
 use crate::model::event::now_ms;
 use crate::model::metric::QueryMetric;
-use crate::query::dashboard::dashboard;
+use crate::query::dashboard::{dashboard, trading_figures};
 use crate::query::series::{Aggregation, SeriesError, metric_series};
 use crate::query::stats::event_stats;
 use crate::rollup::{Interval, TimeRange};
+use crate::trading::metrics::TradingMetric;
 
 /// Runs a query under the configured timeout and records its duration.
 pub(super) async fn timed<T>(
@@ -120,6 +121,9 @@ pub async fn metrics(
         .get("metric_name")
         .filter(|name| !name.is_empty())
         .ok_or_else(|| ApiError::bad_request("metric_name is required"))?;
+    if let Some(trading) = TradingMetric::parse(metric_name) {
+        return super::trading::metric(&state, &params, metric_name, trading).await;
+    }
     let metric = QueryMetric::parse(metric_name).map_err(|message| {
         ApiError::bad_request(message).with_details(json!({"field": "metric_name"}))
     })?;
@@ -209,7 +213,13 @@ pub async fn dashboard_metrics(State(state): State<AppState>) -> Result<Response
     .keep_at_most(DASHBOARD_TTL);
     let (_, body) = through_cache(&state, Some(canonical), || async {
         let metrics = timed(&state, "dashboard", async {
-            Ok(dashboard(&state.query, now).await?)
+            let mut metrics = dashboard(&state.query, now).await?;
+            if state.settings.trading_enabled {
+                metrics
+                    .custom_metrics
+                    .extend(trading_figures(&state.query, now).await?);
+            }
+            Ok(metrics)
         })
         .await?;
         serde_json::to_vec(&metrics).map_err(ApiError::internal)

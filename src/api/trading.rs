@@ -21,6 +21,9 @@ use crate::query::strategies::{
     MAX_BUCKETS, StrategyError, StrategyPerformance, strategy_performance,
 };
 use crate::rollup::{Interval, TimeRange};
+use crate::trading::metrics::{
+    Statistic, TradingMetric, bar_points, execution_points, order_points,
+};
 use crate::trading::report::{Filters, bars, execution_report, orders_report};
 
 /// How far ahead of now a lifecycle event may be stamped (the accepted
@@ -247,6 +250,81 @@ pub async fn market_bars(
         "interval": interval.as_str(),
         "count": bars.len(),
         "bars": bars,
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/metrics` for a trading metric name (see
+/// [`crate::trading::metrics`]). Never cached: an order placed in the range
+/// changes when a later fill arrives, which the cache's per-day
+/// invalidation of the range would not see.
+pub(super) async fn metric(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    metric_name: &str,
+    metric: TradingMetric,
+) -> Result<Response, ApiError> {
+    ensure_trading(state)?;
+    let (range, half_open, interval) = range_params(params)?;
+    let filters = filters_param(params)?;
+    let statistic = match params.get("aggregation").filter(|text| !text.is_empty()) {
+        None => Statistic::Default,
+        Some(text) if metric.takes_statistic() => Statistic::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!("Invalid aggregation {text:?} for {metric_name}"))
+                .with_details(json!({
+                    "field": "aggregation",
+                    "allowed": ["avg", "count", "p50", "p95", "p99"]
+                }))
+        })?,
+        Some(text) => {
+            return Err(ApiError::bad_request(format!(
+                "aggregation {text:?} does not apply to {metric_name}"
+            ))
+            .with_details(json!({"field": "aggregation"})));
+        }
+    };
+    let store = state.query.store();
+    let (points, aggregation) = timed(state, "metrics", async {
+        Ok(match &metric {
+            TradingMetric::Order(order_metric) => {
+                let orders = store
+                    .read_orders(half_open.start_ms, half_open.end_ms)
+                    .await?;
+                let report = orders_report(&orders, interval, &filters);
+                order_points(*order_metric, &report.series, statistic)
+            }
+            TradingMetric::Execution(execution_metric) => {
+                let fills = store
+                    .read_fills(half_open.start_ms, half_open.end_ms)
+                    .await?;
+                let report = execution_report(&fills, interval, &filters);
+                execution_points(*execution_metric, &report.series, statistic)
+            }
+            TradingMetric::Bars(symbol) => {
+                let minutes = store
+                    .read_bars(
+                        symbol,
+                        Interval::M1.bucket_start(half_open.start_ms),
+                        half_open.end_ms,
+                    )
+                    .await?;
+                (bar_points(&bars(&minutes, interval)), "close")
+            }
+        })
+    })
+    .await?;
+    let total_count: u64 = points.iter().map(|point| point.count).sum();
+    Ok(Json(json!({
+        "cached": false,
+        "result": {
+            "metric_name": metric_name,
+            "interval": interval.as_str(),
+            "start_time": range.start_text(),
+            "end_time": range.end_text(),
+            "data_points": points,
+            "total_count": total_count,
+            "aggregation": aggregation,
+        },
     }))
     .into_response())
 }

@@ -18,6 +18,7 @@ use crate::model::metric::{
 };
 use crate::rollup::{Interval, TimeRange};
 use crate::store::StoreError;
+use crate::trading::report::{Filters, execution_report, orders_report};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -139,6 +140,59 @@ pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMet
         custom_metrics,
         last_updated: format_timestamp(now_ms),
     })
+}
+
+/// The trading figures of the last five whole minutes (see
+/// [`crate::trading::report`]): order figures of the orders placed in the
+/// window, execution figures of its fills. Added to `custom_metrics` when
+/// the trading tables are kept.
+pub async fn trading_figures(
+    engine: &QueryEngine,
+    now_ms: i64,
+) -> Result<Map<String, Value>, StoreError> {
+    let five = DashboardWindows::at(now_ms).last_five_minutes;
+    let store = engine.store();
+    let all = Filters::default();
+    let orders = orders_report(
+        &store.read_orders(five.start_ms, five.end_ms).await?,
+        Interval::H1,
+        &all,
+    )
+    .summary;
+    let execution = execution_report(
+        &store.read_fills(five.start_ms, five.end_ms).await?,
+        Interval::H1,
+        &all,
+    )
+    .summary;
+    let mut figures = Map::new();
+    for (name, value) in [
+        ("orders_placed_5m", json!(orders.orders_placed)),
+        ("orders_fill_rate_5m", json!(orders.fill_rate)),
+        ("orders_cancel_rate_5m", json!(orders.cancel_rate)),
+        ("orders_reject_rate_5m", json!(orders.reject_rate)),
+        (
+            "orders_time_to_fill_p50_ms_5m",
+            json!(orders.time_to_full_fill_ms.p50),
+        ),
+        (
+            "orders_time_to_fill_p95_ms_5m",
+            json!(orders.time_to_full_fill_ms.p95),
+        ),
+        ("execution_fills_5m", json!(execution.fills)),
+        ("execution_maker_ratio_5m", json!(execution.maker_ratio)),
+        (
+            "execution_slippage_bps_5m",
+            json!(execution.slippage_bps_notional_weighted),
+        ),
+        (
+            "execution_slippage_bps_p95_5m",
+            json!(execution.slippage_bps.p95),
+        ),
+    ] {
+        figures.insert(name.to_owned(), value);
+    }
+    Ok(figures)
 }
 
 #[cfg(test)]

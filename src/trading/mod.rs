@@ -2,6 +2,7 @@
 //! kept by the stores at ingest ([`projection`]), and the figures the
 //! `/api/v1/trading/*` endpoints compute from them ([`report`]).
 
+pub mod metrics;
 pub mod projection;
 pub mod report;
 

@@ -20,7 +20,15 @@ async fn retention_run_removes_expired_events_and_keeps_coarse_rollups() {
         now - 3_600_000,
     ]
     .iter()
-    .map(|timestamp| json!({"event_type": "order.placed", "user_id": "u", "timestamp": timestamp}))
+    .enumerate()
+    .flat_map(|(index, timestamp)| {
+        [
+            json!({"event_type": "order.placed", "user_id": "u", "timestamp": timestamp,
+                   "properties": {"order_id": format!("o{index}"), "symbol": "BTCUSDT", "quantity": 1}}),
+            json!({"event_type": "market.data.update", "timestamp": timestamp,
+                   "properties": {"symbol": "BTCUSDT", "bid": 99, "ask": 101}}),
+        ]
+    })
     .collect();
     let (status, _) = app.post_json("/api/v1/events/batch", &json!(events)).await;
     assert_eq!(status, 200);
@@ -44,12 +52,15 @@ async fn retention_run_removes_expired_events_and_keeps_coarse_rollups() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report on stdout");
-    // SQLite deletes the two expired events; PostgreSQL drops their two
+    // SQLite deletes the four expired events; PostgreSQL drops their two
     // day partitions whole.
     assert!(
-        report["events_deleted"] == 2 || report["partitions_dropped"].as_u64() >= Some(2),
+        report["events_deleted"] == 4 || report["partitions_dropped"].as_u64() >= Some(2),
         "{report}"
     );
+    // Trading rows of the expired events: two orders, two quotes and two
+    // one-minute bars (minute aggregates also keep 7 days).
+    assert_eq!(report["trading_rows_deleted"], 6, "{report}");
     assert!(
         report["rollup_rows_deleted"].as_u64().unwrap() > 0,
         "{report}"
@@ -67,9 +78,20 @@ async fn retention_run_removes_expired_events_and_keeps_coarse_rollups() {
         )
         .await;
     assert_eq!(
-        listed["count"], 2,
+        listed["count"], 4,
         "raw events within 7 days stay: {listed}"
     );
+    let (_, orders) = app
+        .get_query(
+            "/api/v1/trading/orders",
+            &[
+                ("start_time", rfc3339(now - 30 * DAY)),
+                ("end_time", rfc3339(now)),
+                ("interval", "1d".to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(orders["summary"]["orders_placed"], 2, "{orders}");
     let count_at = |interval: &str| {
         let query = vec![
             ("metric_name", "events.count.order.placed".to_string()),

@@ -679,6 +679,114 @@ async fn order_execution_and_bar_figures_equal_an_independent_computation() {
         }
     }
 
+    // The same figures under /api/v1/metrics names, filters included.
+    let range = [
+        ("start_time", rfc3339(now - span - MINUTE)),
+        ("end_time", rfc3339(now)),
+        ("interval", "5m".to_string()),
+        ("strategy_id", "momentum".to_string()),
+    ];
+    let (_, report) = app.get_query("/api/v1/trading/orders", &range).await;
+    let (_, execution) = app.get_query("/api/v1/trading/execution", &range).await;
+    for (metric, aggregation, source, pick) in [
+        ("orders.fill_rate", None, &report, "/fill_rate"),
+        ("orders.placed", None, &report, "/orders_placed"),
+        (
+            "orders.time_to_fill_ms",
+            Some("p95"),
+            &report,
+            "/time_to_full_fill_ms/p95",
+        ),
+        (
+            "orders.placement_latency_ms",
+            None,
+            &report,
+            "/placement_latency_ms/mean",
+        ),
+        (
+            "execution.slippage_bps",
+            None,
+            &execution,
+            "/slippage_bps_notional_weighted",
+        ),
+        (
+            "execution.slippage_bps",
+            Some("p50"),
+            &execution,
+            "/slippage_bps/p50",
+        ),
+        ("execution.vwap", None, &execution, "/vwap"),
+    ] {
+        let mut query = range.to_vec();
+        query.push(("metric_name", metric.to_string()));
+        if let Some(aggregation) = aggregation {
+            query.push(("aggregation", aggregation.to_string()));
+        }
+        let (status, body) = app.get_query("/api/v1/metrics", &query).await;
+        assert_eq!(status, 200, "{metric}: {body}");
+        let points = body["result"]["data_points"].as_array().unwrap();
+        let buckets: Vec<&Value> = source["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|bucket| metric.starts_with("execution") || bucket["orders_placed"] != 0)
+            .collect();
+        assert_eq!(points.len(), buckets.len(), "{metric}: {body}");
+        for (point, bucket) in points.iter().zip(buckets) {
+            assert_eq!(point["timestamp"], bucket["timestamp"], "{metric}");
+            let want = bucket.pointer(pick).unwrap().as_f64().unwrap_or(0.0);
+            assert_close(
+                &point["value"],
+                &json!(want),
+                &format!("{metric} {}", point["timestamp"]),
+            );
+        }
+    }
+    let mut query = range.to_vec();
+    query.push(("metric_name", "market.ohlcv.ETHUSDT".to_string()));
+    let (status, body) = app.get_query("/api/v1/metrics", &query).await;
+    assert_eq!(status, 200, "{body}");
+    let want = expected_bars(&world, "ETHUSDT", now - span - MINUTE, now + 1, 5 * MINUTE);
+    let points = body["result"]["data_points"].as_array().unwrap();
+    assert_eq!(points.len(), want.len());
+    for (point, bar) in points.iter().zip(&want) {
+        assert_close(&point["value"], &bar["close"], "ohlcv close");
+        for field in [
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "trades",
+            "volatility",
+        ] {
+            assert_close(&point["dimensions"][field], &bar[field], "ohlcv dimensions");
+        }
+    }
+    let mut query = range.to_vec();
+    query.push(("metric_name", "orders.fill_rate".to_string()));
+    query.push(("aggregation", "p99".to_string()));
+    let (status, body) = app.get_query("/api/v1/metrics", &query).await;
+    assert_eq!(
+        (status, &body["details"]["field"]),
+        (400, &json!("aggregation")),
+        "{body}"
+    );
+
+    // The dashboard carries the trading figures of the last five minutes.
+    let (status, dashboard) = app.get("/api/v1/dashboard/metrics").await;
+    assert_eq!(status, 200, "{dashboard}");
+    for key in [
+        "orders_fill_rate_5m",
+        "orders_time_to_fill_p50_ms_5m",
+        "execution_slippage_bps_5m",
+    ] {
+        assert!(
+            dashboard["custom_metrics"].get(key).is_some(),
+            "{key}: {dashboard}"
+        );
+    }
+
     // Filters select the same orders as the breakdowns.
     let query = vec![
         ("start_time", rfc3339(now - span - MINUTE)),
