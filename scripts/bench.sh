@@ -19,6 +19,8 @@
 #   --duration S    length of each single-event / baseline run (default 15)
 #   --no-redis      skip the Redis limiter scenario (default: run it when
 #                   Redis answers on REDIS_HOST:REDIS_PORT, 127.0.0.1:6379)
+#   --sections LIST run only these sections, comma-separated, of: ingest,
+#                   queries, redis, postgresql, streams, trading (default all)
 #   --no-build      use the existing target/release/analytics
 #   --output FILE   write the table into FILE instead of BENCHMARKS.md
 #
@@ -41,6 +43,7 @@ OUTPUT="$ROOT/BENCHMARKS.md"
 POSTGRES=auto
 SQLITE=1
 PG_EVENTS=500000
+SECTIONS=",ingest,queries,redis,postgresql,streams,trading,"
 REDIS=auto
 REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -61,11 +64,15 @@ while [ $# -gt 0 ]; do
         --no-postgres) POSTGRES=0 ;;
         --postgres-only) POSTGRES=1; SQLITE=0 ;;
         --pg-events) PG_EVENTS="$2"; shift ;;
+        --sections) SECTIONS=",$2,"; shift ;;
         -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
+
+section() { case "$SECTIONS" in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+section postgresql || POSTGRES=0
 
 for tool in curl jq; do
     command -v "$tool" >/dev/null || { echo "bench.sh needs $tool (apt-get install $tool)" >&2; exit 2; }
@@ -247,7 +254,7 @@ ROWS="$WORK/rows.md"
 row() { echo "| $1 | $2 | $3 | $4 | $5 | $6 |" >> "$ROWS"; }
 
 # ---------------------------------------------------------------- ingest ---
-if [ "$SQLITE" = 1 ]; then
+if [ "$SQLITE" = 1 ] && section ingest; then
     start_service ingest
 
     log "baseline: GET /health, 64 connections, ${DURATION}s"
@@ -320,14 +327,20 @@ QUERIES=(
     "stats|/api/v1/events/stats"
     "metrics|/api/v1/metrics?metric_name=orders.latency_ms&interval=1m"
     "dashboard|/api/v1/dashboard/metrics"
+    "trading-orders|/api/v1/trading/orders?interval=1h"
+    "trading-execution|/api/v1/trading/execution?interval=1h"
+    "trading-bars|/api/v1/trading/markets/BTCUSDT/bars?interval=5m"
 )
 measure_queries() { # measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p99)
     local label="$1"
     for entry in "${QUERIES[@]}"; do
-        local name="${entry%%|*}" path="${entry#*|}"
-        loadgen --target get --path "$path" --concurrency 1 --count 20 >/dev/null # warm
+        local name="${entry%%|*}" path="${entry#*|}" count=200 warm=20
+        # The order and execution reports read every order (fill) of the
+        # range: at 10 M events a request takes seconds, so fewer of them.
+        case "$label/$name" in large/trading-orders|large/trading-execution) count=20 warm=2 ;; esac
+        loadgen --target get --path "$path" --concurrency 1 --count "$warm" >/dev/null # warm
         local result
-        result="$(loadgen --target get --path "$path" --concurrency 1 --count 200)"
+        result="$(loadgen --target get --path "$path" --concurrency 1 --count "$count")"
         jq -r '"\(.latency_ms.p50) \(.latency_ms.p99) \(.requests_acknowledged)"' <<<"$result" > "$WORK/q.$label.$name"
     done
 }
@@ -337,7 +350,7 @@ fill() { # fill COUNT SEED: backfill spread over the 3 days before now
     jq -r '"filled \(.events_accepted) events at \(.events_per_second | floor) events/s, \(.requests_failed + .transport_errors) failed"' "$WORK/fill.$2.json" >&2
 }
 
-if [ "$SQLITE" = 1 ]; then
+if [ "$SQLITE" = 1 ] && section queries; then
     start_service queries
     log "filling 100 000 events over 3 days"
     fill 100000 10
@@ -404,7 +417,7 @@ if [ "$REDIS" != 0 ]; then
         REDIS=unreachable
     fi
 fi
-if [ "$SQLITE" = 1 ] && [ "$REDIS" = 1 ]; then
+if [ "$SQLITE" = 1 ] && [ "$REDIS" = 1 ] && section redis; then
     LIMIT_CONFIG="security:
   rate_limit:
     enabled: true
@@ -633,7 +646,7 @@ stream_rows() { # stream_rows NAME RATE VISIBLE_JSON
         "$(jq -r '"p50 \(.latency_ms.p50), p99 \(.latency_ms.p99) (\(.requests_acknowledged) probes)"' <<<"$3")" \
         "—" "—" "reported" "—"
 }
-if [ "$SQLITE" = 1 ]; then
+if [ "$SQLITE" = 1 ] && section streams; then
     log "streams baseline: batch HTTP of the same $STREAM_EVENTS events"
     start_service stream-baseline
     STREAM_BASELINE="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$STREAM_EVENTS" --seed 2)"
@@ -712,6 +725,34 @@ if [ "$SQLITE" = 1 ]; then
     else
         row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
     fi
+fi
+
+# --------------------------------------------------------------- trading ---
+# Ingest with the trading tables kept (the default) against the same ingest
+# with analytics.aggregation.trading off: the same events (generator seed),
+# fresh stores, alternating three times so drift hits both sides alike.
+TRADING_EVENTS=300000
+if [ "$SQLITE" = 1 ] && section trading; then
+    : > "$WORK/trading.on"
+    : > "$WORK/trading.off"
+    for trial in 1 2 3; do
+        for mode in on off; do
+            if [ "$mode" = off ]; then export ANALYTICS_ANALYTICS__AGGREGATION__TRADING=false; fi
+            log "trading $mode (trial $trial): $TRADING_EVENTS events, 10 000-event batches, 2 connections"
+            start_service "trading-$mode-$trial"
+            unset ANALYTICS_ANALYTICS__AGGREGATION__TRADING
+            loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$TRADING_EVENTS" --seed 6 \
+                | jq -r '.events_accepted / .elapsed_seconds' >> "$WORK/trading.$mode"
+            stop_service
+        done
+    done
+    TRADING_ON="$(sort -n "$WORK/trading.on" | sed -n 2p)"
+    TRADING_OFF="$(sort -n "$WORK/trading.off" | sed -n 2p)"
+    row "batch ingest with trading analytics on (events/s stored, median of 3; trials $(paste -sd/ "$WORK/trading.on" | awk -F/ '{for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? " / " : ""), $i}'))" \
+        "$(printf %.0f "$TRADING_ON")" \
+        "trading off (\`analytics.aggregation.trading: false\`), same events, alternating: $(printf %.0f "$TRADING_OFF") (trials $(paste -sd/ "$WORK/trading.off" | awk -F/ '{for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? " / " : ""), $i}'))" \
+        "$(ratio "$TRADING_ON" "$TRADING_OFF")" "≥ 70 %" \
+        "$(verdict 'v >= 70' "$(awk -v a="$TRADING_ON" -v b="$TRADING_OFF" 'BEGIN{print (b>0)?100*a/b:0}')")"
 fi
 
 # ---------------------------------------------------------------- report ---
