@@ -176,12 +176,15 @@ impl Pipeline {
         self.telemetry.queue_depth.add(queued);
         // Work that needs no database happens here, in the submitter's task,
         // so submissions prepare in parallel and the committer only writes.
-        let mut batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
-            PreparedBatch::prepare(events, &self.intervals)
+        let batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
+            PreparedBatch::prepare_with(events, &self.intervals, self.trading)
         } else {
             let intervals = Arc::clone(&self.intervals);
-            match tokio::task::spawn_blocking(move || PreparedBatch::prepare(events, &intervals))
-                .await
+            let trading = self.trading;
+            match tokio::task::spawn_blocking(move || {
+                PreparedBatch::prepare_with(events, &intervals, trading)
+            })
+            .await
             {
                 Ok(batch) => batch,
                 Err(error) => {
@@ -192,7 +195,6 @@ impl Pipeline {
                 }
             }
         };
-        batch.trading = self.trading;
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
             batch,

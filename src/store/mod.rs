@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupBatch};
-use crate::trading::{BarDelta, FillView, OrderDelta};
+use crate::trading::{BarDelta, FillView, OrderDelta, TradingBatch};
 
 /// A storage failure. Client mistakes never reach this layer; everything
 /// here is either a conflict the API reports or a fault it hides behind 5xx.
@@ -53,14 +53,27 @@ pub struct PreparedBatch {
     pub rollups: RollupBatch,
     /// Distinct values per minute: (dimension, minute start, value).
     pub distinct: BTreeSet<(&'static str, i64, String)>,
-    /// Whether the store also keeps the trading tables (orders, fills,
-    /// quotes, bars) for these events (`analytics.aggregation.trading`).
-    pub trading: bool,
+    /// The trading tables' changes (orders, fills, quotes, bars) of all the
+    /// events, when the store keeps them (`analytics.aggregation.trading`);
+    /// like `rollups`, recomputed from the inserted events when some were
+    /// duplicates.
+    pub trading: Option<TradingBatch>,
 }
 
 impl PreparedBatch {
-    /// Prepares `events` for a store that rolls up into `intervals`.
+    /// Prepares `events` for a store that rolls up into `intervals` and
+    /// keeps the trading tables.
     pub fn prepare(events: Vec<Event>, intervals: &[Interval]) -> PreparedBatch {
+        PreparedBatch::prepare_with(events, intervals, true)
+    }
+
+    /// Prepares `events` for a store that rolls up into `intervals`, and
+    /// keeps the trading tables when `trading`.
+    pub fn prepare_with(
+        events: Vec<Event>,
+        intervals: &[Interval],
+        trading: bool,
+    ) -> PreparedBatch {
         let properties_json = events
             .iter()
             .map(|event| {
@@ -78,11 +91,11 @@ impl PreparedBatch {
             });
         }
         PreparedBatch {
+            trading: trading.then(|| TradingBatch::of(&events)),
             events,
             properties_json,
             rollups,
             distinct,
-            trading: true,
         }
     }
 
@@ -92,6 +105,22 @@ impl PreparedBatch {
         self.properties_json.extend(other.properties_json);
         self.rollups.merge(other.rollups);
         self.distinct.extend(other.distinct);
+        match (&mut self.trading, other.trading) {
+            (Some(ours), Some(theirs)) => ours.merge(theirs),
+            (ours @ None, theirs) => *ours = theirs,
+            (Some(_), None) => {}
+        }
+    }
+
+    /// The trading changes of exactly the inserted events (`inserted` index
+    /// for index with `events`), if the store keeps them.
+    pub fn take_trading_of_inserted(&mut self, inserted: &[bool]) -> Option<TradingBatch> {
+        let prepared = self.trading.take()?;
+        if inserted.iter().all(|flag| *flag) {
+            Some(prepared)
+        } else {
+            Some(TradingBatch::of_inserted(&self.events, inserted))
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -172,9 +201,27 @@ pub struct RetentionReport {
     pub trading_rows_deleted: u64,
 }
 
+/// Which cutoff a retention statement of the trading tables uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TradingCutoff {
+    /// The raw events' cutoff.
+    Events,
+    /// The raw events' cutoff, one symbol (`?3`/`$3`) at a time.
+    EventsPerSymbol,
+    /// The one-minute bars' cutoff ([`RetentionCutoffs::bars_before_ms`]).
+    Bars,
+}
+
 impl RetentionCutoffs {
     /// Where the one-minute market bars end: with the one-minute rollups,
     /// else with the raw events.
+    pub(crate) fn trading_before_ms(&self, cutoff: TradingCutoff) -> i64 {
+        match cutoff {
+            TradingCutoff::Events | TradingCutoff::EventsPerSymbol => self.events_before_ms,
+            TradingCutoff::Bars => self.bars_before_ms(),
+        }
+    }
+
     pub fn bars_before_ms(&self) -> i64 {
         self.rollups_before_ms
             .iter()

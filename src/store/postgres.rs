@@ -41,7 +41,7 @@ use uuid::Uuid;
 use super::decoded_cache::{DecodedCache, RowKey};
 use super::{
     DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
-    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter,
+    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter, TradingCutoff,
 };
 use crate::config::DatabaseConfig;
 use crate::model::{CustomEventDefinition, Event};
@@ -515,7 +515,7 @@ impl PostgresStore {
                 .delete_in_chunks(
                     "DELETE FROM rollups WHERE ctid = ANY(ARRAY(
                          SELECT ctid FROM rollups WHERE interval = $3 AND bucket_start < $1 LIMIT $2))",
-                    Some(interval.as_str()),
+                    Some(interval.as_str().to_owned()),
                     *before_ms,
                 )
                 .await?;
@@ -529,14 +529,14 @@ impl PostgresStore {
     async fn delete_in_chunks(
         &self,
         delete: &'static str,
-        extra: Option<&'static str>,
+        extra: Option<String>,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut deleted = 0u64;
         loop {
             let client = self.pool.get().await?;
             let statement = client.prepare_cached(delete).await?;
-            let chunk = match extra {
+            let chunk = match &extra {
                 Some(extra) => {
                     client
                         .execute(&statement, &[&before_ms, &RETENTION_CHUNK_ROWS, &extra])
@@ -624,12 +624,13 @@ impl PostgresStore {
             .into_sorted();
             write_rollups(&transaction, &of_inserted).await?;
         }
-        if batch.trading {
-            write_trading(
-                &transaction,
-                &TradingBatch::of_inserted(&batch.events, &inserted),
-            )
-            .await?;
+        if let Some(prepared) = &batch.trading {
+            if inserted.iter().all(|flag| *flag) {
+                write_trading(&transaction, prepared).await?;
+            } else {
+                let of_inserted = TradingBatch::of_inserted(&batch.events, &inserted);
+                write_trading(&transaction, &of_inserted).await?;
+            }
         }
         let (dimensions, minutes, values) = &batch.distinct;
         if !dimensions.is_empty() {
@@ -658,8 +659,8 @@ struct CommitInput {
     rollups: Vec<(RollupKey, Accumulator)>,
     /// Distinct values as column arrays: (dimension, minute, value).
     distinct: (Vec<&'static str>, Vec<i64>, Vec<String>),
-    /// Whether to write the trading tables too.
-    trading: bool,
+    /// The prepared trading changes of all the events, if kept.
+    trading: Option<TradingBatch>,
 }
 
 impl CommitInput {
@@ -885,8 +886,7 @@ async fn write_trading(
                 "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id, ts, price,
                      quantity, is_maker, commission)
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::int8[], $7::float8[], $8::float8[], $9::bool[], $10::float8[])
-                 ON CONFLICT DO NOTHING",
+                     $6::int8[], $7::float8[], $8::float8[], $9::bool[], $10::float8[])",
             )
             .await?;
         transaction
@@ -980,28 +980,33 @@ async fn write_trading(
     Ok(())
 }
 
-/// Retention of the trading tables, one chunk per statement: (DELETE,
-/// whether the one-minute bar cutoff applies rather than the events one).
-const TRADING_RETENTION: [(&str, bool); 4] = [
+/// Retention of the trading tables, one chunk per statement (`$1` cutoff,
+/// `$2` chunk size, `$3` the symbol for per-symbol statements).
+const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
     (
         "DELETE FROM trading_orders WHERE order_id IN
-             (SELECT order_id FROM trading_orders WHERE seen_at < $1 LIMIT $2)",
-        false,
+             (SELECT order_id FROM trading_orders WHERE placed_at < $1 LIMIT $2)",
+        TradingCutoff::Events,
     ),
     (
-        "DELETE FROM trading_fills WHERE event_id IN
-             (SELECT event_id FROM trading_fills WHERE ts < $1 LIMIT $2)",
-        false,
+        "DELETE FROM trading_orders WHERE order_id IN
+             (SELECT order_id FROM trading_orders WHERE placed_at IS NULL AND seen_at < $1 LIMIT $2)",
+        TradingCutoff::Events,
     ),
     (
-        "DELETE FROM market_quotes WHERE (symbol, ts, event_id) IN
-             (SELECT symbol, ts, event_id FROM market_quotes WHERE ts < $1 LIMIT $2)",
-        false,
+        "DELETE FROM trading_fills WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM trading_fills WHERE ts < $1 LIMIT $2))",
+        TradingCutoff::Events,
     ),
     (
-        "DELETE FROM market_bars WHERE (symbol, source, minute) IN
-             (SELECT symbol, source, minute FROM market_bars WHERE minute < $1 LIMIT $2)",
-        true,
+        "DELETE FROM market_quotes WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM market_quotes WHERE symbol = $3 AND ts < $1 LIMIT $2))",
+        TradingCutoff::EventsPerSymbol,
+    ),
+    (
+        "DELETE FROM market_bars WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM market_bars WHERE minute < $1 LIMIT $2))",
+        TradingCutoff::Bars,
     ),
 ];
 
@@ -1607,13 +1612,30 @@ impl Store for PostgresStore {
             .drop_expired(cutoffs.events_before_ms, &cutoffs.rollups_before_ms)
             .await?;
         let mut trading_rows_deleted = 0;
-        for (delete, is_bars) in TRADING_RETENTION {
-            let before_ms = if is_bars {
-                cutoffs.bars_before_ms()
-            } else {
-                cutoffs.events_before_ms
-            };
-            trading_rows_deleted += self.delete_in_chunks(delete, None, before_ms).await?;
+        for (delete, cutoff) in TRADING_RETENTION {
+            let before_ms = cutoffs.trading_before_ms(cutoff);
+            if cutoff != TradingCutoff::EventsPerSymbol {
+                trading_rows_deleted += self.delete_in_chunks(delete, None, before_ms).await?;
+                continue;
+            }
+            // Quotes are keyed by (symbol, ts): walk the symbols.
+            let mut previous = String::new();
+            loop {
+                let client = self.pool.get().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT symbol FROM market_quotes WHERE symbol > $1 ORDER BY symbol LIMIT 1",
+                        &[&previous],
+                    )
+                    .await?;
+                drop(client);
+                let Some(row) = row else { break };
+                let symbol: String = row.try_get(0)?;
+                trading_rows_deleted += self
+                    .delete_in_chunks(delete, Some(symbol.clone()), before_ms)
+                    .await?;
+                previous = symbol;
+            }
         }
         Ok(RetentionReport {
             events_deleted: counts.events_deleted,

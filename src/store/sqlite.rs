@@ -18,7 +18,7 @@ use super::decoded_cache::{DecodedCache, RowKey};
 use super::rollup_cache::RollupCache;
 use super::{
     DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
-    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter,
+    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter, TradingCutoff,
 };
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
@@ -193,14 +193,15 @@ impl SqliteStore {
     async fn delete_in_chunks(
         &self,
         delete: &'static str,
-        extra: Option<&'static str>,
+        extra: Option<String>,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut deleted = 0u64;
         loop {
+            let extra = extra.clone();
             let chunk = self
                 .with_writer(move |writer| {
-                    let changed = match extra {
+                    let changed = match &extra {
                         Some(extra) => writer.connection.execute(
                             delete,
                             params![before_ms, RETENTION_CHUNK_ROWS as i64, extra],
@@ -370,9 +371,8 @@ fn commit_transaction(
             inserted.push(changed == 1);
         }
     }
-    let trading = batch
-        .trading
-        .then(|| TradingBatch::of_inserted(&batch.events, &inserted));
+    let mut batch = batch;
+    let trading = batch.take_trading_of_inserted(&inserted);
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
     if let Some(trading) = &trading {
         write_trading(&transaction, trading)?;
@@ -473,7 +473,7 @@ const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, 
 const INSERT_FILL: &str =
     "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id,
          ts, price, quantity, is_maker, commission)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 const INSERT_QUOTE: &str = "INSERT INTO market_quotes (symbol, ts, event_id, mid)
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
@@ -495,28 +495,33 @@ const UPSERT_BAR: &str = "INSERT INTO market_bars (symbol, source, minute, open_
          spread_sum = spread_sum + excluded.spread_sum,
          spread_count = spread_count + excluded.spread_count";
 
-/// Retention of the trading tables: (DELETE of one chunk, which cutoff).
-/// `?1`/`$1` is the cutoff and `?2`/`$2` the chunk size.
-const TRADING_RETENTION: [(&str, bool); 4] = [
+/// Retention of the trading tables, one chunk per statement (`?1` cutoff,
+/// `?2` chunk size, `?3` the symbol for per-symbol statements).
+const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
     (
         "DELETE FROM trading_orders WHERE order_id IN
-             (SELECT order_id FROM trading_orders WHERE seen_at < ?1 LIMIT ?2)",
-        false,
+             (SELECT order_id FROM trading_orders WHERE placed_at < ?1 LIMIT ?2)",
+        TradingCutoff::Events,
+    ),
+    (
+        "DELETE FROM trading_orders WHERE order_id IN
+             (SELECT order_id FROM trading_orders WHERE placed_at IS NULL AND seen_at < ?1 LIMIT ?2)",
+        TradingCutoff::Events,
     ),
     (
         "DELETE FROM trading_fills WHERE rowid IN
              (SELECT rowid FROM trading_fills WHERE ts < ?1 LIMIT ?2)",
-        false,
+        TradingCutoff::Events,
     ),
     (
         "DELETE FROM market_quotes WHERE (symbol, ts, event_id) IN
-             (SELECT symbol, ts, event_id FROM market_quotes WHERE ts < ?1 LIMIT ?2)",
-        false,
+             (SELECT symbol, ts, event_id FROM market_quotes WHERE symbol = ?3 AND ts < ?1 LIMIT ?2)",
+        TradingCutoff::EventsPerSymbol,
     ),
     (
         "DELETE FROM market_bars WHERE (symbol, source, minute) IN
              (SELECT symbol, source, minute FROM market_bars WHERE minute < ?1 LIMIT ?2)",
-        true,
+        TradingCutoff::Bars,
     ),
 ];
 
@@ -1123,18 +1128,39 @@ impl Store for SqliteStore {
                     "DELETE FROM rollups WHERE (metric, interval, bucket_start, dimensions) IN
                          (SELECT metric, interval, bucket_start, dimensions FROM rollups
                           WHERE interval = ?3 AND bucket_start < ?1 LIMIT ?2)",
-                    Some(interval.as_str()),
+                    Some(interval.as_str().to_owned()),
                     *before_ms,
                 )
                 .await?;
         }
-        for (delete, is_bars) in TRADING_RETENTION {
-            let before_ms = if is_bars {
-                cutoffs.bars_before_ms()
-            } else {
-                cutoffs.events_before_ms
-            };
-            report.trading_rows_deleted += self.delete_in_chunks(delete, None, before_ms).await?;
+        for (delete, cutoff) in TRADING_RETENTION {
+            let before_ms = cutoffs.trading_before_ms(cutoff);
+            if cutoff != TradingCutoff::EventsPerSymbol {
+                report.trading_rows_deleted +=
+                    self.delete_in_chunks(delete, None, before_ms).await?;
+                continue;
+            }
+            // Quotes are keyed by (symbol, ts): walk the symbols.
+            let mut previous = String::new();
+            loop {
+                let after = previous.clone();
+                let next: Option<String> = self
+                    .with_reader(move |connection| {
+                        Ok(connection
+                            .query_row(
+                                "SELECT symbol FROM market_quotes WHERE symbol > ?1 ORDER BY symbol LIMIT 1",
+                                params![after],
+                                |row| row.get(0),
+                            )
+                            .optional()?)
+                    })
+                    .await?;
+                let Some(symbol) = next else { break };
+                report.trading_rows_deleted += self
+                    .delete_in_chunks(delete, Some(symbol.clone()), before_ms)
+                    .await?;
+                previous = symbol;
+            }
         }
         Ok(report)
     }

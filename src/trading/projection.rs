@@ -89,6 +89,42 @@ impl OrderDelta {
         }
     }
 
+    /// Folds `other` (later changes of the same order) in: the same merge
+    /// the stores apply to a stored row and a batch's change.
+    fn merge(&mut self, other: OrderDelta) {
+        keep_first(&mut self.symbol, other.symbol.as_deref());
+        keep_first(&mut self.side, other.side.as_deref());
+        keep_first(&mut self.strategy_id, other.strategy_id.as_deref());
+        keep_first(&mut self.order_type, other.order_type.as_deref());
+        let other_is_earlier = match (other.placed_at, self.placed_at) {
+            (Some(theirs), Some(ours)) => theirs < ours,
+            _ => false,
+        };
+        if other_is_earlier {
+            self.quantity = other.quantity.or(self.quantity);
+            self.price = other.price.or(self.price);
+            self.latency_ms = other.latency_ms.or(self.latency_ms);
+        } else {
+            self.quantity = self.quantity.or(other.quantity);
+            self.price = self.price.or(other.price);
+            self.latency_ms = self.latency_ms.or(other.latency_ms);
+        }
+        self.placed_at = min_option(self.placed_at, other.placed_at);
+        self.filled_quantity += other.filled_quantity;
+        self.filled_notional += other.filled_notional;
+        self.fills += other.fills;
+        self.maker_fills += other.maker_fills;
+        self.commission += other.commission;
+        self.first_fill_at = min_option(self.first_fill_at, other.first_fill_at);
+        self.last_fill_at = match (self.last_fill_at, other.last_fill_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.canceled_at = min_option(self.canceled_at, other.canceled_at);
+        self.rejected_at = min_option(self.rejected_at, other.rejected_at);
+        self.seen_at = self.seen_at.min(other.seen_at);
+    }
+
     /// Folds one event of this order in (the same merge the stores apply).
     fn apply(&mut self, event: &Event, kind: OrderEventKind) {
         let at = event.timestamp_ms;
@@ -253,6 +289,47 @@ impl TradingBatch {
         batch.orders = orders.into_values().collect();
         batch.bars = bars.into_values().collect();
         batch
+    }
+
+    /// Adds `other`'s changes (of events after this batch's): the changes of
+    /// both batches' events together.
+    pub fn merge(&mut self, other: TradingBatch) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        let mut orders: BTreeMap<String, OrderDelta> = std::mem::take(&mut self.orders)
+            .into_iter()
+            .map(|order| (order.order_id.clone(), order))
+            .collect();
+        for order in other.orders {
+            match orders.get_mut(&order.order_id) {
+                Some(existing) => existing.merge(order),
+                None => {
+                    orders.insert(order.order_id.clone(), order);
+                }
+            }
+        }
+        self.orders = orders.into_values().collect();
+        let mut bars: BTreeMap<(String, &'static str, i64), BarDelta> =
+            std::mem::take(&mut self.bars)
+                .into_iter()
+                .map(|bar| ((bar.symbol.clone(), bar.source, bar.minute), bar))
+                .collect();
+        for bar in other.bars {
+            match bars.get_mut(&(bar.symbol.clone(), bar.source, bar.minute)) {
+                Some(existing) => existing.merge(bar),
+                None => {
+                    bars.insert((bar.symbol.clone(), bar.source, bar.minute), bar);
+                }
+            }
+        }
+        self.bars = bars.into_values().collect();
+        self.fills.extend(other.fills);
+        self.quotes.extend(other.quotes);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -517,6 +594,58 @@ mod tests {
         assert_eq!(order.canceled_at, Some(4_000));
         assert_eq!(order.seen_at, 1_000);
         assert_eq!(forward.fills.len(), 2);
+    }
+
+    #[test]
+    fn merging_batches_equals_the_batch_of_all_their_events() {
+        let mut events = vec![
+            event(
+                "order.filled",
+                5_000,
+                json!({"order_id": "a", "price": 2, "quantity": 1, "side": "sell"}),
+            ),
+            event(
+                "order.placed",
+                4_000,
+                json!({"order_id": "a", "quantity": 3, "latency_ms": 9}),
+            ),
+            event(
+                "order.placed",
+                1_000,
+                json!({"order_id": "a", "quantity": 2, "latency_ms": 4}),
+            ),
+            event(
+                "order.filled",
+                2_000,
+                json!({"order_id": "b", "price": 1, "quantity": 1, "symbol": "X"}),
+            ),
+            event("order.rejected", 3_000, json!({"order_id": "b"})),
+            event(
+                "market.data.update",
+                61_000,
+                json!({"symbol": "X", "price": 4}),
+            ),
+            event(
+                "market.data.update",
+                60_500,
+                json!({"symbol": "X", "price": 3}),
+            ),
+        ];
+        for split in 0..=events.len() {
+            let all = TradingBatch::of(&events);
+            let mut merged = TradingBatch::of(&events[..split]);
+            merged.merge(TradingBatch::of(&events[split..]));
+            assert_eq!(merged.orders, all.orders, "split at {split}");
+            assert_eq!(merged.bars, all.bars, "split at {split}");
+            assert_eq!(merged.fills, all.fills);
+            assert_eq!(merged.quotes, all.quotes);
+        }
+        // The earliest placement's figures win whichever batch brings it.
+        events.swap(1, 2);
+        let mut merged = TradingBatch::of(&events[..2]);
+        merged.merge(TradingBatch::of(&events[2..]));
+        assert_eq!(merged.orders[0].quantity, Some(2.0));
+        assert_eq!(merged.orders[0].latency_ms, Some(4.0));
     }
 
     #[test]

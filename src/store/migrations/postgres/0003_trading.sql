@@ -28,11 +28,13 @@ CREATE TABLE trading_orders (
     seen_at         BIGINT NOT NULL        -- earliest event time of the order (retention)
 );
 CREATE INDEX trading_orders_placed ON trading_orders (placed_at);
-CREATE INDEX trading_orders_seen ON trading_orders (seen_at);
+-- Retention of orders whose placement never arrived.
+CREATE INDEX trading_orders_unplaced ON trading_orders (seen_at) WHERE placed_at IS NULL;
 
--- One row per order.filled event.
+-- One row per order.filled event (no key: only newly inserted events get
+-- here, and nothing looks a fill up by its id).
 CREATE TABLE trading_fills (
-    event_id    UUID PRIMARY KEY,
+    event_id    UUID    NOT NULL,   -- unique already: only newly inserted events get here
     order_id    TEXT,
     symbol      TEXT,
     side        TEXT,
@@ -54,7 +56,6 @@ CREATE TABLE market_quotes (
     mid      DOUBLE PRECISION    NOT NULL,
     PRIMARY KEY (symbol, ts, event_id)
 );
-CREATE INDEX market_quotes_ts ON market_quotes (ts);
 
 -- One-minute bars per symbol and source ('market' from market.data.update,
 -- 'fill' from order.filled). Open and close are the prices of the first and
