@@ -179,25 +179,53 @@ fn report_body(
     Ok(Json(body).into_response())
 }
 
+/// The two reports read from the trading tables.
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    Orders,
+    Execution,
+}
+
+/// A report endpoint: checks the switch and the parameters, then reads the
+/// rows and computes the report under the query timeout.
+async fn report_endpoint(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    report: Report,
+) -> Result<Response, ApiError> {
+    ensure_trading(state)?;
+    let (range, half_open, interval) = range_params(params)?;
+    let filters = filters_param(params)?;
+    let store = state.query.store();
+    let (start, end) = (half_open.start_ms, half_open.end_ms);
+    let body = match report {
+        Report::Orders => {
+            timed(state, "trading_orders", async {
+                let orders = store.read_orders(start, end).await?;
+                serde_json::to_value(orders_report(&orders, interval, &filters))
+                    .map_err(ApiError::internal)
+            })
+            .await?
+        }
+        Report::Execution => {
+            timed(state, "trading_execution", async {
+                let fills = store.read_fills(start, end).await?;
+                serde_json::to_value(execution_report(&fills, interval, &filters))
+                    .map_err(ApiError::internal)
+            })
+            .await?
+        }
+    };
+    report_body(range, interval, &filters, body)
+}
+
 /// `GET /api/v1/trading/orders`: order lifecycle of the orders placed in the
 /// range (summary, series by placement bucket, breakdowns).
 pub async fn orders(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    ensure_trading(&state)?;
-    let (range, half_open, interval) = range_params(&params)?;
-    let filters = filters_param(&params)?;
-    let report = timed(&state, "trading_orders", async {
-        let orders = state
-            .query
-            .store()
-            .read_orders(half_open.start_ms, half_open.end_ms)
-            .await?;
-        Ok(orders_report(&orders, interval, &filters))
-    })
-    .await?;
-    report_body(range, interval, &filters, report)
+    report_endpoint(&state, &params, Report::Orders).await
 }
 
 /// `GET /api/v1/trading/execution`: fills in the range, their VWAP, maker
@@ -206,19 +234,7 @@ pub async fn execution(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    ensure_trading(&state)?;
-    let (range, half_open, interval) = range_params(&params)?;
-    let filters = filters_param(&params)?;
-    let report = timed(&state, "trading_execution", async {
-        let fills = state
-            .query
-            .store()
-            .read_fills(half_open.start_ms, half_open.end_ms)
-            .await?;
-        Ok(execution_report(&fills, interval, &filters))
-    })
-    .await?;
-    report_body(range, interval, &filters, report)
+    report_endpoint(&state, &params, Report::Execution).await
 }
 
 /// `GET /api/v1/trading/markets/{symbol}/bars`: OHLCV bars of the whole

@@ -97,6 +97,24 @@ pub struct DataPoint {
     pub p99: Option<f64>,
 }
 
+impl DataPoint {
+    /// A point with `value` and `count` and nothing else.
+    pub fn new(timestamp: String, value: f64, count: u64) -> DataPoint {
+        DataPoint {
+            timestamp,
+            value,
+            dimensions: Map::new(),
+            count,
+            sum: None,
+            min: None,
+            max: None,
+            p50: None,
+            p95: None,
+            p99: None,
+        }
+    }
+}
+
 /// A computed series.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -259,18 +277,9 @@ async fn fill_rate(
         dimensions.insert("orders_placed".into(), json!(placed));
         dimensions.insert("orders_filled".into(), json!(filled));
         dimensions.insert("orders_canceled".into(), json!(canceled));
-        data_points.push(DataPoint {
-            timestamp: format_timestamp(bucket),
-            value: rate,
-            dimensions,
-            count: placed,
-            sum: None,
-            min: None,
-            max: None,
-            p50: None,
-            p95: None,
-            p99: None,
-        });
+        let mut data_point = DataPoint::new(format_timestamp(bucket), rate, placed);
+        data_point.dimensions = dimensions;
+        data_points.push(data_point);
     }
     Ok(Series {
         data_points,

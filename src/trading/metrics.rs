@@ -105,18 +105,7 @@ impl TradingMetric {
 }
 
 fn point(timestamp: &str, value: f64, count: u64) -> DataPoint {
-    DataPoint {
-        timestamp: timestamp.to_owned(),
-        value,
-        dimensions: Map::new(),
-        count,
-        sum: None,
-        min: None,
-        max: None,
-        p50: None,
-        p95: None,
-        p99: None,
-    }
+    DataPoint::new(timestamp.to_owned(), value, count)
 }
 
 impl Statistic {
