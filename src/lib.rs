@@ -226,6 +226,7 @@ pub async fn run(
     let state = AppState::new(AppParts {
         http_source: telemetry.source("http"),
         stream_sources,
+        trading_snapshot: Arc::default(),
         pipeline,
         validator,
         query: QueryEngine::new(Arc::clone(&store), &intervals),

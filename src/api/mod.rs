@@ -80,6 +80,8 @@ pub struct AppParts {
     pub http_source: Arc<SourceStats>,
     /// The configured stream sources (Kafka, NATS), for `/health`.
     pub stream_sources: Vec<Arc<SourceStats>>,
+    /// The dashboard's trading figures, refreshed off the request path.
+    pub trading_snapshot: Arc<crate::query::dashboard::TradingSnapshot>,
 }
 
 /// The API router. `cors` is the layer of `security.cors` (`None` when

@@ -20,7 +20,7 @@ use super::params::RequestedRange;
 use crate::cache::{CanonicalQuery, Lookup};
 use crate::model::event::now_ms;
 use crate::model::metric::QueryMetric;
-use crate::query::dashboard::{dashboard, trading_figures};
+use crate::query::dashboard::dashboard;
 use crate::query::series::{Aggregation, SeriesError, metric_series};
 use crate::query::stats::event_stats;
 use crate::rollup::{Interval, TimeRange};
@@ -215,9 +215,11 @@ pub async fn dashboard_metrics(State(state): State<AppState>) -> Result<Response
         let metrics = timed(&state, "dashboard", async {
             let mut metrics = dashboard(&state.query, now).await?;
             if state.settings.trading_enabled {
-                metrics
-                    .custom_metrics
-                    .extend(trading_figures(&state.query, now).await?);
+                let figures = state
+                    .trading_snapshot
+                    .figures(state.query.store(), now)
+                    .await?;
+                metrics.custom_metrics.extend(figures);
             }
             Ok(metrics)
         })

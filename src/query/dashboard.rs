@@ -142,16 +142,74 @@ pub async fn dashboard(engine: &QueryEngine, now_ms: i64) -> Result<DashboardMet
     })
 }
 
-/// The trading figures of the last five whole minutes (see
+/// How old the dashboard's trading figures may get before a request starts
+/// computing them again.
+const TRADING_REFRESH_MS: i64 = 1_000;
+
+/// The dashboard's trading figures, computed at most once a second and off
+/// the request path: they read the orders and fills of the last five
+/// minutes, which costs more the faster the desk trades, while every other
+/// dashboard figure is read from rollups at a fixed cost. A request finds
+/// the latest figures; when they are older than a second it starts one
+/// refresh in the background and answers with them. Only the first request
+/// waits for the computation.
+#[derive(Default)]
+pub struct TradingSnapshot {
+    /// (computed at, epoch ms; the figures).
+    latest: std::sync::Mutex<Option<(i64, Map<String, Value>)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+impl TradingSnapshot {
+    pub async fn figures(
+        self: &std::sync::Arc<Self>,
+        store: &std::sync::Arc<dyn crate::store::Store>,
+        now_ms: i64,
+    ) -> Result<Map<String, Value>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let latest = self.lock().clone();
+        let Some((computed_at, figures)) = latest else {
+            let figures = trading_figures(&**store, now_ms).await?;
+            *self.lock() = Some((now_ms, figures.clone()));
+            return Ok(figures);
+        };
+        if now_ms - computed_at >= TRADING_REFRESH_MS
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+        {
+            let snapshot = std::sync::Arc::clone(self);
+            let store = std::sync::Arc::clone(store);
+            tokio::spawn(async move {
+                let now = crate::model::event::now_ms();
+                match trading_figures(&*store, now).await {
+                    Ok(figures) => *snapshot.lock() = Some((now, figures)),
+                    // The previous figures stay; the next request retries.
+                    Err(error) => {
+                        tracing::warn!(%error, "refreshing the dashboard's trading figures failed")
+                    }
+                }
+                snapshot.refreshing.store(false, Ordering::Release);
+            });
+        }
+        Ok(figures)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(i64, Map<String, Value>)>> {
+        // The data is replaced whole, so a panic elsewhere cannot leave it
+        // half-written.
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The trading figures of the last five whole minutes at `now_ms` (see
 /// [`crate::trading::report`]): order figures of the orders placed in the
-/// window, execution figures of its fills. Added to `custom_metrics` when
-/// the trading tables are kept.
+/// window, execution figures of its fills, and `trading_computed_at`.
 pub async fn trading_figures(
-    engine: &QueryEngine,
+    store: &dyn crate::store::Store,
     now_ms: i64,
 ) -> Result<Map<String, Value>, StoreError> {
     let five = DashboardWindows::at(now_ms).last_five_minutes;
-    let store = engine.store();
     let all = Filters::default();
     let orders = orders_report(
         &store.read_orders(five.start_ms, five.end_ms).await?,
@@ -189,6 +247,7 @@ pub async fn trading_figures(
             "execution_slippage_bps_p95_5m",
             json!(execution.slippage_bps.p95),
         ),
+        ("trading_computed_at", json!(format_timestamp(now_ms))),
     ] {
         figures.insert(name.to_owned(), value);
     }

@@ -786,6 +786,35 @@ async fn order_execution_and_bar_figures_equal_an_independent_computation() {
             "{key}: {dashboard}"
         );
     }
+    // They are refreshed (in the background, at most once a second): a new
+    // order shows within a few seconds.
+    let before = dashboard["custom_metrics"]["orders_placed_5m"]
+        .as_u64()
+        .unwrap();
+    let (status, body) = app
+        .post_json(
+            "/api/v1/events",
+            &json!({"event_type": "order.placed", "timestamp": now_ms(),
+                    "properties": {"order_id": "fresh", "symbol": "BTCUSDT", "side": "buy", "quantity": 1}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut seen = before;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (_, dashboard) = app.get("/api/v1/dashboard/metrics").await;
+        seen = dashboard["custom_metrics"]["orders_placed_5m"]
+            .as_u64()
+            .unwrap();
+        if seen == before + 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        before + 1,
+        "the new order never reached the dashboard"
+    );
 
     // Filters select the same orders as the breakdowns.
     let query = vec![
