@@ -585,34 +585,18 @@ impl PostgresStore {
             .iter()
             .map(|id| new_ids.contains(id) && seen.insert(*id))
             .collect();
-        let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
-        if !rows.ids.is_empty() {
-            let insert = transaction
-                .prepare_cached(
-                    "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
-                     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])",
-                )
-                .await?;
-            transaction
-                .execute(
-                    &insert,
-                    &[
-                        &rows.ids,
-                        &rows.timestamps,
-                        &rows.event_types,
-                        &rows.user_ids,
-                        &rows.session_ids,
-                        &rows.properties,
-                        &rows.created_at,
-                    ],
-                )
-                .await?;
-        }
-        if inserted.iter().all(|flag| *flag) {
-            write_rollups(&transaction, &batch.rollups).await?;
+        // Everything below depends only on which events are new, so the
+        // statements go out together: tokio-postgres pipelines the requests
+        // of futures polled at once on one connection, and the server runs
+        // them in the order sent. Each writer sends them in the same order,
+        // rows sorted within each statement, so writers cannot deadlock.
+        let all_new = inserted.iter().all(|flag| *flag);
+        let recomputed_rollups;
+        let rollups: &[(RollupKey, Accumulator)] = if all_new {
+            &batch.rollups
         } else {
             // Some were duplicates: the deltas of exactly the inserted ones.
-            let of_inserted = super::rollups_for(
+            recomputed_rollups = super::rollups_for(
                 batch
                     .events
                     .iter()
@@ -622,32 +606,84 @@ impl PostgresStore {
                 &batch.intervals,
             )
             .into_sorted();
-            write_rollups(&transaction, &of_inserted).await?;
-        }
-        if let Some(prepared) = &batch.trading {
-            if inserted.iter().all(|flag| *flag) {
-                write_trading(&transaction, prepared).await?;
-            } else {
-                let of_inserted = TradingBatch::of_inserted(&batch.events, &inserted);
-                write_trading(&transaction, &of_inserted).await?;
+            &recomputed_rollups
+        };
+        let recomputed_trading;
+        let trading = match &batch.trading {
+            Some(prepared) if all_new => Some(prepared),
+            Some(_) => {
+                recomputed_trading = TradingBatch::of_inserted(&batch.events, &inserted);
+                Some(&recomputed_trading)
             }
-        }
-        let (dimensions, minutes, values) = &batch.distinct;
-        if !dimensions.is_empty() {
-            // Distinct values are a set: those of duplicates change nothing.
-            let insert = transaction
-                .prepare_cached(
-                    "INSERT INTO distinct_values (dimension, bucket_start, value)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
-                )
-                .await?;
-            transaction
-                .execute(&insert, &[dimensions, minutes, values])
-                .await?;
-        }
+            None => None,
+        };
+        let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
+        tokio::try_join!(
+            insert_events(&transaction, &rows),
+            write_rollups(&transaction, rollups),
+            async {
+                match trading {
+                    Some(trading) => write_trading(&transaction, trading).await,
+                    None => Ok(()),
+                }
+            },
+            insert_distinct(&transaction, &batch.distinct),
+        )?;
         transaction.commit().await?;
         Ok(inserted)
     }
+}
+
+/// Inserts the new events' rows.
+async fn insert_events(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    rows: &EventColumns<'_>,
+) -> Result<(), StoreError> {
+    if rows.ids.is_empty() {
+        return Ok(());
+    }
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
+             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])",
+        )
+        .await?;
+    transaction
+        .execute(
+            &insert,
+            &[
+                &rows.ids,
+                &rows.timestamps,
+                &rows.event_types,
+                &rows.user_ids,
+                &rows.session_ids,
+                &rows.properties,
+                &rows.created_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Adds the batch's distinct values (a set: those of duplicates change
+/// nothing).
+async fn insert_distinct(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    (dimensions, minutes, values): &(Vec<&'static str>, Vec<i64>, Vec<String>),
+) -> Result<(), StoreError> {
+    if dimensions.is_empty() {
+        return Ok(());
+    }
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO distinct_values (dimension, bucket_start, value)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    transaction
+        .execute(&insert, &[dimensions, minutes, values])
+        .await?;
+    Ok(())
 }
 
 /// A batch taken apart for committing, so that a retry can reuse it.
@@ -769,43 +805,57 @@ async fn write_trading(
     transaction: &deadpool_postgres::Transaction<'_>,
     trading: &TradingBatch,
 ) -> Result<(), StoreError> {
-    if !trading.orders.is_empty() {
-        let orders = &trading.orders;
-        let text = |field: fn(&OrderDelta) -> &Option<String>| -> Vec<Option<&str>> {
-            orders.iter().map(|order| field(order).as_deref()).collect()
-        };
-        let int = |field: fn(&OrderDelta) -> Option<i64>| -> Vec<Option<i64>> {
-            orders.iter().map(field).collect()
-        };
-        let float = |field: fn(&OrderDelta) -> Option<f64>| -> Vec<Option<f64>> {
-            orders.iter().map(field).collect()
-        };
-        let ids: Vec<&str> = orders.iter().map(|order| order.order_id.as_str()).collect();
-        let (symbols, sides, strategies, types) = (
-            text(|order| &order.symbol),
-            text(|order| &order.side),
-            text(|order| &order.strategy_id),
-            text(|order| &order.order_type),
-        );
-        let placed = int(|order| order.placed_at);
-        let (quantities, prices, latencies) = (
-            float(|order| order.quantity),
-            float(|order| order.price),
-            float(|order| order.latency_ms),
-        );
-        let filled_quantity = float(|order| Some(order.filled_quantity));
-        let filled_notional = float(|order| Some(order.filled_notional));
-        let fills = int(|order| Some(order.fills));
-        let maker_fills = int(|order| Some(order.maker_fills));
-        let commission = float(|order| Some(order.commission));
-        let (first, last, canceled, rejected, seen) = (
-            int(|order| order.first_fill_at),
-            int(|order| order.last_fill_at),
-            int(|order| order.canceled_at),
-            int(|order| order.rejected_at),
-            int(|order| Some(order.seen_at)),
-        );
-        let upsert = transaction
+    tokio::try_join!(
+        write_trading_orders(transaction, &trading.orders),
+        write_trading_fills(transaction, &trading.fills),
+        write_trading_quotes(transaction, &trading.quotes),
+        write_trading_bars(transaction, &trading.bars),
+    )?;
+    Ok(())
+}
+
+async fn write_trading_orders(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    orders: &[OrderDelta],
+) -> Result<(), StoreError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let text = |field: fn(&OrderDelta) -> &Option<String>| -> Vec<Option<&str>> {
+        orders.iter().map(|order| field(order).as_deref()).collect()
+    };
+    let int = |field: fn(&OrderDelta) -> Option<i64>| -> Vec<Option<i64>> {
+        orders.iter().map(field).collect()
+    };
+    let float = |field: fn(&OrderDelta) -> Option<f64>| -> Vec<Option<f64>> {
+        orders.iter().map(field).collect()
+    };
+    let ids: Vec<&str> = orders.iter().map(|order| order.order_id.as_str()).collect();
+    let (symbols, sides, strategies, types) = (
+        text(|order| &order.symbol),
+        text(|order| &order.side),
+        text(|order| &order.strategy_id),
+        text(|order| &order.order_type),
+    );
+    let placed = int(|order| order.placed_at);
+    let (quantities, prices, latencies) = (
+        float(|order| order.quantity),
+        float(|order| order.price),
+        float(|order| order.latency_ms),
+    );
+    let filled_quantity = float(|order| Some(order.filled_quantity));
+    let filled_notional = float(|order| Some(order.filled_notional));
+    let fills = int(|order| Some(order.fills));
+    let maker_fills = int(|order| Some(order.maker_fills));
+    let commission = float(|order| Some(order.commission));
+    let (first, last, canceled, rejected, seen) = (
+        int(|order| order.first_fill_at),
+        int(|order| order.last_fill_at),
+        int(|order| order.canceled_at),
+        int(|order| order.rejected_at),
+        int(|order| Some(order.seen_at)),
+    );
+    let upsert = transaction
             .prepare_cached(
                 "INSERT INTO trading_orders AS t (order_id, symbol, side, strategy_id, order_type,
                      placed_at, quantity, price, latency_ms, filled_quantity, filled_notional, fills,
@@ -838,101 +888,124 @@ async fn write_trading(
                      seen_at = LEAST(t.seen_at, excluded.seen_at)",
             )
             .await?;
-        transaction
-            .execute(
-                &upsert,
-                &[
-                    &ids,
-                    &symbols,
-                    &sides,
-                    &strategies,
-                    &types,
-                    &placed,
-                    &quantities,
-                    &prices,
-                    &latencies,
-                    &filled_quantity,
-                    &filled_notional,
-                    &fills,
-                    &maker_fills,
-                    &commission,
-                    &first,
-                    &last,
-                    &canceled,
-                    &rejected,
-                    &seen,
-                ],
-            )
-            .await?;
+    transaction
+        .execute(
+            &upsert,
+            &[
+                &ids,
+                &symbols,
+                &sides,
+                &strategies,
+                &types,
+                &placed,
+                &quantities,
+                &prices,
+                &latencies,
+                &filled_quantity,
+                &filled_notional,
+                &fills,
+                &maker_fills,
+                &commission,
+                &first,
+                &last,
+                &canceled,
+                &rejected,
+                &seen,
+            ],
+        )
+        .await?;
+
+    Ok(())
+}
+
+async fn write_trading_fills(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    fills: &[FillRow],
+) -> Result<(), StoreError> {
+    if fills.is_empty() {
+        return Ok(());
     }
-    if !trading.fills.is_empty() {
-        let fills = &trading.fills;
-        let ids: Vec<Uuid> = fills.iter().map(|fill| fill.event_id).collect();
-        let order_ids: Vec<Option<&str>> =
-            fills.iter().map(|fill| fill.order_id.as_deref()).collect();
-        let symbols: Vec<Option<&str>> = fills.iter().map(|fill| fill.symbol.as_deref()).collect();
-        let sides: Vec<Option<&str>> = fills.iter().map(|fill| fill.side.as_deref()).collect();
-        let strategies: Vec<Option<&str>> = fills
-            .iter()
-            .map(|fill| fill.strategy_id.as_deref())
-            .collect();
-        let timestamps: Vec<i64> = fills.iter().map(|fill| fill.timestamp_ms).collect();
-        let prices: Vec<f64> = fills.iter().map(|fill| fill.price).collect();
-        let quantities: Vec<f64> = fills.iter().map(|fill| fill.quantity).collect();
-        let makers: Vec<Option<bool>> = fills.iter().map(|fill| fill.is_maker).collect();
-        let commissions: Vec<Option<f64>> = fills.iter().map(|fill| fill.commission).collect();
-        let insert = transaction
-            .prepare_cached(
-                "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id, ts, price,
+    let ids: Vec<Uuid> = fills.iter().map(|fill| fill.event_id).collect();
+    let order_ids: Vec<Option<&str>> = fills.iter().map(|fill| fill.order_id.as_deref()).collect();
+    let symbols: Vec<Option<&str>> = fills.iter().map(|fill| fill.symbol.as_deref()).collect();
+    let sides: Vec<Option<&str>> = fills.iter().map(|fill| fill.side.as_deref()).collect();
+    let strategies: Vec<Option<&str>> = fills
+        .iter()
+        .map(|fill| fill.strategy_id.as_deref())
+        .collect();
+    let timestamps: Vec<i64> = fills.iter().map(|fill| fill.timestamp_ms).collect();
+    let prices: Vec<f64> = fills.iter().map(|fill| fill.price).collect();
+    let quantities: Vec<f64> = fills.iter().map(|fill| fill.quantity).collect();
+    let makers: Vec<Option<bool>> = fills.iter().map(|fill| fill.is_maker).collect();
+    let commissions: Vec<Option<f64>> = fills.iter().map(|fill| fill.commission).collect();
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id, ts, price,
                      quantity, is_maker, commission)
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::int8[], $7::float8[], $8::float8[], $9::bool[], $10::float8[])",
-            )
-            .await?;
-        transaction
-            .execute(
-                &insert,
-                &[
-                    &ids,
-                    &order_ids,
-                    &symbols,
-                    &sides,
-                    &strategies,
-                    &timestamps,
-                    &prices,
-                    &quantities,
-                    &makers,
-                    &commissions,
-                ],
-            )
-            .await?;
+        )
+        .await?;
+    transaction
+        .execute(
+            &insert,
+            &[
+                &ids,
+                &order_ids,
+                &symbols,
+                &sides,
+                &strategies,
+                &timestamps,
+                &prices,
+                &quantities,
+                &makers,
+                &commissions,
+            ],
+        )
+        .await?;
+
+    Ok(())
+}
+
+async fn write_trading_quotes(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    quotes: &[crate::trading::QuoteRow],
+) -> Result<(), StoreError> {
+    if quotes.is_empty() {
+        return Ok(());
     }
-    if !trading.quotes.is_empty() {
-        let quotes = &trading.quotes;
-        let symbols: Vec<&str> = quotes.iter().map(|quote| quote.symbol.as_str()).collect();
-        let timestamps: Vec<i64> = quotes.iter().map(|quote| quote.timestamp_ms).collect();
-        let ids: Vec<&str> = quotes.iter().map(|quote| quote.event_id.as_str()).collect();
-        let mids: Vec<f64> = quotes.iter().map(|quote| quote.mid).collect();
-        let insert = transaction
-            .prepare_cached(
-                "INSERT INTO market_quotes (symbol, ts, event_id, mid)
+    let symbols: Vec<&str> = quotes.iter().map(|quote| quote.symbol.as_str()).collect();
+    let timestamps: Vec<i64> = quotes.iter().map(|quote| quote.timestamp_ms).collect();
+    let ids: Vec<&str> = quotes.iter().map(|quote| quote.event_id.as_str()).collect();
+    let mids: Vec<f64> = quotes.iter().map(|quote| quote.mid).collect();
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO market_quotes (symbol, ts, event_id, mid)
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::float8[])
                  ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        transaction
-            .execute(&insert, &[&symbols, &timestamps, &ids, &mids])
-            .await?;
+        )
+        .await?;
+    transaction
+        .execute(&insert, &[&symbols, &timestamps, &ids, &mids])
+        .await?;
+
+    Ok(())
+}
+
+async fn write_trading_bars(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    bars: &[BarDelta],
+) -> Result<(), StoreError> {
+    if bars.is_empty() {
+        return Ok(());
     }
-    if !trading.bars.is_empty() {
-        let bars = &trading.bars;
-        let symbols: Vec<&str> = bars.iter().map(|bar| bar.symbol.as_str()).collect();
-        let sources: Vec<&str> = bars.iter().map(|bar| bar.source).collect();
-        let int = |field: fn(&BarDelta) -> i64| -> Vec<i64> { bars.iter().map(field).collect() };
-        let float = |field: fn(&BarDelta) -> f64| -> Vec<f64> { bars.iter().map(field).collect() };
-        let open_ids: Vec<&str> = bars.iter().map(|bar| bar.open_id.as_str()).collect();
-        let close_ids: Vec<&str> = bars.iter().map(|bar| bar.close_id.as_str()).collect();
-        let upsert = transaction
+    let symbols: Vec<&str> = bars.iter().map(|bar| bar.symbol.as_str()).collect();
+    let sources: Vec<&str> = bars.iter().map(|bar| bar.source).collect();
+    let int = |field: fn(&BarDelta) -> i64| -> Vec<i64> { bars.iter().map(field).collect() };
+    let float = |field: fn(&BarDelta) -> f64| -> Vec<f64> { bars.iter().map(field).collect() };
+    let open_ids: Vec<&str> = bars.iter().map(|bar| bar.open_id.as_str()).collect();
+    let close_ids: Vec<&str> = bars.iter().map(|bar| bar.close_id.as_str()).collect();
+    let upsert = transaction
             .prepare_cached(
                 "INSERT INTO market_bars AS b (symbol, source, minute, open_ts, open_id, open,
                      close_ts, close_id, close, high, low, volume, updates, spread_sum, spread_count)
@@ -954,29 +1027,29 @@ async fn write_trading(
                      spread_count = b.spread_count + excluded.spread_count",
             )
             .await?;
-        transaction
-            .execute(
-                &upsert,
-                &[
-                    &symbols,
-                    &sources,
-                    &int(|bar| bar.minute),
-                    &int(|bar| bar.open_ts),
-                    &open_ids,
-                    &float(|bar| bar.open),
-                    &int(|bar| bar.close_ts),
-                    &close_ids,
-                    &float(|bar| bar.close),
-                    &float(|bar| bar.high),
-                    &float(|bar| bar.low),
-                    &float(|bar| bar.volume),
-                    &int(|bar| bar.updates),
-                    &float(|bar| bar.spread_sum),
-                    &int(|bar| bar.spread_count),
-                ],
-            )
-            .await?;
-    }
+    transaction
+        .execute(
+            &upsert,
+            &[
+                &symbols,
+                &sources,
+                &int(|bar| bar.minute),
+                &int(|bar| bar.open_ts),
+                &open_ids,
+                &float(|bar| bar.open),
+                &int(|bar| bar.close_ts),
+                &close_ids,
+                &float(|bar| bar.close),
+                &float(|bar| bar.high),
+                &float(|bar| bar.low),
+                &float(|bar| bar.volume),
+                &int(|bar| bar.updates),
+                &float(|bar| bar.spread_sum),
+                &int(|bar| bar.spread_count),
+            ],
+        )
+        .await?;
+
     Ok(())
 }
 
@@ -1099,7 +1172,12 @@ async fn write_rollups(
             count_deltas.push(i64::try_from(delta.count()).unwrap_or(i64::MAX));
         }
     }
-    if !valued.metrics.is_empty() {
+    // The value rows' chain (insert missing, lock, merge, update) and the
+    // count upsert go out pipelined; the server runs them in the order sent.
+    let valued_rows = async {
+        if valued.metrics.is_empty() {
+            return Ok(());
+        }
         // Rows not stored yet start as empty count-only rows, so that every
         // value row can be locked with FOR UPDATE below.
         let insert_missing = transaction
@@ -1167,8 +1245,13 @@ async fn write_rollups(
                 ],
             )
             .await?;
-    }
-    if !counts.metrics.is_empty() {
+
+        Ok::<(), StoreError>(())
+    };
+    let count_rows = async {
+        if counts.metrics.is_empty() {
+            return Ok(());
+        }
         let upsert = transaction
             .prepare_cached(
                 "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
@@ -1184,7 +1267,10 @@ async fn write_rollups(
                 &[metrics, intervals, starts, dimensions, &count_deltas],
             )
             .await?;
-    }
+
+        Ok::<(), StoreError>(())
+    };
+    tokio::try_join!(valued_rows, count_rows)?;
     Ok(())
 }
 
