@@ -42,7 +42,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Decoded, Message, NotStored, PayloadKind, SourceContext, derived_id};
+use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id};
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -313,8 +313,8 @@ async fn process(
     let mut skipped = 0usize;
     for message in &batch {
         let (stream, sequence) = match message.info() {
-            Ok(info) => (info.stream.to_string(), info.stream_sequence),
-            Err(_) => (config.stream.clone(), 0),
+            Ok(info) => (info.stream, info.stream_sequence),
+            Err(_) => (config.stream.as_str(), 0),
         };
         let message_id = message
             .headers
@@ -322,14 +322,14 @@ async fn process(
             .and_then(|headers| headers.get(header::NATS_MESSAGE_ID))
             .map(|value| value.as_str())
             .filter(|value| !value.is_empty());
-        let default_id = message_default_id(&stream, sequence, message_id);
+        let default_id = || message_default_id(stream, sequence, message_id);
         let decoded = context.decode(&Message {
             topic: message.subject.as_str(),
             partition: -1,
             offset: i64::try_from(sequence).unwrap_or(i64::MAX),
             key: message_id,
             payload: &message.payload,
-            default_id,
+            default_id: DefaultId::new(&default_id),
             kind: PayloadKind::of_subject(message.subject.as_str()),
         });
         match decoded {
