@@ -12,7 +12,9 @@
 //! redelivered); the batch's last ack awaits the server's confirmation,
 //! which covers the acks before it (see [`acknowledge`]). Two batches are
 //! stored at once (sharing the pipeline's group commit), each acknowledged
-//! after its own store; batches grow with the load. A failed commit naks
+//! after its own store; batches grow with the load, and while one is being
+//! stored the next goes only once full (a commit's fixed cost is paid by
+//! fewer, fuller commits). A failed commit naks
 //! the batch with `nats.nak_delay` (and the source pauses that long); a
 //! full ingest queue is waited out (the batch is retried; no more than three
 //! batches are ever held, so memory stays bounded) for at most half of
@@ -230,7 +232,11 @@ async fn consume(
     let outcome = loop {
         // A free slot takes what has gathered (topped up with what the
         // client already holds); while every slot is busy, messages gather
-        // into the next batch, so batches grow with the load.
+        // into the next batch, so batches grow with the load. While a batch
+        // is being stored, a partial one waits to fill: the pipeline commits
+        // one transaction at a time, so sending it early would only queue
+        // it, and a fuller commit costs less per event. With nothing in
+        // flight it goes at once, so a light load waits for nothing.
         if !batch.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
             while batch.len() < batch_size {
                 match messages.next().now_or_never() {
@@ -242,6 +248,11 @@ async fn consume(
                     Some(None) | None => break,
                 }
             }
+        }
+        if !batch.is_empty()
+            && in_flight.len() < BATCHES_IN_FLIGHT
+            && (batch.len() >= batch_size || in_flight.is_empty())
+        {
             in_flight.spawn(process(
                 std::mem::replace(&mut batch, Vec::with_capacity(batch_size)),
                 Arc::clone(&settings),
