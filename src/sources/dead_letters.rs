@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Message, PayloadKind, decode_events};
+use super::{DefaultId, Message, PayloadKind, decode_events};
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, Refused, SubmitError};
 use crate::store::{DeadLetterQuery, Store, StoreError};
@@ -82,7 +82,7 @@ pub async fn replay(
                         offset: letter.offset,
                         key: letter.key.as_deref(),
                         payload: &letter.payload,
-                        default_id: letter.event_id,
+                        default_id: DefaultId::new(&|| letter.event_id),
                         kind,
                     },
                 )

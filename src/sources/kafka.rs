@@ -41,7 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Decoded, Message, NotStored, PayloadKind, SourceContext, derived_id};
+use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id};
 use crate::config::KafkaConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -602,17 +602,19 @@ fn decode_batch(
     let mut dead = Vec::new();
     let mut skipped = 0;
     for received in batch {
-        let position = format!(
-            "{}/{}/{}",
-            received.topic, received.partition, received.offset
-        );
+        let default_id = || {
+            derived_id(&format!(
+                "{}/{}/{}",
+                received.topic, received.partition, received.offset
+            ))
+        };
         let message = Message {
             topic: &received.topic,
             partition: received.partition,
             offset: received.offset,
             key: received.key.as_deref(),
             payload: &received.payload,
-            default_id: derived_id(&position),
+            default_id: DefaultId::new(&default_id),
             kind: PayloadKind::Event,
         };
         match source.decode(&message) {

@@ -72,8 +72,36 @@ pub struct Message<'a> {
     pub key: Option<&'a str>,
     pub payload: &'a [u8],
     /// The id of an event that carries none.
-    pub default_id: Uuid,
+    pub default_id: DefaultId<'a>,
     pub kind: PayloadKind,
+}
+
+/// The id of an event of a message that carries none, computed only when
+/// asked for: most events carry their own `id`, and deriving a UUIDv5 per
+/// message (a formatted position and a SHA-1) is wasted work on them.
+#[derive(Clone, Copy)]
+pub struct DefaultId<'a>(&'a (dyn Fn() -> Uuid + Sync));
+
+impl<'a> DefaultId<'a> {
+    /// `derive` is called each time the id is asked for; it must return the
+    /// same id every time.
+    pub fn new(derive: &'a (dyn Fn() -> Uuid + Sync)) -> Self {
+        DefaultId(derive)
+    }
+
+    /// The id.
+    pub fn get(&self) -> Uuid {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for DefaultId<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_tuple("DefaultId")
+            .field(&self.get())
+            .finish()
+    }
 }
 
 /// What a message became.
@@ -190,7 +218,7 @@ pub fn decode_events(
     match message.kind {
         PayloadKind::Event => {
             let event = validator
-                .validate(value, now, || message.default_id)
+                .validate(value, now, || message.default_id.get())
                 .map_err(|rejection| rejection.to_string())?;
             Ok(vec![event])
         }
@@ -199,7 +227,7 @@ pub fn decode_events(
             wire.into_iter()
                 .map(|event| {
                     validator
-                        .validate(event, now, || message.default_id)
+                        .validate(event, now, || message.default_id.get())
                         .map_err(|rejection| format!("mapped order event: {rejection}"))
                 })
                 .collect()
@@ -223,7 +251,7 @@ pub fn dead_letter(
         key: message.key.map(str::to_string),
         payload: message.payload[..message.payload.len().min(max_payload)].to_vec(),
         payload_truncated: truncated,
-        event_id: message.default_id,
+        event_id: message.default_id.get(),
         error,
         received_at_ms: now_ms(),
     }
@@ -250,7 +278,7 @@ mod tests {
             offset: 41,
             key: Some("k"),
             payload,
-            default_id: derived_id("trading.events/2/41"),
+            default_id: DefaultId::new(&|| derived_id("trading.events/2/41")),
             kind: PayloadKind::Event,
         }
     }

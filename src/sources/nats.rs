@@ -7,11 +7,14 @@
 //!
 //! The loop: gather messages (at most `nats.batch_size`) while the previous
 //! batches are being stored, decode them, [`SourceContext::store`] them,
-//! and only then acknowledge: `Ack` (awaiting the server's confirmation) for
-//! stored events and for order updates that count for nothing, `Term` for
-//! dead-lettered messages (stored, never redelivered). Two batches are
+//! and only then acknowledge: `Ack` for stored events and for order updates
+//! that count for nothing, `Term` for dead-lettered messages (stored, never
+//! redelivered); the batch's last ack awaits the server's confirmation,
+//! which covers the acks before it (see [`acknowledge`]). Two batches are
 //! stored at once (sharing the pipeline's group commit), each acknowledged
-//! after its own store; batches grow with the load. A failed commit naks
+//! after its own store; batches grow with the load, and while one is being
+//! stored the next goes only once full (a commit's fixed cost is paid by
+//! fewer, fuller commits). A failed commit naks
 //! the batch with `nats.nak_delay` (and the source pauses that long); a
 //! full ingest queue is waited out (the batch is retried; no more than three
 //! batches are ever held, so memory stays bounded) for at most half of
@@ -42,7 +45,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Decoded, Message, NotStored, PayloadKind, SourceContext, derived_id};
+use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id};
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -95,7 +98,7 @@ pub async fn run(
             Arc::clone(&context.stats),
             config.stream.clone(),
         ));
-        let consumed = consume(&client, &consumer, &config, &context, &shutdown).await;
+        let consumed = consume(&consumer, &config, &context, &shutdown).await;
         lag.abort();
         if let Err(error) = consumed {
             tracing::warn!(
@@ -209,7 +212,6 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
 /// pipeline's group commit); each is acknowledged when its own store
 /// returned. Before returning, every batch taken is finished.
 async fn consume(
-    client: &async_nats::Client,
     consumer: &PullConsumer,
     config: &NatsConfig,
     context: &SourceContext,
@@ -230,7 +232,11 @@ async fn consume(
     let outcome = loop {
         // A free slot takes what has gathered (topped up with what the
         // client already holds); while every slot is busy, messages gather
-        // into the next batch, so batches grow with the load.
+        // into the next batch, so batches grow with the load. While a batch
+        // is being stored, a partial one waits to fill: the pipeline commits
+        // one transaction at a time, so sending it early would only queue
+        // it, and a fuller commit costs less per event. With nothing in
+        // flight it goes at once, so a light load waits for nothing.
         if !batch.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
             while batch.len() < batch_size {
                 match messages.next().now_or_never() {
@@ -242,8 +248,12 @@ async fn consume(
                     Some(None) | None => break,
                 }
             }
+        }
+        if !batch.is_empty()
+            && in_flight.len() < BATCHES_IN_FLIGHT
+            && (batch.len() >= batch_size || in_flight.is_empty())
+        {
             in_flight.spawn(process(
-                client.clone(),
                 std::mem::replace(&mut batch, Vec::with_capacity(batch_size)),
                 Arc::clone(&settings),
                 context.clone(),
@@ -271,13 +281,7 @@ async fn consume(
     // source did not take is redelivered after ack_wait (naking it here
     // would only have the still-open pull bring it straight back).
     if !batch.is_empty() {
-        in_flight.spawn(process(
-            client.clone(),
-            batch,
-            settings,
-            context.clone(),
-            shutdown.clone(),
-        ));
+        in_flight.spawn(process(batch, settings, context.clone(), shutdown.clone()));
     }
     // The batches taken are stored and acknowledged before returning.
     while let Some(finished) = in_flight.join_next().await {
@@ -300,7 +304,6 @@ enum Outcome {
 /// Decodes, stores and acknowledges one batch; `false` when it could not
 /// be stored (and was naked).
 async fn process(
-    client: async_nats::Client,
     batch: Vec<jetstream::Message>,
     config: Arc<NatsConfig>,
     context: SourceContext,
@@ -313,8 +316,8 @@ async fn process(
     let mut skipped = 0usize;
     for message in &batch {
         let (stream, sequence) = match message.info() {
-            Ok(info) => (info.stream.to_string(), info.stream_sequence),
-            Err(_) => (config.stream.clone(), 0),
+            Ok(info) => (info.stream, info.stream_sequence),
+            Err(_) => (config.stream.as_str(), 0),
         };
         let message_id = message
             .headers
@@ -322,14 +325,14 @@ async fn process(
             .and_then(|headers| headers.get(header::NATS_MESSAGE_ID))
             .map(|value| value.as_str())
             .filter(|value| !value.is_empty());
-        let default_id = message_default_id(&stream, sequence, message_id);
+        let default_id = || message_default_id(stream, sequence, message_id);
         let decoded = context.decode(&Message {
             topic: message.subject.as_str(),
             partition: -1,
             offset: i64::try_from(sequence).unwrap_or(i64::MAX),
             key: message_id,
             payload: &message.payload,
-            default_id,
+            default_id: DefaultId::new(&default_id),
             kind: PayloadKind::of_subject(message.subject.as_str()),
         });
         match decoded {
@@ -350,7 +353,7 @@ async fn process(
     match store_waiting(events, dead, &config, &context, &shutdown).await {
         Ok(()) => {
             context.stats.record_skipped(skipped);
-            acknowledge(&client, &batch, &outcomes).await;
+            acknowledge(&batch, &outcomes).await;
             true
         }
         Err(SubmitError::ShuttingDown) => {
@@ -414,62 +417,49 @@ async fn store_waiting(
     }
 }
 
-/// Acknowledges a stored batch and awaits the server's confirmations (a
-/// "double ack", batched: every ack carries a reply subject under one
-/// inbox of the batch, and the server answers each).
-async fn acknowledge(
-    client: &async_nats::Client,
-    batch: &[jetstream::Message],
-    outcomes: &[Outcome],
-) {
-    let inbox = client.new_inbox();
-    let mut confirmations = match client.subscribe(format!("{inbox}.*")).await {
-        Ok(subscription) => Some(subscription),
-        Err(error) => {
-            tracing::debug!(error = %error, "NATS: acknowledging without confirmations");
-            None
-        }
-    };
-    let mut expected = 0usize;
+/// Acknowledges a stored batch and awaits the server's confirmation (a
+/// "double ack", batched): every ack but the last is sent without a reply
+/// subject, the last asks the server to confirm it. The server takes the
+/// acks of one connection in order, so the last one's confirmation says it
+/// has processed the batch's acks; a confirmation per ack would double the
+/// server's and the client's work per message and tell nothing more (the
+/// server confirms an ack whether or not it still had the message pending).
+/// An ack lost anyway (a reconnect in the middle of the batch) only brings
+/// its message back after `ack_wait`, and that redelivery is deduplicated.
+async fn acknowledge(batch: &[jetstream::Message], outcomes: &[Outcome]) {
+    let last = batch.len().saturating_sub(1);
     let mut failures = 0usize;
+    let mut confirmed = Ok(());
     for (index, (message, outcome)) in batch.iter().zip(outcomes).enumerate() {
         let kind = match outcome {
             Outcome::Done => AckKind::Ack,
             Outcome::Dead => AckKind::Term,
         };
-        let sent = match (&message.reply, &confirmations) {
-            (Some(reply), Some(_)) => client
-                .publish_with_reply(reply.clone(), format!("{inbox}.{index}"), kind.into())
-                .await
-                .map_err(|error| error.to_string()),
-            _ => message
-                .ack_with(kind)
-                .await
-                .map_err(|error| error.to_string()),
-        };
-        match sent {
-            Ok(()) if confirmations.is_some() => expected += 1,
-            Ok(()) => {}
-            Err(_) => failures += 1,
-        }
-    }
-    if let Some(subscription) = confirmations.as_mut() {
-        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-        let mut confirmed = 0usize;
-        while confirmed < expected {
-            match tokio::time::timeout_at(deadline, subscription.next()).await {
-                Ok(Some(_)) => confirmed += 1,
-                Ok(None) | Err(_) => break,
+        if index < last {
+            if let Err(error) = message.ack_with(kind).await {
+                tracing::debug!(error = %error, "NATS ack not sent");
+                failures += 1;
             }
+        } else {
+            confirmed = match tokio::time::timeout(ACK_TIMEOUT, message.double_ack_with(kind)).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no confirmation in time".to_string()),
+            };
         }
-        failures += expected - confirmed;
-        subscription.unsubscribe().await.ok();
     }
-    if failures > 0 {
+    if let Err(error) = confirmed {
         // Stored already: the redelivery is deduplicated.
         tracing::warn!(
+            error = %error,
+            messages = batch.len(),
+            "NATS acknowledgements of a batch unconfirmed; the unacknowledged will be redelivered"
+        );
+    } else if failures > 0 {
+        tracing::warn!(
             failures,
-            "NATS acknowledgements unconfirmed; those messages will be redelivered"
+            "NATS acknowledgements not sent; those messages will be redelivered"
         );
     }
 }
