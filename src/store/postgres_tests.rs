@@ -325,6 +325,106 @@ async fn concurrent_writers_to_one_bucket_lose_nothing() {
     assert_eq!(counted(&second, Interval::D1).await, expected as u64);
 }
 
+/// Four writers on two pools fill the same orders and the same bars at once,
+/// each batch touching the orders in another order: no deadlock, and every
+/// fill is counted once in its order's row and its bar.
+#[tokio::test]
+async fn concurrent_writers_to_the_same_orders_and_bars_lose_nothing() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let first = Arc::new(schema.open().await);
+    let second = Arc::new(schema.open().await);
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    const ORDERS: usize = 30;
+    const ROUNDS: usize = 10;
+    let fill = |order: usize, at: i64, quantity: f64| {
+        let mut properties = Map::new();
+        properties.insert("order_id".into(), serde_json::json!(format!("o-{order}")));
+        properties.insert("symbol".into(), serde_json::json!("BTCUSDT"));
+        properties.insert("price".into(), serde_json::json!(100.0));
+        properties.insert("quantity".into(), serde_json::json!(quantity));
+        Event {
+            id: Uuid::now_v7(),
+            event_type: "order.filled".into(),
+            user_id: None,
+            session_id: None,
+            properties,
+            timestamp_ms: at,
+            created_at_ms: at,
+        }
+    };
+    let mut tasks = Vec::new();
+    for (writer, store) in [first.clone(), second.clone(), first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let mut events: Vec<Event> = (0..ORDERS)
+                    .map(|order| {
+                        fill(
+                            order,
+                            minute + (writer * 1_000 + round) as i64,
+                            1.0 + writer as f64,
+                        )
+                    })
+                    .collect();
+                if (writer + round) % 2 == 1 {
+                    events.reverse();
+                }
+                store
+                    .commit_batch(PreparedBatch::prepare(events, &INTERVALS))
+                    .await
+                    .expect("no deadlock, no failure");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Every order: ROUNDS fills from each writer, of 1, 2, 3 and 4.
+    let orders = first.read_orders(i64::MIN, i64::MAX).await.unwrap();
+    assert!(
+        orders.is_empty(),
+        "no order was placed: none is read by placement"
+    );
+    let fills = second.read_fills(minute, minute + 60_000).await.unwrap();
+    assert_eq!(fills.len(), 4 * ROUNDS * ORDERS);
+    let client = first.pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT order_id, filled_quantity, fills, first_fill_at, last_fill_at FROM trading_orders ORDER BY order_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ORDERS);
+    for row in rows {
+        let filled: f64 = row.get(1);
+        let fills: i64 = row.get(2);
+        assert_eq!(
+            filled,
+            (ROUNDS * (1 + 2 + 3 + 4)) as f64,
+            "{}",
+            row.get::<_, String>(0)
+        );
+        assert_eq!(fills, (4 * ROUNDS) as i64);
+        assert_eq!(row.get::<_, Option<i64>>(3), Some(minute));
+        assert_eq!(
+            row.get::<_, Option<i64>>(4),
+            Some(minute + 3_000 + ROUNDS as i64 - 1)
+        );
+    }
+    let bars = first
+        .read_bars("BTCUSDT", minute, minute + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 1);
+    assert_eq!(bars[0].updates, (4 * ROUNDS * ORDERS) as i64);
+    assert_eq!(bars[0].volume, (ROUNDS * ORDERS * (1 + 2 + 3 + 4)) as f64);
+}
+
 #[tokio::test]
 async fn tls_modes_are_refused_naming_the_key() {
     let mut database = crate::config::load(None, &[])
