@@ -30,6 +30,11 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Trading analytics tools.
+    Trading {
+        #[command(subcommand)]
+        command: TradingCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -63,6 +68,15 @@ enum Command {
 enum RetentionCommand {
     /// Run retention once.
     Run,
+}
+
+#[derive(Subcommand)]
+enum TradingCommand {
+    /// Rebuild the trading tables (orders, fills, quotes, bars) from the
+    /// stored raw events, e.g. after an upgrade from a version without them
+    /// or after running with analytics.aggregation.trading off. Run it with
+    /// the service stopped. Prints a JSON report.
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -219,6 +233,23 @@ fn main() -> ExitCode {
                 analytics::model::event::now_ms(),
             )
             .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }),
+        Command::Trading {
+            command: TradingCommand::Rebuild,
+        } => with_runtime(&loaded, async {
+            let store = analytics::open_store(&loaded.config).await?;
+            let now = analytics::model::event::now_ms();
+            // Events older than the raw-event retention are gone; those
+            // ahead of now by the accepted skew may exist.
+            let start = now.saturating_sub(analytics::duration_ms(
+                loaded.config.analytics.retention.raw_events,
+            ));
+            let end = now.saturating_add(analytics::duration_ms(
+                loaded.config.analytics.ingestion.max_future_skew,
+            )) + 1;
+            let report = analytics::trading::rebuild(&*store, start, end).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }),

@@ -385,6 +385,14 @@ pub trait Store: Send + Sync + 'static {
         end_ms: i64,
     ) -> Result<Vec<BarDelta>, StoreError>;
 
+    /// Empties the trading tables (orders, fills, quotes, bars), for a
+    /// rebuild from the raw events.
+    async fn clear_trading(&self) -> Result<(), StoreError>;
+
+    /// Writes `trading` (the changes of events already stored) into the
+    /// trading tables, in one transaction.
+    async fn write_trading(&self, trading: TradingBatch) -> Result<(), StoreError>;
+
     /// Removes what retention has expired: raw events (and the per-minute
     /// distinct sets) stamped before `cutoffs.events_before_ms`, and rollup
     /// rows whose bucket starts before their interval's cutoff. Works in

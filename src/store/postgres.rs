@@ -1553,6 +1553,22 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn clear_trading(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .batch_execute("TRUNCATE trading_orders, trading_fills, market_quotes, market_bars")
+            .await?;
+        Ok(())
+    }
+
+    async fn write_trading(&self, trading: TradingBatch) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        write_trading(&transaction, &trading).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
     async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {
         let client = self.pool.get().await?;
         let statement = client

@@ -936,6 +936,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn clear_trading(&self) -> Result<(), StoreError> {
+        self.with_writer(|writer| {
+            writer.connection.execute_batch(
+                "BEGIN IMMEDIATE;
+                 DELETE FROM trading_orders; DELETE FROM trading_fills;
+                 DELETE FROM market_quotes; DELETE FROM market_bars;
+                 COMMIT;",
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_trading(&self, trading: TradingBatch) -> Result<(), StoreError> {
+        self.with_writer(move |writer| {
+            let transaction = writer
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            write_trading(&transaction, &trading)?;
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {
         self.with_reader(move |connection| {
             let mut statement = connection.prepare_cached(&format!(

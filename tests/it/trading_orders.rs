@@ -896,3 +896,68 @@ async fn trading_parameters_are_checked_and_the_switch_turns_the_tables_off() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn rebuild_fills_the_trading_tables_from_events_stored_without_them() {
+    let mut off = spawn_app_with(&[("ANALYTICS_ANALYTICS__AGGREGATION__TRADING", "false")]).await;
+    let now = now_ms();
+    let span = 2 * HOUR;
+    let world = generate(now, span);
+    send(&off, &world).await;
+    let database = off.directory.path().join("analytics.db");
+    off.stop().await.unwrap();
+
+    let rebuild = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_analytics"))
+            .args(["trading", "rebuild"])
+            .envs(crate::helpers::store_env_for(&database))
+            .env("ANALYTICS_LOGGING__LEVEL", "warn")
+            .env_remove("ANALYTICS_CONFIG")
+            .output()
+            .expect("run analytics trading rebuild");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).expect("JSON report on stdout")
+    };
+    let first = rebuild();
+    assert_eq!(first["fills"], world.fills.len(), "{first}");
+    assert_eq!(first["quotes"], world.ticks.len(), "{first}");
+    // Again: it starts over, so nothing is counted twice.
+    assert_eq!(rebuild(), first);
+
+    let database_text = database.display().to_string();
+    let app = spawn_app_with(&[("ANALYTICS_DATABASE__PATH", database_text.as_str())]).await;
+    let query = vec![
+        ("start_time", rfc3339(now - span - MINUTE)),
+        ("end_time", rfc3339(now)),
+        ("interval", "1h".to_string()),
+    ];
+    let (status, report) = app.get_query("/api/v1/trading/orders", &query).await;
+    assert_eq!(status, 200, "{report}");
+    let placed: Vec<usize> = (0..world.orders.len())
+        .filter(|&i| world.orders[i].placed_at.is_some())
+        .collect();
+    assert_close(
+        &report["summary"],
+        &expected_orders(&world, &placed),
+        "rebuilt orders",
+    );
+    let (_, execution) = app.get_query("/api/v1/trading/execution", &query).await;
+    let all_fills: Vec<usize> = (0..world.fills.len()).collect();
+    assert_close(
+        &execution["summary"],
+        &expected_execution(&world, &all_fills),
+        "rebuilt execution",
+    );
+    let (_, body) = app
+        .get_query("/api/v1/trading/markets/BTCUSDT/bars", &query)
+        .await;
+    let want = expected_bars(&world, "BTCUSDT", now - span - MINUTE, now + 1, HOUR);
+    assert_eq!(body["bars"].as_array().unwrap().len(), want.len(), "{body}");
+    for (got, want) in body["bars"].as_array().unwrap().iter().zip(&want) {
+        assert_close(got, want, "rebuilt bars");
+    }
+}
