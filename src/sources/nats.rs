@@ -183,26 +183,48 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
             .await
             .with_context(|| format!("cannot get stream {}", config.stream))?
     };
-    let consumer = stream
-        .get_or_create_consumer(
-            &config.durable,
-            pull::Config {
-                durable_name: Some(config.durable.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                deliver_policy: DeliverPolicy::All,
-                // An instance holds up to BATCHES_IN_FLIGHT batches being
-                // stored plus about 1.5 prefetched; room for a second one.
-                max_ack_pending: i64::try_from(
-                    config.batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3),
-                )
-                .unwrap_or(i64::MAX)
-                .max(1000),
-                ..Default::default()
-            },
-        )
+    let wanted = pull::Config {
+        durable_name: Some(config.durable.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        deliver_policy: DeliverPolicy::All,
+        // An instance holds up to BATCHES_IN_FLIGHT batches being
+        // stored plus about 1.5 prefetched; room for a second one.
+        max_ack_pending: i64::try_from(config.batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3))
+            .unwrap_or(i64::MAX)
+            .max(1000),
+        ..Default::default()
+    };
+    let mut consumer = stream
+        .get_or_create_consumer(&config.durable, wanted.clone())
         .await
         .with_context(|| format!("cannot create or get consumer {}", config.durable))?;
+    // A durable made earlier keeps the settings it was made with: bring the
+    // ones this configuration owns up to date. The server refuses to change
+    // some fields (e.g. the deliver or ack policy of a durable made by
+    // someone else); the source then runs with the durable as it is.
+    let current = &consumer.cached_info().config;
+    if current.ack_wait != wanted.ack_wait || current.max_ack_pending != wanted.max_ack_pending {
+        let (old_wait, old_pending) = (current.ack_wait, current.max_ack_pending);
+        match stream.update_consumer(wanted).await {
+            Ok(updated) => {
+                tracing::info!(
+                    durable = %config.durable,
+                    ack_wait = ?config.ack_wait,
+                    was_ack_wait = ?old_wait,
+                    max_ack_pending = updated.cached_info().config.max_ack_pending,
+                    was_max_ack_pending = old_pending,
+                    "NATS: updated the durable consumer's settings"
+                );
+                consumer = updated;
+            }
+            Err(error) => tracing::warn!(
+                durable = %config.durable,
+                error = %error,
+                "NATS: cannot update the durable consumer's settings; running with its own"
+            ),
+        }
+    }
     Ok(consumer)
 }
 

@@ -1183,3 +1183,38 @@ async fn a_full_ingest_queue_is_waited_out_and_nothing_is_lost() {
         "nothing naked, nothing redelivered"
     );
 }
+
+#[tokio::test]
+async fn an_existing_durable_takes_the_configured_ack_wait() {
+    let Some(client) = shared_nats().await else {
+        return;
+    };
+    let stream = TestStream::create(&client, &[]).await;
+    // Made earlier, by hand or by an older configuration: ack_wait 60 s.
+    stream
+        .js
+        .get_stream(&stream.name)
+        .await
+        .expect("stream")
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("old".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("create the old durable");
+    let app = spawn_with(&stream.env("old"), &[]).await;
+    stream
+        .publish_json(
+            &stream.events_subject(),
+            &json!({"event_type": "page.view"}),
+        )
+        .await;
+    wait_total(&app, 1, Duration::from_secs(10)).await;
+    let info = stream.consumer_info("old").await;
+    // The configuration says 2 s (TestStream::env) and batches of 200.
+    assert_eq!(info.config.ack_wait, Duration::from_secs(2));
+    assert_eq!(info.config.max_ack_pending, 1000.max(200 * 7));
+}
