@@ -1,13 +1,16 @@
 //! What a batch of newly inserted events changes in the trading tables:
 //! per-order state, fills, mid quotes and one-minute market bars.
 //!
-//! The store calls [`TradingBatch::of_inserted`] inside the commit
-//! transaction with exactly the events it inserted, and writes the result
-//! with merges that do not depend on arrival order:
+//! The submitting task prepares [`TradingBatch::of`] all its events (off the
+//! committer, like the rollup deltas); the store writes it inside the commit
+//! transaction when every event was new, else [`TradingBatch::of_inserted`]
+//! the events it did insert. Writes are merges that do not depend on
+//! arrival order:
 //! - an order row adds up fill quantity, notional, fills, maker fills and
 //!   commission, keeps the earliest placed, cancel, reject and first-fill
-//!   times and the latest fill time, and keeps the first known symbol, side,
-//!   strategy, type, ordered quantity, price and placement latency;
+//!   times and the latest fill time, the first known symbol, side, strategy
+//!   and type, and the ordered quantity, price and placement latency of the
+//!   earliest placement;
 //! - a bar keeps the first and last update by (time, event id), the high, the
 //!   low and the sums.
 //!
