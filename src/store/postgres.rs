@@ -585,11 +585,12 @@ impl PostgresStore {
             .iter()
             .map(|id| new_ids.contains(id) && seen.insert(*id))
             .collect();
-        // Everything below depends only on which events are new, so the
-        // statements go out together: tokio-postgres pipelines the requests
-        // of futures polled at once on one connection, and the server runs
-        // them in the order sent. Each writer sends them in the same order,
-        // rows sorted within each statement, so writers cannot deadlock.
+        // One statement after the other, in the same order in every writer
+        // (events, rollups, trading tables, distinct values), rows sorted
+        // within each statement, so concurrent writers lock rows in one
+        // global order and cannot deadlock. (Sending them pipelined let the
+        // order of the executions depend on when each statement's prepare
+        // came back, and writers deadlocked; it gained nothing measurable.)
         let all_new = inserted.iter().all(|flag| *flag);
         let recomputed_rollups;
         let rollups: &[(RollupKey, Accumulator)] = if all_new {
@@ -618,17 +619,12 @@ impl PostgresStore {
             None => None,
         };
         let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
-        tokio::try_join!(
-            insert_events(&transaction, &rows),
-            write_rollups(&transaction, rollups),
-            async {
-                match trading {
-                    Some(trading) => write_trading(&transaction, trading).await,
-                    None => Ok(()),
-                }
-            },
-            insert_distinct(&transaction, &batch.distinct),
-        )?;
+        insert_events(&transaction, &rows).await?;
+        write_rollups(&transaction, rollups).await?;
+        if let Some(trading) = trading {
+            write_trading(&transaction, trading).await?;
+        }
+        insert_distinct(&transaction, &batch.distinct).await?;
         transaction.commit().await?;
         Ok(inserted)
     }
@@ -805,12 +801,10 @@ async fn write_trading(
     transaction: &deadpool_postgres::Transaction<'_>,
     trading: &TradingBatch,
 ) -> Result<(), StoreError> {
-    tokio::try_join!(
-        write_trading_orders(transaction, &trading.orders),
-        write_trading_fills(transaction, &trading.fills),
-        write_trading_quotes(transaction, &trading.quotes),
-        write_trading_bars(transaction, &trading.bars),
-    )?;
+    write_trading_orders(transaction, &trading.orders).await?;
+    write_trading_fills(transaction, &trading.fills).await?;
+    write_trading_quotes(transaction, &trading.quotes).await?;
+    write_trading_bars(transaction, &trading.bars).await?;
     Ok(())
 }
 
@@ -1172,8 +1166,8 @@ async fn write_rollups(
             count_deltas.push(i64::try_from(delta.count()).unwrap_or(i64::MAX));
         }
     }
-    // The value rows' chain (insert missing, lock, merge, update) and the
-    // count upsert go out pipelined; the server runs them in the order sent.
+    // The value rows (insert missing, lock, merge, update), then the count
+    // rows.
     let valued_rows = async {
         if valued.metrics.is_empty() {
             return Ok(());
@@ -1270,7 +1264,8 @@ async fn write_rollups(
 
         Ok::<(), StoreError>(())
     };
-    tokio::try_join!(valued_rows, count_rows)?;
+    valued_rows.await?;
+    count_rows.await?;
     Ok(())
 }
 
