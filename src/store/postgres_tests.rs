@@ -77,7 +77,13 @@ impl TestSchema {
 impl Drop for TestSchema {
     fn drop(&mut self) {
         let connection = self.connection.clone();
-        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // Bounded: a failed test may leave a transaction of its own open,
+        // whose connection cannot roll back while this blocks its runtime;
+        // then the schema stays (with a warning) rather than the test hang.
+        let statement = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
         // Drop runs inside the test's runtime, which must not block: a
         // thread with its own small runtime does the work.
         let dropped = std::thread::spawn(move || {

@@ -123,7 +123,13 @@ impl SchemaGuard {
 
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
-        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        // Bounded: a failed test may leave a transaction of its own open,
+        // whose connection cannot roll back while this blocks its runtime;
+        // then the schema stays (with a warning) rather than the test hang.
+        let statement = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.schema
+        );
         // Drop may run inside a runtime, which must not block: a thread
         // with its own small runtime does the work.
         let dropped = std::thread::spawn(move || {
@@ -403,20 +409,37 @@ pub fn stats_range() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `GET url?query` as JSON, waiting out 429 answers as a well-behaved
+/// client does (the tests that turn rate limiting on share one budget
+/// between their load and their checks).
+pub async fn get_admitted(client: &reqwest::Client, url: &str, query: &[(&str, String)]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client.get(url).query(query).send().await.expect("GET");
+        if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline
+        {
+            return response.json().await.expect("JSON body");
+        }
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait.clamp(1, 5))).await;
+    }
+}
+
 /// Polls `/api/v1/events/stats` at `address` until it counts `expected`
 /// events (or the deadline), and returns the last answer.
 pub async fn wait_for_total(client: &reqwest::Client, address: &str, expected: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let stats: Value = client
-            .get(format!("http://{address}/api/v1/events/stats"))
-            .query(&stats_range())
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats body");
+        let stats = get_admitted(
+            client,
+            &format!("http://{address}/api/v1/events/stats"),
+            &stats_range(),
+        )
+        .await;
         let total = stats["total_events"].as_u64().unwrap_or(0);
         if total >= expected || Instant::now() > deadline {
             return stats;
@@ -441,15 +464,8 @@ pub async fn assert_counts(
         let mut query = stats_range();
         query.push(("metric_name", format!("events.count.{event_type}")));
         query.push(("interval", "1h".to_string()));
-        let metrics: Value = client
-            .get(format!("http://{address}/api/v1/metrics"))
-            .query(&query)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let metrics =
+            get_admitted(client, &format!("http://{address}/api/v1/metrics"), &query).await;
         let rolled_up: f64 = metrics["result"]["data_points"]
             .as_array()
             .unwrap_or_else(|| panic!("data points: {metrics}"))
