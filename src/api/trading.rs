@@ -21,10 +21,11 @@ use crate::query::strategies::{
     MAX_BUCKETS, StrategyError, StrategyPerformance, strategy_performance,
 };
 use crate::rollup::{Interval, TimeRange};
+use crate::store::{Store, StoreError};
 use crate::trading::metrics::{
     Statistic, TradingMetric, bar_points, execution_points, order_points,
 };
-use crate::trading::report::{Filters, bars, execution_report, orders_report};
+use crate::trading::report::{Bar, Filters, Groups, bars, execution_report, orders_report};
 
 /// How far ahead of now a lifecycle event may be stamped (the accepted
 /// future skew is smaller).
@@ -104,6 +105,23 @@ pub async fn strategy(
     body["end_time"] = json!(range.end_text());
     body["interval"] = json!(interval.as_str());
     Ok(Json(body).into_response())
+}
+
+/// The bars of `symbol` over the whole minutes of `range`.
+async fn symbol_bars(
+    store: &dyn Store,
+    symbol: &str,
+    range: TimeRange,
+    interval: Interval,
+) -> Result<Vec<Bar>, StoreError> {
+    let minutes = store
+        .read_bars(
+            symbol,
+            Interval::M1.bucket_start(range.start_ms),
+            range.end_ms,
+        )
+        .await?;
+    Ok(bars(&minutes, interval))
 }
 
 /// The trading tables exist only with `analytics.aggregation.trading`.
@@ -202,7 +220,7 @@ async fn report_endpoint(
         Report::Orders => {
             timed(state, "trading_orders", async {
                 let orders = store.read_orders(start, end).await?;
-                serde_json::to_value(orders_report(&orders, interval, &filters))
+                serde_json::to_value(orders_report(&orders, interval, &filters, Groups::With))
                     .map_err(ApiError::internal)
             })
             .await?
@@ -210,7 +228,7 @@ async fn report_endpoint(
         Report::Execution => {
             timed(state, "trading_execution", async {
                 let fills = store.read_fills(start, end).await?;
-                serde_json::to_value(execution_report(&fills, interval, &filters))
+                serde_json::to_value(execution_report(&fills, interval, &filters, Groups::With))
                     .map_err(ApiError::internal)
             })
             .await?
@@ -247,16 +265,7 @@ pub async fn market_bars(
     ensure_trading(&state)?;
     let (range, half_open, interval) = range_params(&params)?;
     let bars = timed(&state, "trading_bars", async {
-        let minutes = state
-            .query
-            .store()
-            .read_bars(
-                &symbol,
-                Interval::M1.bucket_start(half_open.start_ms),
-                half_open.end_ms,
-            )
-            .await?;
-        Ok(bars(&minutes, interval))
+        Ok(symbol_bars(&**state.query.store(), &symbol, half_open, interval).await?)
     })
     .await?;
     Ok(Json(json!({
@@ -306,25 +315,19 @@ pub(super) async fn metric(
                 let orders = store
                     .read_orders(half_open.start_ms, half_open.end_ms)
                     .await?;
-                let report = orders_report(&orders, interval, &filters);
+                let report = orders_report(&orders, interval, &filters, Groups::Without);
                 order_points(*order_metric, &report.series, statistic)
             }
             TradingMetric::Execution(execution_metric) => {
                 let fills = store
                     .read_fills(half_open.start_ms, half_open.end_ms)
                     .await?;
-                let report = execution_report(&fills, interval, &filters);
+                let report = execution_report(&fills, interval, &filters, Groups::Without);
                 execution_points(*execution_metric, &report.series, statistic)
             }
             TradingMetric::Bars(symbol) => {
-                let minutes = store
-                    .read_bars(
-                        symbol,
-                        Interval::M1.bucket_start(half_open.start_ms),
-                        half_open.end_ms,
-                    )
-                    .await?;
-                (bar_points(&bars(&minutes, interval)), "close")
+                let bars = symbol_bars(&**store, symbol, half_open, interval).await?;
+                (bar_points(&bars), "close")
             }
         })
     })

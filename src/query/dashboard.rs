@@ -18,7 +18,7 @@ use crate::model::metric::{
 };
 use crate::rollup::{Interval, TimeRange};
 use crate::store::StoreError;
-use crate::trading::report::{Filters, execution_report, orders_report};
+use crate::trading::report::{Filters, Groups, execution_report, orders_report};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -215,12 +215,14 @@ pub async fn trading_figures(
         &store.read_orders(five.start_ms, five.end_ms).await?,
         Interval::H1,
         &all,
+        Groups::Without,
     )
     .summary;
     let execution = execution_report(
         &store.read_fills(five.start_ms, five.end_ms).await?,
         Interval::H1,
         &all,
+        Groups::Without,
     )
     .summary;
     let mut figures = Map::new();

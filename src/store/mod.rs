@@ -112,17 +112,6 @@ impl PreparedBatch {
         }
     }
 
-    /// The trading changes of exactly the inserted events (`inserted` index
-    /// for index with `events`), if the store keeps them.
-    pub fn take_trading_of_inserted(&mut self, inserted: &[bool]) -> Option<TradingBatch> {
-        let prepared = self.trading.take()?;
-        if inserted.iter().all(|flag| *flag) {
-            Some(prepared)
-        } else {
-            Some(TradingBatch::of_inserted(&self.events, inserted))
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.events.len()
     }

@@ -609,19 +609,14 @@ impl PostgresStore {
             .into_sorted();
             &recomputed_rollups
         };
-        let recomputed_trading;
-        let trading = match &batch.trading {
-            Some(prepared) if all_new => Some(prepared),
-            Some(_) => {
-                recomputed_trading = TradingBatch::of_inserted(&batch.events, &inserted);
-                Some(&recomputed_trading)
-            }
-            None => None,
-        };
+        let trading = batch
+            .trading
+            .as_ref()
+            .map(|prepared| TradingBatch::of_inserted_given(prepared, &batch.events, &inserted));
         let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
         insert_events(&transaction, &rows).await?;
         write_rollups(&transaction, rollups).await?;
-        if let Some(trading) = trading {
+        if let Some(trading) = &trading {
             write_trading(&transaction, trading).await?;
         }
         insert_distinct(&transaction, &batch.distinct).await?;

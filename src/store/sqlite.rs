@@ -120,6 +120,9 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Conflict(error.to_string())
             }
+            // A stored value that does not read as what was written.
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(error.to_string()),
             _ => StoreError::Unavailable(error.to_string()),
         }
     }
@@ -371,12 +374,11 @@ fn commit_transaction(
             inserted.push(changed == 1);
         }
     }
-    let mut batch = batch;
-    let trading = batch.take_trading_of_inserted(&inserted);
-    let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
-    if let Some(trading) = &trading {
-        write_trading(&transaction, trading)?;
+    if let Some(prepared) = &batch.trading {
+        let trading = TradingBatch::of_inserted_given(prepared, &batch.events, &inserted);
+        write_trading(&transaction, &trading)?;
     }
+    let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
     let mut written = Vec::new();
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
@@ -553,12 +555,15 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderDelta> {
     })
 }
 
-/// Columns 1..=10 of the fills query (the id, column 0, is decoded by the
-/// caller).
-fn row_fill(row: &rusqlite::Row<'_>) -> rusqlite::Result<(FillRow, Option<f64>)> {
-    Ok((
-        FillRow {
-            event_id: Uuid::nil(),
+/// A row of the fills query.
+fn read_fill(row: &rusqlite::Row<'_>) -> rusqlite::Result<FillView> {
+    let id: Vec<u8> = row.get(0)?;
+    let event_id = Uuid::from_slice(&id).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(error))
+    })?;
+    Ok(FillView {
+        fill: FillRow {
+            event_id,
             order_id: row.get(1)?,
             symbol: row.get(2)?,
             side: row.get(3)?,
@@ -569,8 +574,8 @@ fn row_fill(row: &rusqlite::Row<'_>) -> rusqlite::Result<(FillRow, Option<f64>)>
             is_maker: row.get(8)?,
             commission: row.get(9)?,
         },
-        row.get(10)?,
-    ))
+        mid: row.get(10)?,
+    })
 }
 
 const BAR_COLUMNS: &str = "symbol, source, minute, open_ts, open_id, open, close_ts, close_id,
@@ -983,18 +988,8 @@ impl Store for SqliteStore {
                  FROM trading_fills f LEFT JOIN trading_orders o ON o.order_id = f.order_id
                  WHERE f.ts >= ?1 AND f.ts < ?2",
             )?;
-            let rows = statement.query_map(params![start_ms, end_ms], |row| {
-                let id: Vec<u8> = row.get(0)?;
-                Ok((id, row_fill(row)?))
-            })?;
-            let mut fills = Vec::new();
-            for row in rows {
-                let (id, (mut fill, mid)) = row?;
-                fill.event_id = Uuid::from_slice(&id)
-                    .map_err(|error| StoreError::Corrupt(format!("fill id: {error}")))?;
-                fills.push(FillView { fill, mid });
-            }
-            Ok(fills)
+            let rows = statement.query_map(params![start_ms, end_ms], read_fill)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

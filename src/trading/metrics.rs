@@ -194,24 +194,21 @@ pub fn order_points(
                 }
                 OrderMetric::CancelRate => rate(figures.cancel_rate),
                 OrderMetric::RejectRate => rate(figures.reject_rate),
-                OrderMetric::TimeToFirstFill => distribution_point(
-                    &bucket.timestamp,
-                    &figures.time_to_first_fill_ms,
-                    statistic,
-                    figures.time_to_first_fill_ms.mean,
-                ),
-                OrderMetric::TimeToFill => distribution_point(
-                    &bucket.timestamp,
-                    &figures.time_to_full_fill_ms,
-                    statistic,
-                    figures.time_to_full_fill_ms.mean,
-                ),
-                OrderMetric::PlacementLatency => distribution_point(
-                    &bucket.timestamp,
-                    &figures.placement_latency_ms,
-                    statistic,
-                    figures.placement_latency_ms.mean,
-                ),
+                OrderMetric::TimeToFirstFill
+                | OrderMetric::TimeToFill
+                | OrderMetric::PlacementLatency => {
+                    let distribution = match metric {
+                        OrderMetric::TimeToFirstFill => &figures.time_to_first_fill_ms,
+                        OrderMetric::TimeToFill => &figures.time_to_full_fill_ms,
+                        _ => &figures.placement_latency_ms,
+                    };
+                    distribution_point(
+                        &bucket.timestamp,
+                        distribution,
+                        statistic,
+                        distribution.mean,
+                    )
+                }
             }
         })
         .collect();

@@ -20,6 +20,7 @@
 //! (symbol, source, minute), sorted, so concurrent writers lock rows in the
 //! same order.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -133,7 +134,9 @@ impl OrderDelta {
         let at = event.timestamp_ms;
         self.seen_at = self.seen_at.min(at);
         keep_first(&mut self.symbol, event.string("symbol"));
-        keep_first(&mut self.side, side_of(event).as_deref());
+        if self.side.is_none() {
+            self.side = side_of(event);
+        }
         keep_first(&mut self.strategy_id, strategy_id(event).as_deref());
         keep_first(&mut self.order_type, event.string("order_type"));
         match kind {
@@ -218,6 +221,49 @@ pub struct BarDelta {
 }
 
 impl BarDelta {
+    /// A bar of one update.
+    fn of_point(symbol: &str, source: &'static str, point: &BarPoint<'_>) -> BarDelta {
+        BarDelta {
+            symbol: symbol.to_owned(),
+            source,
+            minute: Interval::M1.bucket_start(point.at),
+            open_ts: point.at,
+            open_id: point.id.to_owned(),
+            open: point.price,
+            close_ts: point.at,
+            close_id: point.id.to_owned(),
+            close: point.price,
+            high: point.price,
+            low: point.price,
+            volume: point.volume,
+            updates: 1,
+            spread_sum: point.spread.unwrap_or(0.0),
+            spread_count: i64::from(point.spread.is_some()),
+        }
+    }
+
+    /// Adds one update; allocates only when it becomes the open or close.
+    fn add_point(&mut self, point: &BarPoint<'_>) {
+        if (point.at, point.id) < (self.open_ts, self.open_id.as_str()) {
+            self.open_ts = point.at;
+            point.id.clone_into(&mut self.open_id);
+            self.open = point.price;
+        }
+        if (point.at, point.id) > (self.close_ts, self.close_id.as_str()) {
+            self.close_ts = point.at;
+            point.id.clone_into(&mut self.close_id);
+            self.close = point.price;
+        }
+        self.high = self.high.max(point.price);
+        self.low = self.low.min(point.price);
+        self.volume += point.volume;
+        self.updates += 1;
+        if let Some(spread) = point.spread {
+            self.spread_sum += spread;
+            self.spread_count += 1;
+        }
+    }
+
     fn merge(&mut self, other: BarDelta) {
         if (other.open_ts, &other.open_id) < (self.open_ts, &self.open_id) {
             self.open_ts = other.open_ts;
@@ -261,10 +307,26 @@ impl TradingBatch {
         )
     }
 
+    /// The changes of the inserted events (`inserted` index for index with
+    /// `events`), given `prepared`, the changes of all of them: `prepared`
+    /// itself when every event was new.
+    pub fn of_inserted_given<'p>(
+        prepared: &'p TradingBatch,
+        events: &[Event],
+        inserted: &[bool],
+    ) -> std::borrow::Cow<'p, TradingBatch> {
+        if inserted.iter().all(|flag| *flag) {
+            Cow::Borrowed(prepared)
+        } else {
+            Cow::Owned(TradingBatch::of_inserted(events, inserted))
+        }
+    }
+
     /// The changes of `events`.
     pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> TradingBatch {
-        let mut orders: BTreeMap<String, OrderDelta> = BTreeMap::new();
-        let mut bars: BTreeMap<(String, &'static str, i64), BarDelta> = BTreeMap::new();
+        // Keys borrow from the events: no allocation to find a row again.
+        let mut orders: BTreeMap<Cow<'a, str>, OrderDelta> = BTreeMap::new();
+        let mut bars: Bars<'a> = BTreeMap::new();
         let mut batch = TradingBatch::default();
         for event in events {
             if event.event_type == "market.data.update" {
@@ -280,13 +342,10 @@ impl TradingBatch {
                 batch.add_fill(event, &fill, &mut bars);
             }
             if let Some(order_id) = text_of(event, "order_id") {
-                let order = match orders.get_mut(order_id.as_str()) {
-                    Some(order) => order,
-                    None => orders
-                        .entry(order_id.clone())
-                        .or_insert_with(|| OrderDelta::new(&order_id, event.timestamp_ms)),
-                };
-                order.apply(event, kind);
+                orders
+                    .entry(order_id)
+                    .or_insert_with_key(|order_id| OrderDelta::new(order_id, event.timestamp_ms))
+                    .apply(event, kind);
             }
         }
         batch.orders = orders.into_values().collect();
@@ -342,11 +401,7 @@ impl TradingBatch {
             && self.bars.is_empty()
     }
 
-    fn add_market_update(
-        &mut self,
-        event: &Event,
-        bars: &mut BTreeMap<(String, &'static str, i64), BarDelta>,
-    ) {
+    fn add_market_update<'a>(&mut self, event: &'a Event, bars: &mut Bars<'a>) {
         let Some(symbol) = event.string("symbol") else {
             return;
         };
@@ -359,53 +414,44 @@ impl TradingBatch {
         let Some(price) = event.number("price").or(mid) else {
             return;
         };
-        let event_id = event.id.to_string();
         // Without bid and ask, the traded price stands in for the mid.
-        self.quotes.push(QuoteRow {
-            symbol: symbol.to_owned(),
-            timestamp_ms: event.timestamp_ms,
-            event_id: event_id.clone(),
-            mid: mid.unwrap_or(price),
-        });
+        let event_id = event.id.to_string();
         let spread = match (bid, ask) {
             (Some(bid), Some(ask)) => Some(ask - bid),
             _ => None,
         };
-        let volume = event.number("volume").unwrap_or(0.0);
-        add_bar(
-            bars,
-            symbol,
-            SOURCE_MARKET,
-            event,
-            event_id,
+        let point = BarPoint {
+            at: event.timestamp_ms,
+            id: &event_id,
             price,
-            volume,
+            volume: event.number("volume").unwrap_or(0.0),
             spread,
-        );
+        };
+        add_bar(bars, symbol, SOURCE_MARKET, &point);
+        self.quotes.push(QuoteRow {
+            symbol: symbol.to_owned(),
+            timestamp_ms: event.timestamp_ms,
+            event_id,
+            mid: mid.unwrap_or(price),
+        });
     }
 
-    fn add_fill(
-        &mut self,
-        event: &Event,
-        fill: &Fill,
-        bars: &mut BTreeMap<(String, &'static str, i64), BarDelta>,
-    ) {
+    fn add_fill<'a>(&mut self, event: &'a Event, fill: &Fill, bars: &mut Bars<'a>) {
         let symbol = event.string("symbol");
         if let Some(symbol) = symbol {
-            add_bar(
-                bars,
-                symbol,
-                SOURCE_FILL,
-                event,
-                event.id.to_string(),
-                fill.price,
-                fill.quantity,
-                None,
-            );
+            let event_id = event.id.to_string();
+            let point = BarPoint {
+                at: event.timestamp_ms,
+                id: &event_id,
+                price: fill.price,
+                volume: fill.quantity,
+                spread: None,
+            };
+            add_bar(bars, symbol, SOURCE_FILL, &point);
         }
         self.fills.push(FillRow {
             event_id: event.id,
-            order_id: text_of(event, "order_id"),
+            order_id: text_of(event, "order_id").map(Cow::into_owned),
             symbol: symbol.map(str::to_owned),
             side: side_of(event),
             strategy_id: strategy_id(event).map(|id| id.into_owned()),
@@ -418,39 +464,29 @@ impl TradingBatch {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_bar(
-    bars: &mut BTreeMap<(String, &'static str, i64), BarDelta>,
-    symbol: &str,
-    source: &'static str,
-    event: &Event,
-    event_id: String,
+/// The one-minute bars of a batch being built, keyed by (symbol, source,
+/// minute) borrowed from the events.
+type Bars<'a> = BTreeMap<(&'a str, &'static str, i64), BarDelta>;
+
+/// One update of a bar.
+struct BarPoint<'p> {
+    at: i64,
+    /// The event id, hyphenated (the tie-breaker of open and close).
+    id: &'p str,
     price: f64,
     volume: f64,
     spread: Option<f64>,
-) {
-    let minute = Interval::M1.bucket_start(event.timestamp_ms);
-    let delta = BarDelta {
-        symbol: symbol.to_owned(),
-        source,
-        minute,
-        open_ts: event.timestamp_ms,
-        open_id: event_id.clone(),
-        open: price,
-        close_ts: event.timestamp_ms,
-        close_id: event_id,
-        close: price,
-        high: price,
-        low: price,
-        volume,
-        updates: 1,
-        spread_sum: spread.unwrap_or(0.0),
-        spread_count: i64::from(spread.is_some()),
-    };
-    match bars.get_mut(&(symbol.to_owned(), source, minute)) {
-        Some(bar) => bar.merge(delta),
+}
+
+fn add_bar<'a>(bars: &mut Bars<'a>, symbol: &'a str, source: &'static str, point: &BarPoint<'_>) {
+    let minute = Interval::M1.bucket_start(point.at);
+    match bars.get_mut(&(symbol, source, minute)) {
+        Some(bar) => bar.add_point(point),
         None => {
-            bars.insert((symbol.to_owned(), source, minute), delta);
+            bars.insert(
+                (symbol, source, minute),
+                BarDelta::of_point(symbol, source, point),
+            );
         }
     }
 }
@@ -505,11 +541,11 @@ fn side_of(event: &Event) -> Option<String> {
     event.string("side").map(str::to_ascii_lowercase)
 }
 
-/// A string or numeric property as text.
-fn text_of(event: &Event, name: &str) -> Option<String> {
+/// A string or numeric property as text (borrowed when it is a string).
+fn text_of<'a>(event: &'a Event, name: &str) -> Option<Cow<'a, str>> {
     match event.properties.get(name)? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
+        Value::String(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
+        Value::Number(number) => Some(Cow::Owned(number.to_string())),
         _ => None,
     }
 }

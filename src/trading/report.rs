@@ -207,64 +207,92 @@ pub struct Group<T> {
     pub figures: T,
 }
 
-/// `/api/v1/trading/orders`.
+/// A report: the figures of everything selected, per bucket, and per
+/// symbol, strategy, side, and symbol and side.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OrdersReport {
-    pub summary: OrderFigures,
-    pub series: Vec<Bucket<OrderFigures>>,
-    pub by_symbol: Vec<Group<OrderFigures>>,
-    pub by_strategy: Vec<Group<OrderFigures>>,
-    pub by_side: Vec<Group<OrderFigures>>,
-    /// `<symbol>/<side>`: filled notional and VWAP per symbol and side.
-    pub by_symbol_side: Vec<Group<OrderFigures>>,
+pub struct Report<F> {
+    pub summary: F,
+    pub series: Vec<Bucket<F>>,
+    pub by_symbol: Vec<Group<F>>,
+    pub by_strategy: Vec<Group<F>>,
+    pub by_side: Vec<Group<F>>,
+    /// `<symbol>/<side>`: e.g. filled notional and VWAP per symbol and side.
+    pub by_symbol_side: Vec<Group<F>>,
 }
 
-/// Groups `items` into a summary, a series by `interval` and breakdowns,
-/// with `tally` folding one item into an accumulator.
+/// `/api/v1/trading/orders`.
+pub type OrdersReport = Report<OrderFigures>;
+
+/// Where an item belongs: its time (`None`: not reported) and its symbol,
+/// strategy and side, borrowed from it.
+type Keys<'a> = (
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// Whether a report carries the per-symbol, -strategy and -side groups
+/// (the `/api/v1/trading/*` reports) or only its summary and series (metric
+/// names, the dashboard), which saves a tally per group per item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Groups {
+    With,
+    Without,
+}
+
+/// The report of the `items` that `filters` select, by `interval`, with
+/// `tally` folding one item into an accumulator. Group keys borrow from the
+/// items (no allocation per item).
 fn report<'a, I: 'a, T: Default, F>(
     items: impl Iterator<Item = &'a I>,
+    filters: &Filters,
     interval: Interval,
-    key: impl Fn(&I) -> (i64, Option<&str>, Option<&str>, Option<&str>),
+    groups: Groups,
+    keys: impl Fn(&'a I) -> Keys<'a>,
     tally: impl Fn(&mut T, &I),
     finish: impl Fn(T) -> F,
-) -> Breakdowns<F> {
+) -> Report<F> {
     let mut summary = T::default();
     let mut series: BTreeMap<i64, T> = BTreeMap::new();
-    let mut by_symbol: BTreeMap<String, T> = BTreeMap::new();
-    let mut by_strategy: BTreeMap<String, T> = BTreeMap::new();
-    let mut by_side: BTreeMap<String, T> = BTreeMap::new();
-    let mut by_symbol_side: BTreeMap<String, T> = BTreeMap::new();
+    let mut by_symbol: BTreeMap<&str, T> = BTreeMap::new();
+    let mut by_strategy: BTreeMap<&str, T> = BTreeMap::new();
+    let mut by_side: BTreeMap<&str, T> = BTreeMap::new();
+    let mut by_symbol_side: BTreeMap<(&str, &str), T> = BTreeMap::new();
     for item in items {
-        let (at, symbol, strategy, side) = key(item);
+        let (Some(at), symbol, strategy, side) = keys(item) else {
+            continue;
+        };
+        if !filters.matches(symbol, strategy, side) {
+            continue;
+        }
         tally(&mut summary, item);
         tally(series.entry(interval.bucket_start(at)).or_default(), item);
+        if groups == Groups::Without {
+            continue;
+        }
         if let Some(symbol) = symbol {
-            tally(by_symbol.entry(symbol.to_owned()).or_default(), item);
+            tally(by_symbol.entry(symbol).or_default(), item);
             if let Some(side) = side {
-                tally(
-                    by_symbol_side
-                        .entry(format!("{symbol}/{side}"))
-                        .or_default(),
-                    item,
-                );
+                tally(by_symbol_side.entry((symbol, side)).or_default(), item);
             }
         }
         if let Some(strategy) = strategy {
-            tally(by_strategy.entry(strategy.to_owned()).or_default(), item);
+            tally(by_strategy.entry(strategy).or_default(), item);
         }
         if let Some(side) = side {
-            tally(by_side.entry(side.to_owned()).or_default(), item);
+            tally(by_side.entry(side).or_default(), item);
         }
     }
-    let groups = |map: BTreeMap<String, T>| -> Vec<Group<F>> {
+    let grouped = |map: BTreeMap<&str, T>| -> Vec<Group<F>> {
         map.into_iter()
             .map(|(key, tally)| Group {
-                key,
+                key: key.to_owned(),
                 figures: finish(tally),
             })
             .collect()
     };
-    Breakdowns {
+    Report {
         series: series
             .into_iter()
             .map(|(start, tally)| Bucket {
@@ -273,38 +301,34 @@ fn report<'a, I: 'a, T: Default, F>(
             })
             .collect(),
         summary: finish(summary),
-        by_symbol: groups(by_symbol),
-        by_strategy: groups(by_strategy),
-        by_side: groups(by_side),
-        by_symbol_side: groups(by_symbol_side),
+        by_symbol: grouped(by_symbol),
+        by_strategy: grouped(by_strategy),
+        by_side: grouped(by_side),
+        by_symbol_side: by_symbol_side
+            .into_iter()
+            .map(|((symbol, side), tally)| Group {
+                key: format!("{symbol}/{side}"),
+                figures: finish(tally),
+            })
+            .collect(),
     }
 }
 
-struct Breakdowns<F> {
-    summary: F,
-    series: Vec<Bucket<F>>,
-    by_symbol: Vec<Group<F>>,
-    by_strategy: Vec<Group<F>>,
-    by_side: Vec<Group<F>>,
-    by_symbol_side: Vec<Group<F>>,
-}
-
 /// The orders report of `orders` (those placed in the range), filtered.
-pub fn orders_report(orders: &[OrderDelta], interval: Interval, filters: &Filters) -> OrdersReport {
-    let selected = orders.iter().filter(|order| {
-        order.placed_at.is_some()
-            && filters.matches(
-                order.symbol.as_deref(),
-                order.strategy_id.as_deref(),
-                order.side.as_deref(),
-            )
-    });
-    let breakdowns = report(
-        selected,
+pub fn orders_report(
+    orders: &[OrderDelta],
+    interval: Interval,
+    filters: &Filters,
+    groups: Groups,
+) -> OrdersReport {
+    report(
+        orders.iter(),
+        filters,
         interval,
-        |order: &OrderDelta| {
+        groups,
+        |order| {
             (
-                order.placed_at.unwrap_or_default(),
+                order.placed_at,
                 order.symbol.as_deref(),
                 order.strategy_id.as_deref(),
                 order.side.as_deref(),
@@ -312,15 +336,7 @@ pub fn orders_report(orders: &[OrderDelta], interval: Interval, filters: &Filter
         },
         OrderTally::add,
         OrderTally::finish,
-    );
-    OrdersReport {
-        summary: breakdowns.summary,
-        series: breakdowns.series,
-        by_symbol: breakdowns.by_symbol,
-        by_strategy: breakdowns.by_strategy,
-        by_side: breakdowns.by_side,
-        by_symbol_side: breakdowns.by_symbol_side,
-    }
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -391,35 +407,23 @@ impl ExecutionTally {
 }
 
 /// `/api/v1/trading/execution`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExecutionReport {
-    pub summary: ExecutionFigures,
-    pub series: Vec<Bucket<ExecutionFigures>>,
-    pub by_symbol: Vec<Group<ExecutionFigures>>,
-    pub by_strategy: Vec<Group<ExecutionFigures>>,
-    pub by_side: Vec<Group<ExecutionFigures>>,
-    pub by_symbol_side: Vec<Group<ExecutionFigures>>,
-}
+pub type ExecutionReport = Report<ExecutionFigures>;
 
 /// The execution report of `fills` (those stamped in the range), filtered.
 pub fn execution_report(
     fills: &[FillView],
     interval: Interval,
     filters: &Filters,
+    groups: Groups,
 ) -> ExecutionReport {
-    let selected = fills.iter().filter(|view| {
-        filters.matches(
-            view.fill.symbol.as_deref(),
-            view.fill.strategy_id.as_deref(),
-            view.fill.side.as_deref(),
-        )
-    });
-    let breakdowns = report(
-        selected,
+    report(
+        fills.iter(),
+        filters,
         interval,
-        |view: &FillView| {
+        groups,
+        |view| {
             (
-                view.fill.timestamp_ms,
+                Some(view.fill.timestamp_ms),
                 view.fill.symbol.as_deref(),
                 view.fill.strategy_id.as_deref(),
                 view.fill.side.as_deref(),
@@ -427,15 +431,7 @@ pub fn execution_report(
         },
         ExecutionTally::add,
         ExecutionTally::finish,
-    );
-    ExecutionReport {
-        summary: breakdowns.summary,
-        series: breakdowns.series,
-        by_symbol: breakdowns.by_symbol,
-        by_strategy: breakdowns.by_strategy,
-        by_side: breakdowns.by_side,
-        by_symbol_side: breakdowns.by_symbol_side,
-    }
+    )
 }
 
 // ---------------------------------------------------------------------------
