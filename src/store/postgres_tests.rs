@@ -273,6 +273,32 @@ async fn retention_drops_whole_partitions_and_keeps_counts_right() {
     assert_eq!(again.rollup_rows_deleted, 0);
 }
 
+/// Four writers at once, two on each store (pool): writer `w` commits
+/// `batch(w, round)` for each of `rounds` rounds; any failure (a deadlock
+/// included) fails the test.
+async fn four_writers(
+    first: &Arc<PostgresStore>,
+    second: &Arc<PostgresStore>,
+    rounds: usize,
+    batch: impl Fn(usize, usize) -> Vec<Event> + Send + Sync + Copy + 'static,
+) {
+    let mut tasks = Vec::new();
+    for (writer, store) in [first, second, first, second].into_iter().enumerate() {
+        let store = Arc::clone(store);
+        tasks.push(tokio::spawn(async move {
+            for round in 0..rounds {
+                store
+                    .commit_batch(PreparedBatch::prepare(batch(writer, round), &INTERVALS))
+                    .await
+                    .expect("no deadlock, no failure");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn concurrent_writers_to_one_bucket_lose_nothing() {
     let Some(schema) = TestSchema::create().await else {
@@ -283,31 +309,18 @@ async fn concurrent_writers_to_one_bucket_lose_nothing() {
     let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
     const ROUNDS: i64 = 20;
     const PER_BATCH: i64 = 25;
-    let mut tasks = Vec::new();
-    for (writer, store) in [first.clone(), second.clone(), first.clone(), second.clone()]
-        .into_iter()
-        .enumerate()
-    {
-        tasks.push(tokio::spawn(async move {
-            for round in 0..ROUNDS {
-                let events: Vec<Event> = (0..PER_BATCH)
-                    .map(|index| {
-                        order(
-                            minute + (round * PER_BATCH + index) % 60_000,
-                            (writer + 1) as f64,
-                        )
-                    })
-                    .collect();
-                store
-                    .commit_batch(PreparedBatch::prepare(events, &INTERVALS))
-                    .await
-                    .expect("no deadlock, no failure");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    four_writers(&first, &second, ROUNDS as usize, move |writer, round| {
+        let round = round as i64;
+        (0..PER_BATCH)
+            .map(|index| {
+                order(
+                    minute + (round * PER_BATCH + index) % 60_000,
+                    (writer + 1) as f64,
+                )
+            })
+            .collect()
+    })
+    .await;
     let expected = 4 * ROUNDS * PER_BATCH;
     let latency = first
         .read_rollups(
@@ -360,35 +373,22 @@ async fn concurrent_writers_to_the_same_orders_and_bars_lose_nothing() {
             created_at_ms: at,
         }
     };
-    let mut tasks = Vec::new();
-    for (writer, store) in [first.clone(), second.clone(), first.clone(), second.clone()]
-        .into_iter()
-        .enumerate()
-    {
-        tasks.push(tokio::spawn(async move {
-            for round in 0..ROUNDS {
-                let mut events: Vec<Event> = (0..ORDERS)
-                    .map(|order| {
-                        fill(
-                            order,
-                            minute + (writer * 1_000 + round) as i64,
-                            1.0 + writer as f64,
-                        )
-                    })
-                    .collect();
-                if (writer + round) % 2 == 1 {
-                    events.reverse();
-                }
-                store
-                    .commit_batch(PreparedBatch::prepare(events, &INTERVALS))
-                    .await
-                    .expect("no deadlock, no failure");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    four_writers(&first, &second, ROUNDS, move |writer, round| {
+        let mut events: Vec<Event> = (0..ORDERS)
+            .map(|order| {
+                fill(
+                    order,
+                    minute + (writer * 1_000 + round) as i64,
+                    1.0 + writer as f64,
+                )
+            })
+            .collect();
+        if (writer + round) % 2 == 1 {
+            events.reverse();
+        }
+        events
+    })
+    .await;
     // Every order: ROUNDS fills from each writer, of 1, 2, 3 and 4.
     let orders = first.read_orders(i64::MIN, i64::MAX).await.unwrap();
     assert!(

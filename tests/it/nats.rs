@@ -141,6 +141,25 @@ impl TestStream {
             .sequence
     }
 
+    /// Publishes `count` events of `event_type` (`properties.index` 0, 1,
+    /// ...) concurrently, then waits for every acknowledgement, so the
+    /// stream holds them all before a service starts taking them.
+    async fn publish_indexed(&self, subject: &str, event_type: &str, count: u64) {
+        let mut acks = Vec::new();
+        for index in 0..count {
+            let payload = json!({"event_type": event_type, "properties": {"index": index}});
+            acks.push(
+                self.js
+                    .publish(subject.to_string(), payload.to_string().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("publish acknowledged");
+        }
+    }
+
     async fn publish_json(&self, subject: &str, value: &Value) -> u64 {
         self.publish(subject, value.to_string().into_bytes(), None)
             .await
@@ -658,20 +677,9 @@ async fn a_crash_between_commit_and_ack_loses_and_duplicates_nothing() {
     const COUNT: u64 = 3000;
     // Published concurrently (acks awaited at the end), so that the stream
     // is full before the service starts taking it.
-    let mut acks = Vec::new();
-    for index in 0..COUNT {
-        let payload = json!({"event_type": "order.placed", "properties": {"index": index}});
-        acks.push(
-            stream
-                .js
-                .publish(subject.clone(), payload.to_string().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("publish acknowledged");
-    }
+    stream
+        .publish_indexed(&subject, "order.placed", COUNT)
+        .await;
     let http = reqwest::Client::new();
     let env = stream.env("analytics");
     let first = ServiceProcess::start(&database, &env);
@@ -818,20 +826,7 @@ async fn two_instances_sharing_the_durable_store_every_event_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     const COUNT: u64 = 2000;
     let subject = stream.events_subject();
-    let mut acks = Vec::new();
-    for index in 0..COUNT {
-        let payload = json!({"event_type": "page.view", "properties": {"index": index}});
-        acks.push(
-            stream
-                .js
-                .publish(subject.clone(), payload.to_string().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("publish acknowledged");
-    }
+    stream.publish_indexed(&subject, "page.view", COUNT).await;
     let info = stream.wait_drained("shared", Duration::from_secs(20)).await;
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
     let answer = wait_total(&first, COUNT, Duration::from_secs(5)).await;
@@ -859,20 +854,7 @@ async fn a_graceful_shutdown_acknowledges_everything_it_stored() {
     let path = database.display().to_string();
     let subject = stream.events_subject();
     const COUNT: u64 = 3000;
-    let mut acks = Vec::new();
-    for index in 0..COUNT {
-        let payload = json!({"event_type": "page.view", "properties": {"index": index}});
-        acks.push(
-            stream
-                .js
-                .publish(subject.clone(), payload.to_string().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("publish acknowledged");
-    }
+    stream.publish_indexed(&subject, "page.view", COUNT).await;
     let env = stream.env("analytics");
     let mut first = spawn_with(&env, &[("ANALYTICS_DATABASE__PATH", path.as_str())]).await;
     let visible = wait_total(&first, 1, Duration::from_secs(10)).await;
@@ -1141,20 +1123,7 @@ async fn a_full_ingest_queue_is_waited_out_and_nothing_is_lost() {
     let stream = TestStream::create(&client, &[]).await;
     let subject = stream.events_subject();
     const COUNT: u64 = 2000;
-    let mut acks = Vec::new();
-    for index in 0..COUNT {
-        let payload = json!({"event_type": "page.view", "properties": {"index": index}});
-        acks.push(
-            stream
-                .js
-                .publish(subject.clone(), payload.to_string().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("publish acknowledged");
-    }
+    stream.publish_indexed(&subject, "page.view", COUNT).await;
     // A queue of 20 events: two batches of 200 at once cannot both have it.
     let app = spawn_with(
         &stream.env("analytics"),
