@@ -101,6 +101,9 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet)
 fi
 
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+
 WORK="$(mktemp -d /tmp/analytics-bench.XXXXXX)"
 SERVICE_PID=""
 SAMPLER_PID=""
@@ -114,29 +117,9 @@ stop_service() {
         wait "$SAMPLER_PID" 2>/dev/null || true
         SAMPLER_PID=""
     fi
-    if [ -n "$SERVICE_PID" ]; then
-        kill -TERM "$SERVICE_PID" 2>/dev/null || true
-        # Bounded wait for the drain, then force.
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVICE_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVICE_PID" 2>/dev/null || true
-        wait "$SERVICE_PID" 2>/dev/null || true
-        SERVICE_PID=""
-    fi
+    stop_service_process
 }
 NATS_STREAMS=()
-# nats_delete_stream NAME: deletes a JetStream stream this run made, over
-# the NATS protocol itself ($JS.API.STREAM.DELETE), so no client is needed.
-nats_delete_stream() {
-    local hostport="${NATS_URL#nats://}"
-    (
-        exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}" || exit 0
-        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\nPING\r\n' "$1" >&3
-        timeout 2 head -c 4096 <&3 >/dev/null || true
-    ) 2>/dev/null
-}
 MOCK_PID=""
 stop_mock() { # the Kafka mock cluster of the streams section
     if [ -n "$MOCK_PID" ]; then
@@ -160,9 +143,6 @@ trap 'exit 130' INT TERM
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 # pg_new_schema NAME: sets PG_SCHEMA to a fresh schema name of this run and
 # registers it for the drop on exit (the store or `migrate` creates it).

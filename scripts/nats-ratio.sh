@@ -22,23 +22,9 @@ WORK="$(mktemp -d /tmp/nats-ratio.XXXXXX)"
 SERVICE_PID=""
 STREAMS=()
 
-stop_service() {
-    if [ -n "$SERVICE_PID" ]; then
-        kill -TERM "$SERVICE_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$SERVICE_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVICE_PID" 2>/dev/null || true
-        wait "$SERVICE_PID" 2>/dev/null || true
-        SERVICE_PID=""
-    fi
-}
-nats_delete_stream() {
-    local hostport="${NATS_URL#nats://}"
-    (
-        exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}" || exit 0
-        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\nPING\r\n' "$1" >&3
-        timeout 2 head -c 4096 <&3 >/dev/null || true
-    ) 2>/dev/null
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+stop_service() { stop_service_process; }
 cleanup() {
     stop_service
     for stream in "${STREAMS[@]}"; do nats_delete_stream "$stream"; done
@@ -47,9 +33,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 start_service() { # start_service NAME: fresh SQLite store, EXTRA_CONFIG appended
     local name="$1"
     API_PORT="$(free_port)"

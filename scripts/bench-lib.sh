@@ -1,0 +1,33 @@
+# Shell functions shared by scripts/bench.sh and scripts/nats-ratio.sh
+# (sourced, not run). They use SERVICE_PID and NATS_URL of the caller.
+
+# free_port: a free loopback TCP port.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# stop_service_process: SIGTERM to SERVICE_PID, a bounded wait for the
+# drain (10 s), then SIGKILL; clears SERVICE_PID.
+stop_service_process() {
+    if [ -n "$SERVICE_PID" ]; then
+        kill -TERM "$SERVICE_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVICE_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVICE_PID" 2>/dev/null || true
+        wait "$SERVICE_PID" 2>/dev/null || true
+        SERVICE_PID=""
+    fi
+}
+
+# nats_delete_stream NAME: deletes a JetStream stream the run made, over the
+# NATS protocol itself ($JS.API.STREAM.DELETE), so no client is needed.
+nats_delete_stream() {
+    local hostport="${NATS_URL#nats://}"
+    (
+        exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}" || exit 0
+        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\nPING\r\n' "$1" >&3
+        timeout 2 head -c 4096 <&3 >/dev/null || true
+    ) 2>/dev/null
+}
