@@ -53,6 +53,10 @@ use crate::telemetry::sources::SourceStats;
 /// Bytes of answers the in-process query cache holds at most.
 const IN_PROCESS_CACHE_BYTES: usize = 64 << 20;
 
+/// How often the trading summary refresher looks for marks when it has
+/// caught up (see [`trading::summary`]).
+const TRADING_REFRESH_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Longest life of an in-process cached answer when other instances may
 /// write the store (see [`cache_ttl`]).
 const UNSHARED_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -212,6 +216,18 @@ pub async fn run(
             &config.security.rate_limit,
             config.redis.fail_closed,
         );
+    }
+    if config.analytics.aggregation.trading {
+        let telemetry = Arc::clone(&telemetry);
+        tokio::spawn(trading::summary::run_refresher(
+            Arc::clone(&store),
+            TRADING_REFRESH_IDLE,
+            shutdown.clone(),
+            move |marks| {
+                telemetry.trading_summary_marks.set(marks as i64);
+                telemetry.trading_summary_passes.inc();
+            },
+        ));
     }
     let (stream_sources, source_tasks) = start_sources(
         &config,

@@ -25,7 +25,8 @@ use crate::store::{Store, StoreError};
 use crate::trading::metrics::{
     Statistic, TradingMetric, bar_points, execution_points, order_points,
 };
-use crate::trading::report::{Bar, Filters, Groups, bars, execution_report, orders_report};
+use crate::trading::report::{Bar, Filters, Groups, bars};
+use crate::trading::summary::{execution_report, orders_report};
 
 /// How far ahead of now a lifecycle event may be stamped (the accepted
 /// future skew is smaller).
@@ -214,22 +215,21 @@ async fn report_endpoint(
     ensure_trading(state)?;
     let (range, half_open, interval) = range_params(params)?;
     let filters = filters_param(params)?;
-    let store = state.query.store();
-    let (start, end) = (half_open.start_ms, half_open.end_ms);
+    let store = &**state.query.store();
     let body = match report {
         Report::Orders => {
             timed(state, "trading_orders", async {
-                let orders = store.read_orders(start, end).await?;
-                serde_json::to_value(orders_report(&orders, interval, &filters, Groups::With))
-                    .map_err(ApiError::internal)
+                let report =
+                    orders_report(store, half_open, interval, &filters, Groups::With).await?;
+                serde_json::to_value(report).map_err(ApiError::internal)
             })
             .await?
         }
         Report::Execution => {
             timed(state, "trading_execution", async {
-                let fills = store.read_fills(start, end).await?;
-                serde_json::to_value(execution_report(&fills, interval, &filters, Groups::With))
-                    .map_err(ApiError::internal)
+                let report =
+                    execution_report(store, half_open, interval, &filters, Groups::With).await?;
+                serde_json::to_value(report).map_err(ApiError::internal)
             })
             .await?
         }
@@ -312,17 +312,14 @@ pub(super) async fn metric(
     let (points, aggregation) = timed(state, "metrics", async {
         Ok(match &metric {
             TradingMetric::Order(order_metric) => {
-                let orders = store
-                    .read_orders(half_open.start_ms, half_open.end_ms)
-                    .await?;
-                let report = orders_report(&orders, interval, &filters, Groups::Without);
+                let report =
+                    orders_report(&**store, half_open, interval, &filters, Groups::Without).await?;
                 order_points(*order_metric, &report.series, statistic)
             }
             TradingMetric::Execution(execution_metric) => {
-                let fills = store
-                    .read_fills(half_open.start_ms, half_open.end_ms)
-                    .await?;
-                let report = execution_report(&fills, interval, &filters, Groups::Without);
+                let report =
+                    execution_report(&**store, half_open, interval, &filters, Groups::Without)
+                        .await?;
                 execution_points(*execution_metric, &report.series, statistic)
             }
             TradingMetric::Bars(symbol) => {

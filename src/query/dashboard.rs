@@ -18,7 +18,8 @@ use crate::model::metric::{
 };
 use crate::rollup::{Interval, TimeRange};
 use crate::store::StoreError;
-use crate::trading::report::{Filters, Groups, execution_report, orders_report};
+use crate::trading::report::{Filters, Groups};
+use crate::trading::summary::{execution_report, orders_report};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -211,20 +212,12 @@ pub async fn trading_figures(
 ) -> Result<Map<String, Value>, StoreError> {
     let five = DashboardWindows::at(now_ms).last_five_minutes;
     let all = Filters::default();
-    let orders = orders_report(
-        &store.read_orders(five.start_ms, five.end_ms).await?,
-        Interval::H1,
-        &all,
-        Groups::Without,
-    )
-    .summary;
-    let execution = execution_report(
-        &store.read_fills(five.start_ms, five.end_ms).await?,
-        Interval::H1,
-        &all,
-        Groups::Without,
-    )
-    .summary;
+    let orders = orders_report(store, five, Interval::H1, &all, Groups::Without)
+        .await?
+        .summary;
+    let execution = execution_report(store, five, Interval::H1, &all, Groups::Without)
+        .await?
+        .summary;
     let mut figures = Map::new();
     for (name, value) in [
         ("orders_placed_5m", json!(orders.orders_placed)),

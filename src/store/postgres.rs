@@ -46,6 +46,7 @@ use super::{
 use crate::config::DatabaseConfig;
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupKey};
+use crate::trading::summary::{self, Mark, MarkSpans, MergeSlices, SummaryKind};
 use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
@@ -60,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "trading",
         include_str!("migrations/postgres/0003_trading.sql"),
+    ),
+    (
+        4,
+        "trading_summaries",
+        include_str!("migrations/postgres/0004_trading_summaries.sql"),
     ),
 ];
 
@@ -796,16 +802,156 @@ async fn write_trading(
     transaction: &deadpool_postgres::Transaction<'_>,
     trading: &TradingBatch,
 ) -> Result<(), StoreError> {
-    write_trading_orders(transaction, &trading.orders).await?;
+    let mut spans = MarkSpans::new();
+    write_trading_orders(transaction, &trading.orders, &mut spans).await?;
     write_trading_fills(transaction, &trading.fills).await?;
     write_trading_quotes(transaction, &trading.quotes).await?;
     write_trading_bars(transaction, &trading.bars).await?;
+    summary::fill_spans(trading, &mut spans);
+    let ranges = summary::quote_ranges(trading);
+    if !ranges.is_empty() {
+        let symbols: Vec<&str> = ranges.keys().copied().collect();
+        let lasts: Vec<i64> = ranges.values().map(|(_, last)| *last).collect();
+        let next = transaction
+            .prepare_cached(
+                "SELECT (SELECT MIN(q.ts) FROM market_quotes q WHERE q.symbol = r.symbol AND q.ts > r.last)
+                 FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS r(symbol, last, n) ORDER BY n",
+            )
+            .await?;
+        let rows = transaction.query(&next, &[&symbols, &lasts]).await?;
+        let now = crate::model::event::now_ms();
+        for ((first, _), row) in ranges.values().zip(&rows) {
+            let next_quote: Option<i64> = row.try_get(0)?;
+            spans.insert(summary::quote_span(*first, next_quote, now));
+        }
+    }
+    write_marks(transaction, &spans).await
+}
+
+/// Adds `spans` to `trading_marks` (a span already there gets a new
+/// version), in key order.
+async fn write_marks(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    spans: &MarkSpans,
+) -> Result<(), StoreError> {
+    if spans.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<i16> = spans
+        .iter()
+        .map(|(kind, _, _)| kind.code() as i16)
+        .collect();
+    let firsts: Vec<i64> = spans.iter().map(|(_, first, _)| *first).collect();
+    let lasts: Vec<i64> = spans.iter().map(|(_, _, last)| *last).collect();
+    let upsert = transaction
+        .prepare_cached(
+            "INSERT INTO trading_marks AS m (kind, first_minute, last_minute)
+                 SELECT * FROM unnest($1::int2[], $2::int8[], $3::int8[])
+                 ON CONFLICT (kind, first_minute, last_minute) DO UPDATE SET version = m.version + 1",
+        )
+        .await?;
+    transaction
+        .execute(&upsert, &[&kinds, &firsts, &lasts])
+        .await?;
     Ok(())
 }
+
+/// [`Store::write_trading_summaries`] inside `transaction`.
+async fn write_summaries(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    kind: SummaryKind,
+    minutes: &[(i64, Option<Vec<u8>>)],
+    cleared: &[Mark],
+    remainders: &MarkSpans,
+    merge: MergeSlices,
+) -> Result<bool, StoreError> {
+    // Refreshers of several instances take turns, per schema.
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.trading_summaries'))",
+            &[],
+        )
+        .await?;
+    let code = kind.code() as i16;
+    let mut sorted = cleared.to_vec();
+    sorted.sort_unstable();
+    let firsts: Vec<i64> = sorted.iter().map(|mark| mark.first_minute).collect();
+    let lasts: Vec<i64> = sorted.iter().map(|mark| mark.last_minute).collect();
+    let versions: Vec<i64> = sorted.iter().map(|mark| mark.version).collect();
+    let kinds: Vec<i16> = sorted.iter().map(|mark| mark.kind.code() as i16).collect();
+    let deleted = transaction
+        .execute(
+            "DELETE FROM trading_marks m
+             USING unnest($1::int2[], $2::int8[], $3::int8[], $4::int8[]) AS c(kind, first_minute, last_minute, version)
+             WHERE m.kind = c.kind AND m.first_minute = c.first_minute
+               AND m.last_minute = c.last_minute AND m.version = c.version",
+            &[&kinds, &firsts, &lasts, &versions],
+        )
+        .await?;
+    if deleted != sorted.len() as u64 {
+        return Ok(false);
+    }
+    write_marks(transaction, remainders).await?;
+    let upsert = transaction
+        .prepare_cached(
+            "INSERT INTO trading_summaries (kind, hourly, start, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (kind, hourly, start) DO UPDATE SET body = excluded.body",
+        )
+        .await?;
+    let remove = transaction
+        .prepare_cached(
+            "DELETE FROM trading_summaries WHERE kind = $1 AND hourly = $2 AND start = $3",
+        )
+        .await?;
+    let mut hours = std::collections::BTreeSet::new();
+    for (minute, body) in minutes {
+        hours.insert(summary::hour_of(*minute));
+        match body {
+            Some(body) => {
+                transaction
+                    .execute(&upsert, &[&code, &false, minute, body])
+                    .await?
+            }
+            None => {
+                transaction
+                    .execute(&remove, &[&code, &false, minute])
+                    .await?
+            }
+        };
+    }
+    let read = transaction
+        .prepare_cached(
+            "SELECT body FROM trading_summaries
+             WHERE kind = $1 AND NOT hourly AND start >= $2 AND start < $3",
+        )
+        .await?;
+    for hour in hours {
+        let rows = transaction
+            .query(&read, &[&code, &hour, &(hour + summary::HOUR_MS)])
+            .await?;
+        let bodies = rows
+            .iter()
+            .map(|row| row.try_get::<_, Vec<u8>>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        match merge(&bodies)? {
+            Some(body) => {
+                transaction
+                    .execute(&upsert, &[&code, &true, &hour, &body])
+                    .await?
+            }
+            None => transaction.execute(&remove, &[&code, &true, &hour]).await?,
+        };
+    }
+    Ok(true)
+}
+
+/// An order's id, placement, first and last fill as stored after an upsert.
+type StoredOrderTimes = (String, Option<i64>, Option<i64>, Option<i64>);
 
 async fn write_trading_orders(
     transaction: &deadpool_postgres::Transaction<'_>,
     orders: &[OrderDelta],
+    spans: &mut MarkSpans,
 ) -> Result<(), StoreError> {
     if orders.is_empty() {
         return Ok(());
@@ -874,11 +1020,12 @@ async fn write_trading_orders(
                      last_fill_at = GREATEST(t.last_fill_at, excluded.last_fill_at),
                      canceled_at = LEAST(t.canceled_at, excluded.canceled_at),
                      rejected_at = LEAST(t.rejected_at, excluded.rejected_at),
-                     seen_at = LEAST(t.seen_at, excluded.seen_at)",
+                     seen_at = LEAST(t.seen_at, excluded.seen_at)
+                 RETURNING order_id, placed_at, first_fill_at, last_fill_at",
             )
             .await?;
-    transaction
-        .execute(
+    let rows = transaction
+        .query(
             &upsert,
             &[
                 &ids,
@@ -903,7 +1050,28 @@ async fn write_trading_orders(
             ],
         )
         .await?;
-
+    // The deltas are by order id, and so are the returned rows once sorted.
+    let mut stored: Vec<StoredOrderTimes> = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    stored.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (order, (id, placed_at, first, last)) in orders.iter().zip(&stored) {
+        if order.order_id != *id {
+            return Err(StoreError::Corrupt(format!(
+                "order upsert returned {id:?} for {:?}",
+                order.order_id
+            )));
+        }
+        summary::order_spans(order, *placed_at, first.zip(*last), spans);
+    }
     Ok(())
 }
 
@@ -1044,7 +1212,7 @@ async fn write_trading_bars(
 
 /// Retention of the trading tables, one chunk per statement (`$1` cutoff,
 /// `$2` chunk size, `$3` the symbol for per-symbol statements).
-const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
+const TRADING_RETENTION: [(&str, TradingCutoff); 6] = [
     (
         "DELETE FROM trading_orders WHERE order_id IN
              (SELECT order_id FROM trading_orders WHERE placed_at < $1 LIMIT $2)",
@@ -1069,6 +1237,13 @@ const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
         "DELETE FROM market_bars WHERE ctid = ANY(ARRAY(
              SELECT ctid FROM market_bars WHERE minute < $1 LIMIT $2))",
         TradingCutoff::Bars,
+    ),
+    // Minutes and hours that start before the cutoff; the minute holding
+    // the cutoff was marked first, so its hour is summarised again.
+    (
+        "DELETE FROM trading_summaries WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM trading_summaries WHERE start < $1 LIMIT $2))",
+        TradingCutoff::Events,
     ),
 ];
 
@@ -1546,7 +1721,10 @@ impl Store for PostgresStore {
     async fn clear_trading(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
-            .batch_execute("TRUNCATE trading_orders, trading_fills, market_quotes, market_bars")
+            .batch_execute(
+                "TRUNCATE trading_orders, trading_fills, market_quotes, market_bars,
+                     trading_summaries, trading_marks",
+            )
             .await?;
         Ok(())
     }
@@ -1557,6 +1735,67 @@ impl Store for PostgresStore {
         write_trading(&transaction, &trading).await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT kind, first_minute, last_minute, version FROM trading_marks")
+            .await?;
+        let rows = client.query(&statement, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Mark {
+                    kind: SummaryKind::from_code(i64::from(row.try_get::<_, i16>(0)?))?,
+                    first_minute: row.try_get(1)?,
+                    last_minute: row.try_get(2)?,
+                    version: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_trading_summaries(
+        &self,
+        kind: SummaryKind,
+        hourly: bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT start, body FROM trading_summaries
+                 WHERE kind = $1 AND hourly = $2 AND start >= $3 AND start < $4 ORDER BY start",
+            )
+            .await?;
+        let code = kind.code() as i16;
+        let rows = client
+            .query(&statement, &[&code, &hourly, &start_ms, &end_ms])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
+    async fn write_trading_summaries(
+        &self,
+        kind: SummaryKind,
+        minutes: Vec<(i64, Option<Vec<u8>>)>,
+        cleared: Vec<Mark>,
+        remainders: Vec<(SummaryKind, i64, i64)>,
+        merge: MergeSlices,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let remainders: MarkSpans = remainders.into_iter().collect();
+        let written =
+            write_summaries(&transaction, kind, &minutes, &cleared, &remainders, merge).await?;
+        if written {
+            transaction.commit().await?;
+        }
+        Ok(written)
     }
 
     async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {
@@ -1704,6 +1943,17 @@ impl Store for PostgresStore {
             .drop_expired(cutoffs.events_before_ms, &cutoffs.rollups_before_ms)
             .await?;
         let mut trading_rows_deleted = 0;
+        {
+            let cutoff_minute = summary::minute_of(cutoffs.events_before_ms);
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            let spans: MarkSpans = [SummaryKind::Orders, SummaryKind::Fills]
+                .into_iter()
+                .map(|kind| (kind, cutoff_minute, cutoff_minute))
+                .collect();
+            write_marks(&transaction, &spans).await?;
+            transaction.commit().await?;
+        }
         for (delete, cutoff) in TRADING_RETENTION {
             let before_ms = cutoffs.trading_before_ms(cutoff);
             if cutoff != TradingCutoff::EventsPerSymbol {

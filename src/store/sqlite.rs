@@ -22,6 +22,7 @@ use super::{
 };
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
+use crate::trading::summary::{self, Mark, MarkSpans, MergeSlices, SummaryKind};
 use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
@@ -41,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "trading",
         include_str!("migrations/sqlite/0004_trading.sql"),
+    ),
+    (
+        5,
+        "trading_summaries",
+        include_str!("migrations/sqlite/0005_trading_summaries.sql"),
     ),
 ];
 
@@ -470,7 +476,14 @@ const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, 
          last_fill_at = COALESCE(MAX(last_fill_at, excluded.last_fill_at), last_fill_at, excluded.last_fill_at),
          canceled_at = COALESCE(MIN(canceled_at, excluded.canceled_at), canceled_at, excluded.canceled_at),
          rejected_at = COALESCE(MIN(rejected_at, excluded.rejected_at), rejected_at, excluded.rejected_at),
-         seen_at = MIN(seen_at, excluded.seen_at)";
+         seen_at = MIN(seen_at, excluded.seen_at)
+     RETURNING placed_at, first_fill_at, last_fill_at";
+
+const UPSERT_MARK: &str = "INSERT INTO trading_marks (kind, first_minute, last_minute)
+     VALUES (?1, ?2, ?3)
+     ON CONFLICT (kind, first_minute, last_minute) DO UPDATE SET version = version + 1";
+
+const NEXT_QUOTE: &str = "SELECT MIN(ts) FROM market_quotes WHERE symbol = ?1 AND ts > ?2";
 
 const INSERT_FILL: &str =
     "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id,
@@ -499,7 +512,7 @@ const UPSERT_BAR: &str = "INSERT INTO market_bars (symbol, source, minute, open_
 
 /// Retention of the trading tables, one chunk per statement (`?1` cutoff,
 /// `?2` chunk size, `?3` the symbol for per-symbol statements).
-const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
+const TRADING_RETENTION: [(&str, TradingCutoff); 6] = [
     (
         "DELETE FROM trading_orders WHERE order_id IN
              (SELECT order_id FROM trading_orders WHERE placed_at < ?1 LIMIT ?2)",
@@ -524,6 +537,13 @@ const TRADING_RETENTION: [(&str, TradingCutoff); 5] = [
         "DELETE FROM market_bars WHERE (symbol, source, minute) IN
              (SELECT symbol, source, minute FROM market_bars WHERE minute < ?1 LIMIT ?2)",
         TradingCutoff::Bars,
+    ),
+    // Minutes and hours that start before the cutoff; the minute holding
+    // the cutoff was marked first, so its hour is summarised again.
+    (
+        "DELETE FROM trading_summaries WHERE (kind, hourly, start) IN
+             (SELECT kind, hourly, start FROM trading_summaries WHERE start < ?1 LIMIT ?2)",
+        TradingCutoff::Events,
     ),
 ];
 
@@ -610,29 +630,40 @@ fn write_trading(
     if trading.is_empty() {
         return Ok(());
     }
+    let mut spans = MarkSpans::new();
     let mut upsert = transaction.prepare_cached(UPSERT_ORDER)?;
     for order in &trading.orders {
-        upsert.execute(params![
-            order.order_id,
-            order.symbol,
-            order.side,
-            order.strategy_id,
-            order.order_type,
-            order.placed_at,
-            order.quantity,
-            order.price,
-            order.latency_ms,
-            order.filled_quantity,
-            order.filled_notional,
-            order.fills,
-            order.maker_fills,
-            order.commission,
-            order.first_fill_at,
-            order.last_fill_at,
-            order.canceled_at,
-            order.rejected_at,
-            order.seen_at,
-        ])?;
+        let (placed_at, first_fill, last_fill) = upsert.query_row(
+            params![
+                order.order_id,
+                order.symbol,
+                order.side,
+                order.strategy_id,
+                order.order_type,
+                order.placed_at,
+                order.quantity,
+                order.price,
+                order.latency_ms,
+                order.filled_quantity,
+                order.filled_notional,
+                order.fills,
+                order.maker_fills,
+                order.commission,
+                order.first_fill_at,
+                order.last_fill_at,
+                order.canceled_at,
+                order.rejected_at,
+                order.seen_at,
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, Option<i64>>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        )?;
+        summary::order_spans(order, placed_at, first_fill.zip(last_fill), &mut spans);
     }
     let mut insert = transaction.prepare_cached(INSERT_FILL)?;
     for fill in &trading.fills {
@@ -678,7 +709,83 @@ fn write_trading(
             bar.spread_count,
         ])?;
     }
+    summary::fill_spans(trading, &mut spans);
+    let mut next = transaction.prepare_cached(NEXT_QUOTE)?;
+    let now = crate::model::event::now_ms();
+    for (symbol, (first, last)) in summary::quote_ranges(trading) {
+        let next_quote: Option<i64> = next.query_row(params![symbol, last], |row| row.get(0))?;
+        spans.insert(summary::quote_span(first, next_quote, now));
+    }
+    write_marks(transaction, &spans)
+}
+
+fn write_marks(
+    transaction: &rusqlite::Transaction<'_>,
+    spans: &MarkSpans,
+) -> Result<(), StoreError> {
+    let mut upsert = transaction.prepare_cached(UPSERT_MARK)?;
+    for (kind, first, last) in spans {
+        upsert.execute(params![kind.code(), first, last])?;
+    }
     Ok(())
+}
+
+/// [`Store::write_trading_summaries`] inside `transaction`.
+fn write_summaries(
+    transaction: &rusqlite::Transaction<'_>,
+    kind: SummaryKind,
+    minutes: &[(i64, Option<Vec<u8>>)],
+    cleared: &[Mark],
+    remainders: &MarkSpans,
+    merge: MergeSlices,
+) -> Result<bool, StoreError> {
+    let mut delete = transaction.prepare_cached(
+        "DELETE FROM trading_marks
+         WHERE kind = ?1 AND first_minute = ?2 AND last_minute = ?3 AND version = ?4",
+    )?;
+    for mark in cleared {
+        let deleted = delete.execute(params![
+            mark.kind.code(),
+            mark.first_minute,
+            mark.last_minute,
+            mark.version
+        ])?;
+        if deleted != 1 {
+            return Ok(false);
+        }
+    }
+    write_marks(transaction, remainders)?;
+    let mut upsert = transaction.prepare_cached(
+        "INSERT INTO trading_summaries (kind, hourly, start, body) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, hourly, start) DO UPDATE SET body = excluded.body",
+    )?;
+    let mut remove = transaction.prepare_cached(
+        "DELETE FROM trading_summaries WHERE kind = ?1 AND hourly = ?2 AND start = ?3",
+    )?;
+    let mut hours = std::collections::BTreeSet::new();
+    for (minute, body) in minutes {
+        hours.insert(summary::hour_of(*minute));
+        match body {
+            Some(body) => upsert.execute(params![kind.code(), 0, minute, body])?,
+            None => remove.execute(params![kind.code(), 0, minute])?,
+        };
+    }
+    let mut read = transaction.prepare_cached(
+        "SELECT body FROM trading_summaries
+         WHERE kind = ?1 AND hourly = 0 AND start >= ?2 AND start < ?3",
+    )?;
+    for hour in hours {
+        let bodies = read
+            .query_map(params![kind.code(), hour, hour + summary::HOUR_MS], |row| {
+                row.get::<_, Vec<u8>>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        match merge(&bodies)? {
+            Some(body) => upsert.execute(params![kind.code(), 1, hour, body])?,
+            None => remove.execute(params![kind.code(), 1, hour])?,
+        };
+    }
+    Ok(true)
 }
 
 /// Rollup rows of one filter at `interval` with bucket starts in
@@ -947,6 +1054,7 @@ impl Store for SqliteStore {
                 "BEGIN IMMEDIATE;
                  DELETE FROM trading_orders; DELETE FROM trading_fills;
                  DELETE FROM market_quotes; DELETE FROM market_bars;
+                 DELETE FROM trading_summaries; DELETE FROM trading_marks;
                  COMMIT;",
             )?;
             Ok(())
@@ -962,6 +1070,73 @@ impl Store for SqliteStore {
             write_trading(&transaction, &trading)?;
             transaction.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError> {
+        self.with_reader(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT kind, first_minute, last_minute, version FROM trading_marks",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?;
+            let mut marks = Vec::new();
+            for row in rows {
+                let (kind, first_minute, last_minute, version) = row?;
+                marks.push(Mark {
+                    kind: SummaryKind::from_code(kind)?,
+                    first_minute,
+                    last_minute,
+                    version,
+                });
+            }
+            Ok(marks)
+        })
+        .await
+    }
+
+    async fn read_trading_summaries(
+        &self,
+        kind: SummaryKind,
+        hourly: bool,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.with_reader(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT start, body FROM trading_summaries
+                 WHERE kind = ?1 AND hourly = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
+            )?;
+            let rows = statement.query_map(
+                params![kind.code(), i64::from(hourly), start_ms, end_ms],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn write_trading_summaries(
+        &self,
+        kind: SummaryKind,
+        minutes: Vec<(i64, Option<Vec<u8>>)>,
+        cleared: Vec<Mark>,
+        remainders: Vec<(SummaryKind, i64, i64)>,
+        merge: MergeSlices,
+    ) -> Result<bool, StoreError> {
+        self.with_writer(move |writer| {
+            let transaction = writer
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let remainders: MarkSpans = remainders.into_iter().collect();
+            let written =
+                write_summaries(&transaction, kind, &minutes, &cleared, &remainders, merge)?;
+            if written {
+                transaction.commit()?;
+            }
+            Ok(written)
         })
         .await
     }
@@ -1153,6 +1328,20 @@ impl Store for SqliteStore {
                 )
                 .await?;
         }
+        let cutoff_minute = summary::minute_of(cutoffs.events_before_ms);
+        self.with_writer(move |writer| {
+            let transaction = writer
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let spans: MarkSpans = [SummaryKind::Orders, SummaryKind::Fills]
+                .into_iter()
+                .map(|kind| (kind, cutoff_minute, cutoff_minute))
+                .collect();
+            write_marks(&transaction, &spans)?;
+            transaction.commit()?;
+            Ok(())
+        })
+        .await?;
         for (delete, cutoff) in TRADING_RETENTION {
             let before_ms = cutoffs.trading_before_ms(cutoff);
             if cutoff != TradingCutoff::EventsPerSymbol {

@@ -30,6 +30,11 @@ pub struct Telemetry {
     pub cache_misses: IntCounter,
     pub active_connections: IntGauge,
     pub queue_depth: IntGauge,
+    /// Marks a trading summary refresh could take up (all but those of the
+    /// current minute) at the start of its last pass.
+    pub trading_summary_marks: IntGauge,
+    /// Trading summary refresh passes run.
+    pub trading_summary_passes: IntCounter,
     pub overloaded: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -65,9 +70,19 @@ pub struct IngestionMetrics {
     pub last_batch_duration: String,
     pub total_latency: String,
     pub queue_depth: i64,
+    /// Trading summaries: `marks` outstanding at the start of the last
+    /// refresh pass, and the `passes` run (see `crate::trading::summary`).
+    pub trading_summaries: TradingSummaryProgress,
     /// Per source (http, kafka, nats): received, committed, duplicates,
     /// dead-lettered, skipped, lag.
     pub sources: std::collections::BTreeMap<&'static str, sources::SourceSnapshot>,
+}
+
+/// Progress of the trading summary refresher.
+#[derive(Debug, serde::Serialize)]
+pub struct TradingSummaryProgress {
+    pub marks: i64,
+    pub passes: u64,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -193,6 +208,19 @@ impl Telemetry {
                 )
                 .expect("valid gauge"),
             ),
+            trading_summary_marks: register(
+                &registry,
+                IntGauge::new(
+                    "analytics_trading_summary_marks",
+                    "Trading summary marks ready (not of the current minute) at the start of the last refresh pass.",
+                )
+                .expect("valid gauge"),
+            ),
+            trading_summary_passes: counter(
+                &registry,
+                "analytics_trading_summary_passes_total",
+                "Trading summary refresh passes run.",
+            ),
             overloaded: counter(
                 &registry,
                 "analytics_ingest_overloaded_total",
@@ -306,6 +334,10 @@ impl Telemetry {
             last_batch_duration: format_duration(last.duration),
             total_latency: format_duration(last.total_latency),
             queue_depth: self.queue_depth.get(),
+            trading_summaries: TradingSummaryProgress {
+                marks: self.trading_summary_marks.get(),
+                passes: self.trading_summary_passes.get(),
+            },
             sources: self.sources.snapshot(),
         }
     }

@@ -5,6 +5,7 @@
 pub mod metrics;
 pub mod projection;
 pub mod report;
+pub mod summary;
 
 pub use projection::{BarDelta, FillRow, OrderDelta, QuoteRow, TradingBatch};
 
@@ -26,6 +27,9 @@ pub struct RebuildReport {
     pub quotes: u64,
     pub bar_updates: u64,
 }
+
+/// Refresh passes a rebuild runs at most (one hour of each kind per pass).
+const REBUILD_REFRESH_PASSES: u64 = 1_000_000;
 
 /// How much of the events a rebuild reads at once.
 const REBUILD_SPAN_MS: i64 = 3_600_000;
@@ -59,5 +63,7 @@ pub async fn rebuild(
         }
         from = to;
     }
+    // The summaries of everything written, so reports are cheap at once.
+    summary::refresh_all(store, REBUILD_REFRESH_PASSES).await?;
     Ok(report)
 }

@@ -14,8 +14,13 @@
 //!   10⁴` for a sell, so positive means worse than mid. The mid is that of
 //!   the latest `market.data.update` of the symbol at or before the fill
 //!   (ties by event id); fills without a side or a mid have no slippage.
-//! - Percentiles are exact (nearest rank: the value at rank ⌈p·n⌉ of the
-//!   sorted values).
+//! - Percentiles come from a DDSketch of the values (1 % relative error,
+//!   clamped to the exact minimum and maximum), as in `/api/v1/metrics`: the
+//!   value at rank ⌊q·(n − 1)⌋ (0-based) of the sorted values. Counts, sums,
+//!   means and rates are exact.
+//! - Reports are merged from per-minute and per-hour summaries per group
+//!   (symbol, strategy, side) and the raw rows of the minutes not summarised
+//!   yet (see [`super::summary`]).
 //! - Bars come from one-minute bars: market data where the minute has any,
 //!   else the fills of that minute. Volatility of a bar is the sample
 //!   standard deviation of the log returns between the closes of its
@@ -27,7 +32,8 @@ use serde::Serialize;
 
 use super::FillView;
 use super::projection::{BarDelta, OrderDelta, SOURCE_FILL, SOURCE_MARKET};
-use crate::rollup::Interval;
+use super::summary::{Decoder, Encoder};
+use crate::rollup::{Accumulator, Interval};
 
 /// Which orders or fills a report covers; `None` means all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +55,8 @@ impl Filters {
     }
 }
 
-/// Count, mean and nearest-rank percentiles of some values.
+/// Count, mean and percentiles of some values (see the module docs for the
+/// percentile definition).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Distribution {
     pub count: u64,
@@ -60,32 +67,54 @@ pub struct Distribution {
 }
 
 impl Distribution {
-    pub fn of(mut values: Vec<f64>) -> Distribution {
-        values.retain(|value| value.is_finite());
-        if values.is_empty() {
-            return Distribution::default();
-        }
-        values.sort_by(f64::total_cmp);
-        let count = values.len();
+    /// The figures of a valued accumulator: exact count and mean, sketch
+    /// percentiles clamped to the exact minimum and maximum.
+    pub fn of(values: &Accumulator) -> Distribution {
         Distribution {
-            count: count as u64,
-            mean: Some(values.iter().sum::<f64>() / count as f64),
-            p50: Some(nearest_rank(&values, 0.50)),
-            p95: Some(nearest_rank(&values, 0.95)),
-            p99: Some(nearest_rank(&values, 0.99)),
+            count: values.value_count(),
+            mean: values.mean(),
+            p50: values.quantile(0.50),
+            p95: values.quantile(0.95),
+            p99: values.quantile(0.99),
         }
     }
-}
-
-/// The value at rank ⌈q·n⌉ (1-based) of `sorted`, which is not empty.
-pub fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }
 
 fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator > 0.0).then(|| numerator / denominator)
 }
+
+/// The group of an order or a fill: the finest grain the summaries keep,
+/// from which every filter and breakdown is a selection or a merge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    pub symbol: Option<String>,
+    pub strategy_id: Option<String>,
+    /// Lower case.
+    pub side: Option<String>,
+}
+
+/// A mergeable summary of orders or fills: what a one-minute or one-hour
+/// summary holds per group, and what a report merges.
+pub trait Tally: Default + Clone + Send + Sync + 'static {
+    /// An order or a fill, as read from the trading tables.
+    type Item;
+    /// The figures a report shows.
+    type Figures: Serialize;
+    /// When the item counts (placement or fill time); `None`: not reported.
+    fn at(item: &Self::Item) -> Option<i64>;
+    fn key(item: &Self::Item) -> GroupKey;
+    fn add(&mut self, item: &Self::Item);
+    /// As if `self` had also seen `other`'s items.
+    fn merge(&mut self, other: &Self);
+    fn finish(&self) -> Self::Figures;
+    fn encode(&self, out: &mut Encoder);
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, String>;
+}
+
+/// The tallies of one stretch of time (a minute, an hour, or the raw items
+/// of a part of a minute), per group.
+pub type Slice<T> = BTreeMap<GroupKey, T>;
 
 // ---------------------------------------------------------------------------
 // Orders
@@ -130,62 +159,189 @@ pub struct OrderFigures {
     pub placement_latency_ms: Distribution,
 }
 
-/// Accumulates [`OrderFigures`].
-#[derive(Default)]
-struct OrderTally {
-    figures: OrderFigures,
+/// Accumulates [`OrderFigures`]: exact counts and sums, and a sketch per
+/// distribution.
+#[derive(Clone)]
+pub struct OrderTally {
+    placed: u64,
+    filled: u64,
+    partially_filled: u64,
+    canceled: u64,
+    rejected: u64,
+    open: u64,
+    quantity_ordered: f64,
+    quantity_filled: f64,
     capped_filled: f64,
-    first_fill: Vec<f64>,
-    full_fill: Vec<f64>,
-    latency: Vec<f64>,
+    filled_notional: f64,
+    fills: u64,
+    maker_fills: u64,
+    commission: f64,
+    first_fill: Accumulator,
+    full_fill: Accumulator,
+    latency: Accumulator,
 }
 
-impl OrderTally {
+impl Default for OrderTally {
+    fn default() -> Self {
+        OrderTally {
+            placed: 0,
+            filled: 0,
+            partially_filled: 0,
+            canceled: 0,
+            rejected: 0,
+            open: 0,
+            quantity_ordered: 0.0,
+            quantity_filled: 0.0,
+            capped_filled: 0.0,
+            filled_notional: 0.0,
+            fills: 0,
+            maker_fills: 0,
+            commission: 0.0,
+            first_fill: Accumulator::new_with_values(),
+            full_fill: Accumulator::new_with_values(),
+            latency: Accumulator::new_with_values(),
+        }
+    }
+}
+
+impl Tally for OrderTally {
+    type Item = OrderDelta;
+    type Figures = OrderFigures;
+
+    fn at(order: &OrderDelta) -> Option<i64> {
+        order.placed_at
+    }
+
+    fn key(order: &OrderDelta) -> GroupKey {
+        GroupKey {
+            symbol: order.symbol.clone(),
+            strategy_id: order.strategy_id.clone(),
+            side: order.side.clone(),
+        }
+    }
+
     fn add(&mut self, order: &OrderDelta) {
         let Some(placed_at) = order.placed_at else {
             return;
         };
-        let figures = &mut self.figures;
         let full = is_fully_filled(order);
-        figures.orders_placed += 1;
-        figures.orders_filled += u64::from(full);
-        figures.orders_partially_filled += u64::from(!full && order.filled_quantity > 0.0);
-        figures.orders_canceled += u64::from(order.canceled_at.is_some());
-        figures.orders_rejected += u64::from(order.rejected_at.is_some());
-        figures.orders_open +=
-            u64::from(!full && order.canceled_at.is_none() && order.rejected_at.is_none());
+        self.placed += 1;
+        self.filled += u64::from(full);
+        self.partially_filled += u64::from(!full && order.filled_quantity > 0.0);
+        self.canceled += u64::from(order.canceled_at.is_some());
+        self.rejected += u64::from(order.rejected_at.is_some());
+        self.open += u64::from(!full && order.canceled_at.is_none() && order.rejected_at.is_none());
         let quantity = order.quantity.unwrap_or(0.0).max(0.0);
-        figures.quantity_ordered += quantity;
-        figures.quantity_filled += order.filled_quantity;
+        self.quantity_ordered += quantity;
+        self.quantity_filled += order.filled_quantity;
         self.capped_filled += order.filled_quantity.min(quantity);
-        figures.filled_notional += order.filled_notional;
-        figures.fills += order.fills.max(0) as u64;
-        figures.maker_fills += order.maker_fills.max(0) as u64;
-        figures.commission += order.commission;
+        self.filled_notional += order.filled_notional;
+        self.fills += order.fills.max(0) as u64;
+        self.maker_fills += order.maker_fills.max(0) as u64;
+        self.commission += order.commission;
         if let Some(first) = order.first_fill_at {
-            self.first_fill.push((first - placed_at) as f64);
+            self.first_fill.record_value((first - placed_at) as f64);
         }
         if full && let Some(last) = order.last_fill_at {
-            self.full_fill.push((last - placed_at) as f64);
+            self.full_fill.record_value((last - placed_at) as f64);
         }
         if let Some(latency) = order.latency_ms {
-            self.latency.push(latency);
+            self.latency.record_value(latency);
         }
     }
 
-    fn finish(self) -> OrderFigures {
-        let mut figures = self.figures;
-        let placed = figures.orders_placed as f64;
-        figures.fill_rate = ratio(figures.orders_filled as f64, placed);
-        figures.cancel_rate = ratio(figures.orders_canceled as f64, placed);
-        figures.reject_rate = ratio(figures.orders_rejected as f64, placed);
-        figures.fill_rate_by_quantity = ratio(self.capped_filled, figures.quantity_ordered);
-        figures.vwap = ratio(figures.filled_notional, figures.quantity_filled);
-        figures.maker_ratio = ratio(figures.maker_fills as f64, figures.fills as f64);
-        figures.time_to_first_fill_ms = Distribution::of(self.first_fill);
-        figures.time_to_full_fill_ms = Distribution::of(self.full_fill);
-        figures.placement_latency_ms = Distribution::of(self.latency);
-        figures
+    fn merge(&mut self, other: &Self) {
+        self.placed += other.placed;
+        self.filled += other.filled;
+        self.partially_filled += other.partially_filled;
+        self.canceled += other.canceled;
+        self.rejected += other.rejected;
+        self.open += other.open;
+        self.quantity_ordered += other.quantity_ordered;
+        self.quantity_filled += other.quantity_filled;
+        self.capped_filled += other.capped_filled;
+        self.filled_notional += other.filled_notional;
+        self.fills += other.fills;
+        self.maker_fills += other.maker_fills;
+        self.commission += other.commission;
+        self.first_fill.merge(&other.first_fill);
+        self.full_fill.merge(&other.full_fill);
+        self.latency.merge(&other.latency);
+    }
+
+    fn finish(&self) -> OrderFigures {
+        let placed = self.placed as f64;
+        OrderFigures {
+            orders_placed: self.placed,
+            orders_filled: self.filled,
+            orders_partially_filled: self.partially_filled,
+            orders_canceled: self.canceled,
+            orders_rejected: self.rejected,
+            orders_open: self.open,
+            fill_rate: ratio(self.filled as f64, placed),
+            fill_rate_by_quantity: ratio(self.capped_filled, self.quantity_ordered),
+            cancel_rate: ratio(self.canceled as f64, placed),
+            reject_rate: ratio(self.rejected as f64, placed),
+            quantity_ordered: self.quantity_ordered,
+            quantity_filled: self.quantity_filled,
+            filled_notional: self.filled_notional,
+            vwap: ratio(self.filled_notional, self.quantity_filled),
+            fills: self.fills,
+            maker_fills: self.maker_fills,
+            maker_ratio: ratio(self.maker_fills as f64, self.fills as f64),
+            commission: self.commission,
+            time_to_first_fill_ms: Distribution::of(&self.first_fill),
+            time_to_full_fill_ms: Distribution::of(&self.full_fill),
+            placement_latency_ms: Distribution::of(&self.latency),
+        }
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        for count in [
+            self.placed,
+            self.filled,
+            self.partially_filled,
+            self.canceled,
+            self.rejected,
+            self.open,
+            self.fills,
+            self.maker_fills,
+        ] {
+            out.u64(count);
+        }
+        for sum in [
+            self.quantity_ordered,
+            self.quantity_filled,
+            self.capped_filled,
+            self.filled_notional,
+            self.commission,
+        ] {
+            out.f64(sum);
+        }
+        out.accumulator(&self.first_fill);
+        out.accumulator(&self.full_fill);
+        out.accumulator(&self.latency);
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, String> {
+        Ok(OrderTally {
+            placed: input.u64()?,
+            filled: input.u64()?,
+            partially_filled: input.u64()?,
+            canceled: input.u64()?,
+            rejected: input.u64()?,
+            open: input.u64()?,
+            fills: input.u64()?,
+            maker_fills: input.u64()?,
+            quantity_ordered: input.f64()?,
+            quantity_filled: input.f64()?,
+            capped_filled: input.f64()?,
+            filled_notional: input.f64()?,
+            commission: input.f64()?,
+            first_fill: input.accumulator()?,
+            full_fill: input.accumulator()?,
+            latency: input.accumulator()?,
+        })
     }
 }
 
@@ -223,84 +379,118 @@ pub struct Report<F> {
 /// `/api/v1/trading/orders`.
 pub type OrdersReport = Report<OrderFigures>;
 
-/// Where an item belongs: its time (`None`: not reported) and its symbol,
-/// strategy and side, borrowed from it.
-type Keys<'a> = (
-    Option<i64>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-);
-
 /// Whether a report carries the per-symbol, -strategy and -side groups
 /// (the `/api/v1/trading/*` reports) or only its summary and series (metric
-/// names, the dashboard), which saves a tally per group per item.
+/// names, the dashboard), which saves the merges of the groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Groups {
     With,
     Without,
 }
 
-/// The report of the `items` that `filters` select, by `interval`, with
-/// `tally` folding one item into an accumulator. Group keys borrow from the
-/// items (no allocation per item).
-fn report<'a, I: 'a, T: Default, F>(
-    items: impl Iterator<Item = &'a I>,
-    filters: &Filters,
+/// Tallies `items` into one slice per minute (by [`Tally::at`]); items
+/// without a time are left out.
+pub fn minute_slices<'a, T: Tally>(
+    items: impl IntoIterator<Item = &'a T::Item>,
+) -> BTreeMap<i64, Slice<T>>
+where
+    T::Item: 'a,
+{
+    let mut minutes: BTreeMap<i64, Slice<T>> = BTreeMap::new();
+    for item in items {
+        let Some(at) = T::at(item) else { continue };
+        minutes
+            .entry(Interval::M1.bucket_start(at))
+            .or_default()
+            .entry(T::key(item))
+            .or_default()
+            .add(item);
+    }
+    minutes
+}
+
+/// The report of `slices`, each the tallies of a stretch of time that lies
+/// inside one bucket of `interval` and is named by its start, keeping the
+/// groups `filters` select. Merges each tally as few times as it can: per
+/// bucket and group first, then the breakdowns from the per-group totals.
+pub fn report<T: Tally>(
+    slices: impl IntoIterator<Item = (i64, Slice<T>)>,
     interval: Interval,
+    filters: &Filters,
     groups: Groups,
-    keys: impl Fn(&'a I) -> Keys<'a>,
-    tally: impl Fn(&mut T, &I),
-    finish: impl Fn(T) -> F,
-) -> Report<F> {
+) -> Report<T::Figures> {
+    let mut buckets: BTreeMap<i64, Slice<T>> = BTreeMap::new();
+    for (start, slice) in slices {
+        let bucket = buckets.entry(interval.bucket_start(start)).or_default();
+        for (key, tally) in slice {
+            if !filters.matches(
+                key.symbol.as_deref(),
+                key.strategy_id.as_deref(),
+                key.side.as_deref(),
+            ) {
+                continue;
+            }
+            match bucket.get_mut(&key) {
+                Some(existing) => existing.merge(&tally),
+                None => {
+                    bucket.insert(key, tally);
+                }
+            }
+        }
+    }
+    let mut totals: Slice<T> = BTreeMap::new();
+    let mut series = Vec::with_capacity(buckets.len());
+    for (start, bucket) in buckets {
+        let mut all = T::default();
+        for (key, tally) in bucket {
+            all.merge(&tally);
+            match totals.get_mut(&key) {
+                Some(total) => total.merge(&tally),
+                None => {
+                    totals.insert(key, tally);
+                }
+            }
+        }
+        series.push(Bucket {
+            timestamp: crate::model::event::format_timestamp(start),
+            figures: all.finish(),
+        });
+    }
     let mut summary = T::default();
-    let mut series: BTreeMap<i64, T> = BTreeMap::new();
     let mut by_symbol: BTreeMap<&str, T> = BTreeMap::new();
     let mut by_strategy: BTreeMap<&str, T> = BTreeMap::new();
     let mut by_side: BTreeMap<&str, T> = BTreeMap::new();
     let mut by_symbol_side: BTreeMap<(&str, &str), T> = BTreeMap::new();
-    for item in items {
-        let (Some(at), symbol, strategy, side) = keys(item) else {
-            continue;
-        };
-        if !filters.matches(symbol, strategy, side) {
-            continue;
-        }
-        tally(&mut summary, item);
-        tally(series.entry(interval.bucket_start(at)).or_default(), item);
+    for (key, tally) in &totals {
+        summary.merge(tally);
         if groups == Groups::Without {
             continue;
         }
-        if let Some(symbol) = symbol {
-            tally(by_symbol.entry(symbol).or_default(), item);
-            if let Some(side) = side {
-                tally(by_symbol_side.entry((symbol, side)).or_default(), item);
+        let into = |target: &mut T| target.merge(tally);
+        if let Some(symbol) = key.symbol.as_deref() {
+            into(by_symbol.entry(symbol).or_default());
+            if let Some(side) = key.side.as_deref() {
+                into(by_symbol_side.entry((symbol, side)).or_default());
             }
         }
-        if let Some(strategy) = strategy {
-            tally(by_strategy.entry(strategy).or_default(), item);
+        if let Some(strategy) = key.strategy_id.as_deref() {
+            into(by_strategy.entry(strategy).or_default());
         }
-        if let Some(side) = side {
-            tally(by_side.entry(side).or_default(), item);
+        if let Some(side) = key.side.as_deref() {
+            into(by_side.entry(side).or_default());
         }
     }
-    let grouped = |map: BTreeMap<&str, T>| -> Vec<Group<F>> {
+    let grouped = |map: BTreeMap<&str, T>| -> Vec<Group<T::Figures>> {
         map.into_iter()
             .map(|(key, tally)| Group {
                 key: key.to_owned(),
-                figures: finish(tally),
+                figures: tally.finish(),
             })
             .collect()
     };
     Report {
-        series: series
-            .into_iter()
-            .map(|(start, tally)| Bucket {
-                timestamp: crate::model::event::format_timestamp(start),
-                figures: finish(tally),
-            })
-            .collect(),
-        summary: finish(summary),
+        summary: summary.finish(),
+        series,
         by_symbol: grouped(by_symbol),
         by_strategy: grouped(by_strategy),
         by_side: grouped(by_side),
@@ -308,35 +498,23 @@ fn report<'a, I: 'a, T: Default, F>(
             .into_iter()
             .map(|((symbol, side), tally)| Group {
                 key: format!("{symbol}/{side}"),
-                figures: finish(tally),
+                figures: tally.finish(),
             })
             .collect(),
     }
 }
 
-/// The orders report of `orders` (those placed in the range), filtered.
-pub fn orders_report(
-    orders: &[OrderDelta],
+/// The report of raw `items` (each counted at [`Tally::at`]), filtered.
+pub fn report_of<'a, T: Tally>(
+    items: impl IntoIterator<Item = &'a T::Item>,
     interval: Interval,
     filters: &Filters,
     groups: Groups,
-) -> OrdersReport {
-    report(
-        orders.iter(),
-        filters,
-        interval,
-        groups,
-        |order| {
-            (
-                order.placed_at,
-                order.symbol.as_deref(),
-                order.strategy_id.as_deref(),
-                order.side.as_deref(),
-            )
-        },
-        OrderTally::add,
-        OrderTally::finish,
-    )
+) -> Report<T::Figures>
+where
+    T::Item: 'a,
+{
+    report(minute_slices::<T>(items), interval, filters, groups)
 }
 
 // ---------------------------------------------------------------------------
@@ -360,6 +538,9 @@ pub struct ExecutionFigures {
     pub slippage_bps_notional_weighted: Option<f64>,
 }
 
+/// `/api/v1/trading/execution`.
+pub type ExecutionReport = Report<ExecutionFigures>;
+
 /// Slippage of a fill in basis points (positive: worse than mid).
 pub fn slippage_bps(view: &FillView) -> Option<f64> {
     let mid = view.mid.filter(|mid| *mid > 0.0)?;
@@ -371,67 +552,117 @@ pub fn slippage_bps(view: &FillView) -> Option<f64> {
     Some(sign * (view.fill.price - mid) / mid * 10_000.0)
 }
 
-#[derive(Default)]
-struct ExecutionTally {
-    figures: ExecutionFigures,
-    slippage: Vec<f64>,
+/// Accumulates [`ExecutionFigures`].
+#[derive(Clone)]
+pub struct ExecutionTally {
+    fills: u64,
+    quantity: f64,
+    notional: f64,
+    maker_fills: u64,
+    commission: f64,
+    slippage: Accumulator,
     weighted: f64,
     weight: f64,
 }
 
-impl ExecutionTally {
+impl Default for ExecutionTally {
+    fn default() -> Self {
+        ExecutionTally {
+            fills: 0,
+            quantity: 0.0,
+            notional: 0.0,
+            maker_fills: 0,
+            commission: 0.0,
+            slippage: Accumulator::new_with_values(),
+            weighted: 0.0,
+            weight: 0.0,
+        }
+    }
+}
+
+impl Tally for ExecutionTally {
+    type Item = FillView;
+    type Figures = ExecutionFigures;
+
+    fn at(view: &FillView) -> Option<i64> {
+        Some(view.fill.timestamp_ms)
+    }
+
+    fn key(view: &FillView) -> GroupKey {
+        GroupKey {
+            symbol: view.fill.symbol.clone(),
+            strategy_id: view.fill.strategy_id.clone(),
+            side: view.fill.side.clone(),
+        }
+    }
+
     fn add(&mut self, view: &FillView) {
         let fill = &view.fill;
         let notional = fill.price * fill.quantity;
-        let figures = &mut self.figures;
-        figures.fills += 1;
-        figures.quantity += fill.quantity;
-        figures.notional += notional;
-        figures.maker_fills += u64::from(fill.is_maker == Some(true));
-        figures.commission += fill.commission.unwrap_or(0.0);
+        self.fills += 1;
+        self.quantity += fill.quantity;
+        self.notional += notional;
+        self.maker_fills += u64::from(fill.is_maker == Some(true));
+        self.commission += fill.commission.unwrap_or(0.0);
         if let Some(slippage) = slippage_bps(view) {
-            self.slippage.push(slippage);
+            self.slippage.record_value(slippage);
             self.weighted += slippage * notional;
             self.weight += notional;
         }
     }
 
-    fn finish(self) -> ExecutionFigures {
-        let mut figures = self.figures;
-        figures.vwap = ratio(figures.notional, figures.quantity);
-        figures.maker_ratio = ratio(figures.maker_fills as f64, figures.fills as f64);
-        figures.slippage_bps = Distribution::of(self.slippage);
-        figures.slippage_bps_notional_weighted = ratio(self.weighted, self.weight);
-        figures
+    fn merge(&mut self, other: &Self) {
+        self.fills += other.fills;
+        self.quantity += other.quantity;
+        self.notional += other.notional;
+        self.maker_fills += other.maker_fills;
+        self.commission += other.commission;
+        self.slippage.merge(&other.slippage);
+        self.weighted += other.weighted;
+        self.weight += other.weight;
     }
-}
 
-/// `/api/v1/trading/execution`.
-pub type ExecutionReport = Report<ExecutionFigures>;
+    fn finish(&self) -> ExecutionFigures {
+        ExecutionFigures {
+            fills: self.fills,
+            quantity: self.quantity,
+            notional: self.notional,
+            vwap: ratio(self.notional, self.quantity),
+            maker_fills: self.maker_fills,
+            maker_ratio: ratio(self.maker_fills as f64, self.fills as f64),
+            commission: self.commission,
+            slippage_bps: Distribution::of(&self.slippage),
+            slippage_bps_notional_weighted: ratio(self.weighted, self.weight),
+        }
+    }
 
-/// The execution report of `fills` (those stamped in the range), filtered.
-pub fn execution_report(
-    fills: &[FillView],
-    interval: Interval,
-    filters: &Filters,
-    groups: Groups,
-) -> ExecutionReport {
-    report(
-        fills.iter(),
-        filters,
-        interval,
-        groups,
-        |view| {
-            (
-                Some(view.fill.timestamp_ms),
-                view.fill.symbol.as_deref(),
-                view.fill.strategy_id.as_deref(),
-                view.fill.side.as_deref(),
-            )
-        },
-        ExecutionTally::add,
-        ExecutionTally::finish,
-    )
+    fn encode(&self, out: &mut Encoder) {
+        out.u64(self.fills);
+        out.u64(self.maker_fills);
+        for sum in [
+            self.quantity,
+            self.notional,
+            self.commission,
+            self.weighted,
+            self.weight,
+        ] {
+            out.f64(sum);
+        }
+        out.accumulator(&self.slippage);
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, String> {
+        Ok(ExecutionTally {
+            fills: input.u64()?,
+            maker_fills: input.u64()?,
+            quantity: input.f64()?,
+            notional: input.f64()?,
+            commission: input.f64()?,
+            weighted: input.f64()?,
+            weight: input.f64()?,
+            slippage: input.accumulator()?,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -551,17 +782,6 @@ pub fn sample_std(values: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        let distribution = Distribution::of(values);
-        assert_eq!(distribution.p50, Some(50.0));
-        assert_eq!(distribution.p95, Some(95.0));
-        assert_eq!(distribution.p99, Some(99.0));
-        assert_eq!(Distribution::of(vec![7.0]).p99, Some(7.0));
-        assert_eq!(Distribution::of(vec![]).count, 0);
-    }
 
     #[test]
     fn sample_std_of_known_values() {
