@@ -392,7 +392,9 @@ if [ "$SQLITE" = 1 ] && section queries; then
     RSS_PEAK_KIB="$(status_kib VmHWM)"
     SOAK_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$SOAK_RESULT")"
     RSS_MAX_SAMPLE="$(sort -n "$SAMPLES" | tail -1)"
-    row "peak RSS of the service during the ingest runs (VmHWM)" "$(mib "$PEAK_INGEST_KIB") MiB" "—" "—" "reported" "met"
+    if [ -n "${PEAK_INGEST_KIB:-}" ]; then
+        row "peak RSS of the service during the ingest runs (VmHWM)" "$(mib "$PEAK_INGEST_KIB") MiB" "—" "—" "reported" "met"
+    fi
     row "RSS over a ${SOAK}s sustained ingest at $(printf %.0f "$SOAK_EPS") events/s: start → end (max sample)" \
         "$(mib "$RSS_START_KIB") → $(mib "$RSS_END_KIB") MiB (max $(mib "${RSS_MAX_SAMPLE:-0}"), VmHWM $(mib "$RSS_PEAK_KIB"))" \
         "start" "$(times "$RSS_END_KIB" "$RSS_START_KIB")" "flat" \

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupBatch};
-use crate::trading::summary::{Mark, MergeSlices, SummaryKind};
+use crate::trading::summary::{Mark, MergeSlices, SummaryBody, SummaryKind, SummaryPart};
 use crate::trading::{BarDelta, FillView, OrderDelta, TradingBatch};
 
 /// A storage failure. Client mistakes never reach this layer; everything
@@ -379,27 +379,30 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::trading::summary`]).
     async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError>;
 
-    /// The encoded summaries of `kind` (per hour or per minute) whose starts
-    /// lie in `[start_ms, end_ms)`, by start.
+    /// `part` of the summaries of `kind` of the blocks of `span_ms` (one
+    /// of [`crate::trading::summary::LEVELS`]) whose starts lie in
+    /// `[start_ms, end_ms)`, by start.
     async fn read_trading_summaries(
         &self,
         kind: SummaryKind,
-        hourly: bool,
+        span_ms: i64,
         start_ms: i64,
         end_ms: i64,
+        part: SummaryPart,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
 
     /// In one transaction: removes the marks `cleared`, exactly as read
     /// (same span and version); when one of them is gone or has a newer
     /// version, does nothing and answers `false`. Otherwise writes the
     /// minute summaries `minutes` (`None` removes one), adds the marks
-    /// `remainders`, rewrites the hour summaries of those minutes by
-    /// merging their stored minutes with `merge`, and answers `true`.
+    /// `remainders`, rewrites the coarser blocks that hold those minutes,
+    /// level by level, by merging the stored blocks of the level below with
+    /// `merge`, and answers `true`.
     /// Refreshers of several instances take turns (a lock per schema).
     async fn write_trading_summaries(
         &self,
         kind: SummaryKind,
-        minutes: Vec<(i64, Option<Vec<u8>>)>,
+        minutes: Vec<(i64, Option<SummaryBody>)>,
         cleared: Vec<Mark>,
         remainders: Vec<(SummaryKind, i64, i64)>,
         merge: MergeSlices,

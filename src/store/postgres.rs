@@ -46,7 +46,9 @@ use super::{
 use crate::config::DatabaseConfig;
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval, RollupKey};
-use crate::trading::summary::{self, Mark, MarkSpans, MergeSlices, SummaryKind};
+use crate::trading::summary::{
+    self, Mark, MarkSpans, MergeSlices, SummaryBody, SummaryKind, SummaryPart,
+};
 use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
@@ -860,7 +862,7 @@ async fn write_marks(
 async fn write_summaries(
     transaction: &deadpool_postgres::Transaction<'_>,
     kind: SummaryKind,
-    minutes: &[(i64, Option<Vec<u8>>)],
+    minutes: &[(i64, Option<SummaryBody>)],
     cleared: &[Mark],
     remainders: &MarkSpans,
     merge: MergeSlices,
@@ -894,53 +896,75 @@ async fn write_summaries(
     write_marks(transaction, remainders).await?;
     let upsert = transaction
         .prepare_cached(
-            "INSERT INTO trading_summaries (kind, hourly, start, body) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (kind, hourly, start) DO UPDATE SET body = excluded.body",
+            "INSERT INTO trading_summaries (kind, span_ms, start, digest, coarse, fine)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (kind, span_ms, start) DO UPDATE SET
+                 digest = excluded.digest, coarse = excluded.coarse, fine = excluded.fine",
         )
         .await?;
     let remove = transaction
         .prepare_cached(
-            "DELETE FROM trading_summaries WHERE kind = $1 AND hourly = $2 AND start = $3",
+            "DELETE FROM trading_summaries WHERE kind = $1 AND span_ms = $2 AND start = $3",
         )
         .await?;
-    let mut hours = std::collections::BTreeSet::new();
+    let mut touched = std::collections::BTreeSet::new();
     for (minute, body) in minutes {
-        hours.insert(summary::hour_of(*minute));
+        touched.insert(*minute);
         match body {
             Some(body) => {
                 transaction
-                    .execute(&upsert, &[&code, &false, minute, body])
+                    .execute(
+                        &upsert,
+                        &[
+                            &code,
+                            &summary::MINUTE_MS,
+                            minute,
+                            &body.digest,
+                            &body.coarse,
+                            &body.fine,
+                        ],
+                    )
                     .await?
             }
             None => {
                 transaction
-                    .execute(&remove, &[&code, &false, minute])
+                    .execute(&remove, &[&code, &summary::MINUTE_MS, minute])
                     .await?
             }
         };
     }
     let read = transaction
         .prepare_cached(
-            "SELECT body FROM trading_summaries
-             WHERE kind = $1 AND NOT hourly AND start >= $2 AND start < $3",
+            "SELECT fine FROM trading_summaries
+             WHERE kind = $1 AND span_ms = $2 AND start >= $3 AND start < $4",
         )
         .await?;
-    for hour in hours {
-        let rows = transaction
-            .query(&read, &[&code, &hour, &(hour + summary::HOUR_MS)])
-            .await?;
-        let bodies = rows
+    for pair in summary::LEVELS.windows(2) {
+        let (finer, size) = (pair[0], pair[1]);
+        touched = touched
             .iter()
-            .map(|row| row.try_get::<_, Vec<u8>>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        match merge(&bodies)? {
-            Some(body) => {
-                transaction
-                    .execute(&upsert, &[&code, &true, &hour, &body])
-                    .await?
-            }
-            None => transaction.execute(&remove, &[&code, &true, &hour]).await?,
-        };
+            .map(|start| start - start.rem_euclid(size))
+            .collect();
+        for block in &touched {
+            let rows = transaction
+                .query(&read, &[&code, &finer, block, &(block + size)])
+                .await?;
+            let bodies = rows
+                .iter()
+                .map(|row| row.try_get::<_, Vec<u8>>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            match merge(&bodies)? {
+                Some(body) => {
+                    transaction
+                        .execute(
+                            &upsert,
+                            &[&code, &size, block, &body.digest, &body.coarse, &body.fine],
+                        )
+                        .await?
+                }
+                None => transaction.execute(&remove, &[&code, &size, block]).await?,
+            };
+        }
     }
     Ok(true)
 }
@@ -1758,20 +1782,22 @@ impl Store for PostgresStore {
     async fn read_trading_summaries(
         &self,
         kind: SummaryKind,
-        hourly: bool,
+        span_ms: i64,
         start_ms: i64,
         end_ms: i64,
+        part: SummaryPart,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let client = self.pool.get().await?;
         let statement = client
-            .prepare_cached(
-                "SELECT start, body FROM trading_summaries
-                 WHERE kind = $1 AND hourly = $2 AND start >= $3 AND start < $4 ORDER BY start",
-            )
+            .prepare_cached(&format!(
+                "SELECT start, {} FROM trading_summaries
+                 WHERE kind = $1 AND span_ms = $2 AND start >= $3 AND start < $4 ORDER BY start",
+                part.column()
+            ))
             .await?;
         let code = kind.code() as i16;
         let rows = client
-            .query(&statement, &[&code, &hourly, &start_ms, &end_ms])
+            .query(&statement, &[&code, &span_ms, &start_ms, &end_ms])
             .await?;
         Ok(rows
             .iter()
@@ -1782,7 +1808,7 @@ impl Store for PostgresStore {
     async fn write_trading_summaries(
         &self,
         kind: SummaryKind,
-        minutes: Vec<(i64, Option<Vec<u8>>)>,
+        minutes: Vec<(i64, Option<SummaryBody>)>,
         cleared: Vec<Mark>,
         remainders: Vec<(SummaryKind, i64, i64)>,
         merge: MergeSlices,

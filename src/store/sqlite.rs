@@ -22,7 +22,9 @@ use super::{
 };
 use crate::model::{CustomEventDefinition, Event};
 use crate::rollup::{Accumulator, Interval};
-use crate::trading::summary::{self, Mark, MarkSpans, MergeSlices, SummaryKind};
+use crate::trading::summary::{
+    self, Mark, MarkSpans, MergeSlices, SummaryBody, SummaryKind, SummaryPart,
+};
 use crate::trading::{BarDelta, FillRow, FillView, OrderDelta, TradingBatch};
 
 /// Versioned migrations, applied in order and recorded in `schema_migrations`.
@@ -541,8 +543,8 @@ const TRADING_RETENTION: [(&str, TradingCutoff); 6] = [
     // Minutes and hours that start before the cutoff; the minute holding
     // the cutoff was marked first, so its hour is summarised again.
     (
-        "DELETE FROM trading_summaries WHERE (kind, hourly, start) IN
-             (SELECT kind, hourly, start FROM trading_summaries WHERE start < ?1 LIMIT ?2)",
+        "DELETE FROM trading_summaries WHERE (kind, span_ms, start) IN
+             (SELECT kind, span_ms, start FROM trading_summaries WHERE start < ?1 LIMIT ?2)",
         TradingCutoff::Events,
     ),
 ];
@@ -734,7 +736,7 @@ fn write_marks(
 fn write_summaries(
     transaction: &rusqlite::Transaction<'_>,
     kind: SummaryKind,
-    minutes: &[(i64, Option<Vec<u8>>)],
+    minutes: &[(i64, Option<SummaryBody>)],
     cleared: &[Mark],
     remainders: &MarkSpans,
     merge: MergeSlices,
@@ -756,34 +758,57 @@ fn write_summaries(
     }
     write_marks(transaction, remainders)?;
     let mut upsert = transaction.prepare_cached(
-        "INSERT INTO trading_summaries (kind, hourly, start, body) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (kind, hourly, start) DO UPDATE SET body = excluded.body",
+        "INSERT INTO trading_summaries (kind, span_ms, start, digest, coarse, fine)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (kind, span_ms, start) DO UPDATE SET
+                 digest = excluded.digest, coarse = excluded.coarse, fine = excluded.fine",
     )?;
     let mut remove = transaction.prepare_cached(
-        "DELETE FROM trading_summaries WHERE kind = ?1 AND hourly = ?2 AND start = ?3",
+        "DELETE FROM trading_summaries WHERE kind = ?1 AND span_ms = ?2 AND start = ?3",
     )?;
-    let mut hours = std::collections::BTreeSet::new();
+    let mut touched = std::collections::BTreeSet::new();
     for (minute, body) in minutes {
-        hours.insert(summary::hour_of(*minute));
+        touched.insert(*minute);
         match body {
-            Some(body) => upsert.execute(params![kind.code(), 0, minute, body])?,
-            None => remove.execute(params![kind.code(), 0, minute])?,
+            Some(body) => upsert.execute(params![
+                kind.code(),
+                summary::MINUTE_MS,
+                minute,
+                body.digest,
+                body.coarse,
+                body.fine
+            ])?,
+            None => remove.execute(params![kind.code(), summary::MINUTE_MS, minute])?,
         };
     }
     let mut read = transaction.prepare_cached(
-        "SELECT body FROM trading_summaries
-         WHERE kind = ?1 AND hourly = 0 AND start >= ?2 AND start < ?3",
+        "SELECT fine FROM trading_summaries
+         WHERE kind = ?1 AND span_ms = ?2 AND start >= ?3 AND start < ?4",
     )?;
-    for hour in hours {
-        let bodies = read
-            .query_map(params![kind.code(), hour, hour + summary::HOUR_MS], |row| {
-                row.get::<_, Vec<u8>>(0)
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        match merge(&bodies)? {
-            Some(body) => upsert.execute(params![kind.code(), 1, hour, body])?,
-            None => remove.execute(params![kind.code(), 1, hour])?,
-        };
+    for pair in summary::LEVELS.windows(2) {
+        let (finer, size) = (pair[0], pair[1]);
+        touched = touched
+            .iter()
+            .map(|start| start - start.rem_euclid(size))
+            .collect();
+        for block in &touched {
+            let bodies = read
+                .query_map(params![kind.code(), finer, block, block + size], |row| {
+                    row.get::<_, Vec<u8>>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            match merge(&bodies)? {
+                Some(body) => upsert.execute(params![
+                    kind.code(),
+                    size,
+                    block,
+                    body.digest,
+                    body.coarse,
+                    body.fine
+                ])?,
+                None => remove.execute(params![kind.code(), size, block])?,
+            };
+        }
     }
     Ok(true)
 }
@@ -1100,19 +1125,21 @@ impl Store for SqliteStore {
     async fn read_trading_summaries(
         &self,
         kind: SummaryKind,
-        hourly: bool,
+        span_ms: i64,
         start_ms: i64,
         end_ms: i64,
+        part: SummaryPart,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         self.with_reader(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT start, body FROM trading_summaries
-                 WHERE kind = ?1 AND hourly = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
-            )?;
-            let rows = statement.query_map(
-                params![kind.code(), i64::from(hourly), start_ms, end_ms],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT start, {} FROM trading_summaries
+                 WHERE kind = ?1 AND span_ms = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
+                part.column()
+            ))?;
+            let rows = statement
+                .query_map(params![kind.code(), span_ms, start_ms, end_ms], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -1121,7 +1148,7 @@ impl Store for SqliteStore {
     async fn write_trading_summaries(
         &self,
         kind: SummaryKind,
-        minutes: Vec<(i64, Option<Vec<u8>>)>,
+        minutes: Vec<(i64, Option<SummaryBody>)>,
         cleared: Vec<Mark>,
         remainders: Vec<(SummaryKind, i64, i64)>,
         merge: MergeSlices,

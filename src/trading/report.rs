@@ -409,92 +409,168 @@ where
     minutes
 }
 
-/// The report of `slices`, each the tallies of a stretch of time that lies
-/// inside one bucket of `interval` and is named by its start, keeping the
-/// groups `filters` select. Merges each tally as few times as it can: per
-/// bucket and group first, then the breakdowns from the per-group totals.
-pub fn report<T: Tally>(
-    slices: impl IntoIterator<Item = (i64, Slice<T>)>,
-    interval: Interval,
-    filters: &Filters,
-    groups: Groups,
-) -> Report<T::Figures> {
-    let mut buckets: BTreeMap<i64, Slice<T>> = BTreeMap::new();
-    for (start, slice) in slices {
-        let bucket = buckets.entry(interval.bucket_start(start)).or_default();
+impl Filters {
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        self.symbol.is_none() && self.strategy_id.is_none() && self.side.is_none()
+    }
+}
+
+/// What a report needs of a stretch of time: the tally of everything and
+/// the tallies per symbol, strategy, side, and symbol and side. Much
+/// smaller than the [`Slice`] it comes from (tens of tallies instead of one
+/// per symbol × strategy × side), so an unfiltered report merges these.
+#[derive(Clone, Default)]
+pub struct Coarse<T> {
+    pub all: T,
+    pub by_symbol: BTreeMap<String, T>,
+    pub by_strategy: BTreeMap<String, T>,
+    pub by_side: BTreeMap<String, T>,
+    pub by_symbol_side: BTreeMap<(String, String), T>,
+}
+
+fn merge_into<K: Ord + Clone, T: Tally>(target: &mut BTreeMap<K, T>, key: &K, tally: &T) {
+    match target.get_mut(key) {
+        Some(existing) => existing.merge(tally),
+        None => {
+            target.insert(key.clone(), tally.clone());
+        }
+    }
+}
+
+impl<T: Tally> Coarse<T> {
+    /// The groups of `slice` that `filters` select, folded.
+    pub fn of(slice: &Slice<T>, filters: &Filters) -> Coarse<T> {
+        let mut coarse = Coarse::default();
         for (key, tally) in slice {
-            if !filters.matches(
+            if filters.matches(
                 key.symbol.as_deref(),
                 key.strategy_id.as_deref(),
                 key.side.as_deref(),
             ) {
-                continue;
+                coarse.add_group(key, tally);
             }
-            match bucket.get_mut(&key) {
-                Some(existing) => existing.merge(&tally),
-                None => {
-                    bucket.insert(key, tally);
+        }
+        coarse
+    }
+
+    fn add_group(&mut self, key: &GroupKey, tally: &T) {
+        self.all.merge(tally);
+        if let Some(symbol) = &key.symbol {
+            merge_into(&mut self.by_symbol, symbol, tally);
+            if let Some(side) = &key.side {
+                merge_into(
+                    &mut self.by_symbol_side,
+                    &(symbol.clone(), side.clone()),
+                    tally,
+                );
+            }
+        }
+        if let Some(strategy) = &key.strategy_id {
+            merge_into(&mut self.by_strategy, strategy, tally);
+        }
+        if let Some(side) = &key.side {
+            merge_into(&mut self.by_side, side, tally);
+        }
+    }
+
+    /// As if `self` had also seen `other`'s items.
+    pub fn merge(&mut self, other: &Coarse<T>) {
+        self.all.merge(&other.all);
+        for (key, tally) in &other.by_symbol {
+            merge_into(&mut self.by_symbol, key, tally);
+        }
+        for (key, tally) in &other.by_strategy {
+            merge_into(&mut self.by_strategy, key, tally);
+        }
+        for (key, tally) in &other.by_side {
+            merge_into(&mut self.by_side, key, tally);
+        }
+        for (key, tally) in &other.by_symbol_side {
+            merge_into(&mut self.by_symbol_side, key, tally);
+        }
+    }
+}
+
+/// Blocks merged beforehand: their merged [`Coarse`] and each block's
+/// `all` tally by start (for the series).
+#[derive(Clone, Default)]
+pub struct Merged<T> {
+    pub total: Coarse<T>,
+    pub alls: Vec<(i64, T)>,
+}
+
+impl<T: Tally> Merged<T> {
+    pub fn of<'a>(blocks: impl IntoIterator<Item = (i64, &'a Coarse<T>)>) -> Merged<T> {
+        let mut merged = Merged::default();
+        for (start, block) in blocks {
+            merged.total.merge(block);
+            merged.alls.push((start, block.all.clone()));
+        }
+        merged
+    }
+}
+
+/// What a report is made of: the tallies of stretches of time that each lie
+/// inside one bucket of the interval.
+pub enum Piece<'a, T> {
+    /// One block, named by its start.
+    Block(i64, &'a Coarse<T>),
+    /// Blocks merged beforehand.
+    Merged(&'a Merged<T>),
+}
+
+/// The report of `pieces` by `interval`. With [`Groups::Without`] only the
+/// `all` tallies are used.
+pub fn report<'a, T: Tally>(
+    pieces: impl IntoIterator<Item = Piece<'a, T>>,
+    interval: Interval,
+    groups: Groups,
+) -> Report<T::Figures> {
+    let mut series: BTreeMap<i64, T> = BTreeMap::new();
+    let mut total: Coarse<T> = Coarse::default();
+    for piece in pieces {
+        match piece {
+            Piece::Block(start, block) => {
+                merge_into(&mut series, &interval.bucket_start(start), &block.all);
+                match groups {
+                    Groups::With => total.merge(block),
+                    Groups::Without => total.all.merge(&block.all),
+                }
+            }
+            Piece::Merged(merged) => {
+                for (start, all) in &merged.alls {
+                    merge_into(&mut series, &interval.bucket_start(*start), all);
+                }
+                match groups {
+                    Groups::With => total.merge(&merged.total),
+                    Groups::Without => total.all.merge(&merged.total.all),
                 }
             }
         }
     }
-    let mut totals: Slice<T> = BTreeMap::new();
-    let mut series = Vec::with_capacity(buckets.len());
-    for (start, bucket) in buckets {
-        let mut all = T::default();
-        for (key, tally) in bucket {
-            all.merge(&tally);
-            match totals.get_mut(&key) {
-                Some(total) => total.merge(&tally),
-                None => {
-                    totals.insert(key, tally);
-                }
-            }
-        }
-        series.push(Bucket {
-            timestamp: crate::model::event::format_timestamp(start),
-            figures: all.finish(),
-        });
-    }
-    let mut summary = T::default();
-    let mut by_symbol: BTreeMap<&str, T> = BTreeMap::new();
-    let mut by_strategy: BTreeMap<&str, T> = BTreeMap::new();
-    let mut by_side: BTreeMap<&str, T> = BTreeMap::new();
-    let mut by_symbol_side: BTreeMap<(&str, &str), T> = BTreeMap::new();
-    for (key, tally) in &totals {
-        summary.merge(tally);
-        if groups == Groups::Without {
-            continue;
-        }
-        let into = |target: &mut T| target.merge(tally);
-        if let Some(symbol) = key.symbol.as_deref() {
-            into(by_symbol.entry(symbol).or_default());
-            if let Some(side) = key.side.as_deref() {
-                into(by_symbol_side.entry((symbol, side)).or_default());
-            }
-        }
-        if let Some(strategy) = key.strategy_id.as_deref() {
-            into(by_strategy.entry(strategy).or_default());
-        }
-        if let Some(side) = key.side.as_deref() {
-            into(by_side.entry(side).or_default());
-        }
-    }
-    let grouped = |map: BTreeMap<&str, T>| -> Vec<Group<T::Figures>> {
+    let grouped = |map: BTreeMap<String, T>| -> Vec<Group<T::Figures>> {
         map.into_iter()
             .map(|(key, tally)| Group {
-                key: key.to_owned(),
+                key,
                 figures: tally.finish(),
             })
             .collect()
     };
     Report {
-        summary: summary.finish(),
-        series,
-        by_symbol: grouped(by_symbol),
-        by_strategy: grouped(by_strategy),
-        by_side: grouped(by_side),
-        by_symbol_side: by_symbol_side
+        summary: total.all.finish(),
+        series: series
+            .into_iter()
+            .map(|(start, tally)| Bucket {
+                timestamp: crate::model::event::format_timestamp(start),
+                figures: tally.finish(),
+            })
+            .collect(),
+        by_symbol: grouped(total.by_symbol),
+        by_strategy: grouped(total.by_strategy),
+        by_side: grouped(total.by_side),
+        by_symbol_side: total
+            .by_symbol_side
             .into_iter()
             .map(|((symbol, side), tally)| Group {
                 key: format!("{symbol}/{side}"),
@@ -514,7 +590,17 @@ pub fn report_of<'a, T: Tally>(
 where
     T::Item: 'a,
 {
-    report(minute_slices::<T>(items), interval, filters, groups)
+    let blocks: Vec<(i64, Coarse<T>)> = minute_slices::<T>(items)
+        .into_iter()
+        .map(|(start, slice)| (start, Coarse::of(&slice, filters)))
+        .collect();
+    report(
+        blocks
+            .iter()
+            .map(|(start, coarse)| Piece::Block(*start, coarse)),
+        interval,
+        groups,
+    )
 }
 
 // ---------------------------------------------------------------------------

@@ -1,13 +1,13 @@
-//! Per-minute and per-hour summaries of the orders and execution reports,
-//! so that their cost follows the length of the range, not the number of
-//! orders and fills in it.
+//! Summaries of the orders and execution reports per minute, five minutes,
+//! fifteen minutes and hour ([`LEVELS`]), so that their cost follows the
+//! length of the range, not the number of orders and fills in it.
 //!
 //! An order's figures change after its minute has passed (a fill or a
 //! cancel arrives later), and so does a fill's slippage (a late tick
 //! re-prices it). So the summaries are not written by ingest: ingest marks
 //! what it touched, in the commit transaction, and [`refresh_once`]
-//! recomputes the marked minutes from the trading tables, with the hours
-//! that hold them:
+//! recomputes the marked minutes from the trading tables, with the coarser
+//! blocks that hold them:
 //!
 //! - *Marks* (`trading_marks`): `(kind, first minute, last minute)`, with a
 //!   version that every new mark of the same span increments. An order
@@ -16,30 +16,43 @@
 //!   minute; the quotes of a symbol mark the minutes from the first of them
 //!   to the next later quote already stored (the fills they re-price), or
 //!   to an hour past now when there is none.
-//! - *Summaries* (`trading_summaries`): per kind, minute and hour, the
-//!   [`Slice`] of the minute (hour), encoded by [`encode_slice`].
+//! - *Summaries* (`trading_summaries`): per kind and block (a minute, five
+//!   or fifteen minutes, an hour), the [`Slice`] of the block, encoded by
+//!   [`encode_slice`].
 //! - A refresh reads marks, recomputes one hour of one kind from the raw
-//!   rows (never the current minute, which ingest keeps marking again), and writes the minutes, the hour (re-merged from its stored
-//!   minutes inside the write) and the removal of exactly the marks it read
-//!   in one transaction, which the store refuses when any of those marks
-//!   changed meanwhile (newer data arrived: the next pass redoes it).
-//! - A report ([`report`]) reads the marks, then whole clean hours from
-//!   hour summaries (for intervals of an hour or more), whole clean minutes
-//!   from minute summaries, and the rest (dirty minutes, partial minutes at
-//!   the edges) from the raw rows. So it is exact whatever the refresher's
-//!   progress; the refresher only makes it cheap.
+//!   rows (never the current minute, which ingest keeps marking again), and
+//!   writes the minutes, the blocks above them (each re-merged from the
+//!   stored blocks of the level below, inside the write) and the removal of
+//!   exactly the marks it read, in one transaction, which the store refuses
+//!   when any of those marks changed meanwhile (newer data arrived: the next
+//!   pass redoes it).
+//! - A report ([`orders_report`], [`execution_report`]) reads the marks,
+//!   then the largest whole clean blocks of the levels that divide its
+//!   interval, and the rest (marked minutes, partial minutes at the edges)
+//!   from the raw rows. So it is exact whatever the refresher's progress;
+//!   the refresher only makes it cheap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::report::{
+    Coarse, Filters, Groups, Merged, Piece, Report, Slice, Tally, minute_slices, report as assemble,
+};
 use super::report::{ExecutionTally, GroupKey, OrderTally};
-use super::report::{Filters, Groups, Report, Slice, Tally, minute_slices, report as assemble};
 use super::{OrderDelta, TradingBatch};
 use crate::rollup::{Accumulator, Interval, TimeRange};
 use crate::store::{Store, StoreError};
 
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
+
+/// The summary levels (block lengths, ms), finest first, each a multiple of
+/// the one before: a block of a coarser level is the merge of the blocks of
+/// the finer one inside it. The levels between a minute and an hour keep the
+/// edges of an hourly report to at most 3 + 2 + 4 blocks at each end.
+pub const LEVELS: [i64; 4] = [MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS, HOUR_MS];
 
 /// How far past now the quotes without a later quote mark fills: fills are
 /// never stamped further ahead than the accepted future skew, which is less.
@@ -87,10 +100,38 @@ pub struct Mark {
 /// minute, last minute)`, deduplicated.
 pub type MarkSpans = BTreeSet<(SummaryKind, i64, i64)>;
 
-/// Merges the encoded slices of the minutes of an hour into the hour's
-/// (`None`: nothing in the hour). Given to the store, which calls it inside
+/// A block's summary as stored: the encoded [`Slice`] (`fine`), its encoded
+/// [`Coarse`] part (`coarse`, all an unfiltered report reads) and a digest
+/// of `coarse` (what the decoded-block caches compare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryBody {
+    pub digest: Vec<u8>,
+    pub coarse: Vec<u8>,
+    pub fine: Vec<u8>,
+}
+
+/// Which part of the stored summaries a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryPart {
+    Digest,
+    Coarse,
+    Fine,
+}
+
+impl SummaryPart {
+    pub fn column(self) -> &'static str {
+        match self {
+            SummaryPart::Digest => "digest",
+            SummaryPart::Coarse => "coarse",
+            SummaryPart::Fine => "fine",
+        }
+    }
+}
+
+/// Merges the `fine` parts of the blocks inside a coarser block into its
+/// body (`None`: nothing in it). Given to the store, which calls it inside
 /// its write transaction.
-pub type MergeSlices = fn(&[Vec<u8>]) -> Result<Option<Vec<u8>>, StoreError>;
+pub type MergeSlices = fn(&[Vec<u8>]) -> Result<Option<SummaryBody>, StoreError>;
 
 pub fn minute_of(ms: i64) -> i64 {
     Interval::M1.bucket_start(ms)
@@ -105,7 +146,7 @@ pub fn hour_of(ms: i64) -> i64 {
 // ---------------------------------------------------------------------------
 
 /// Version byte of the encoded slices.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// Appends fixed-width little-endian fields.
 #[derive(Default)]
@@ -200,30 +241,78 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// The bytes of a slice: format, group count, then each group's key and
-/// tally.
-pub fn encode_slice<T: Tally>(slice: &Slice<T>) -> Vec<u8> {
+/// The stored parts of a block's slice. `fine`: the format, the group
+/// count, then each group's key and tally. `coarse`: the format, then its
+/// [`Coarse`] (`all`, then the tallies per symbol, strategy, side, and
+/// symbol and side), which an unfiltered report reads instead.
+pub fn encode_slice<T: Tally>(slice: &Slice<T>) -> SummaryBody {
+    let mut fine = Encoder {
+        bytes: vec![FORMAT],
+    };
+    fine.u64(slice.len() as u64);
+    for (key, tally) in slice {
+        fine.text(key.symbol.as_deref());
+        fine.text(key.strategy_id.as_deref());
+        fine.text(key.side.as_deref());
+        tally.encode(&mut fine);
+    }
     let mut out = Encoder {
         bytes: vec![FORMAT],
     };
-    out.u64(slice.len() as u64);
-    for (key, tally) in slice {
-        out.text(key.symbol.as_deref());
-        out.text(key.strategy_id.as_deref());
-        out.text(key.side.as_deref());
+    let coarse = Coarse::of(slice, &Filters::default());
+    coarse.all.encode(&mut out);
+    for map in [&coarse.by_symbol, &coarse.by_strategy, &coarse.by_side] {
+        out.u64(map.len() as u64);
+        for (key, tally) in map {
+            out.text(Some(key));
+            tally.encode(&mut out);
+        }
+    }
+    out.u64(coarse.by_symbol_side.len() as u64);
+    for ((symbol, side), tally) in &coarse.by_symbol_side {
+        out.text(Some(symbol));
+        out.text(Some(side));
         tally.encode(&mut out);
     }
-    out.bytes
+    SummaryBody {
+        digest: digest(&out.bytes),
+        coarse: out.bytes,
+        fine: fine.bytes,
+    }
 }
 
-/// The slice [`encode_slice`] wrote; anything else is `Corrupt`.
-pub fn decode_slice<T: Tally>(bytes: &[u8]) -> Result<Slice<T>, StoreError> {
-    let corrupt = |error: String| StoreError::Corrupt(format!("trading summary: {error}"));
+/// The first 16 bytes of the SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)[..16].to_vec()
+}
+
+fn corrupt(error: String) -> StoreError {
+    StoreError::Corrupt(format!("trading summary: {error}"))
+}
+
+/// A decoder past the format byte of `bytes`.
+fn open(bytes: &[u8]) -> Result<Decoder<'_>, StoreError> {
     let mut input = Decoder { input: bytes };
     let format = input.take(1).map_err(corrupt)?[0];
     if format != FORMAT {
         return Err(corrupt(format!("unknown format {format}")));
     }
+    Ok(input)
+}
+
+fn finished(input: &Decoder<'_>) -> Result<(), StoreError> {
+    if input.input.is_empty() {
+        Ok(())
+    } else {
+        Err(corrupt(format!("{} bytes past the end", input.input.len())))
+    }
+}
+
+/// The slice whose `fine` part [`encode_slice`] wrote; anything else is
+/// `Corrupt`.
+pub fn decode_slice<T: Tally>(fine: &[u8]) -> Result<Slice<T>, StoreError> {
+    let mut input = open(fine)?;
     let groups = input.u64().map_err(corrupt)?;
     let mut slice = Slice::new();
     for _ in 0..groups {
@@ -234,13 +323,48 @@ pub fn decode_slice<T: Tally>(bytes: &[u8]) -> Result<Slice<T>, StoreError> {
         };
         slice.insert(key, T::decode(&mut input).map_err(corrupt)?);
     }
-    if !input.input.is_empty() {
-        return Err(corrupt(format!("{} bytes past the end", input.input.len())));
-    }
+    finished(&input)?;
     Ok(slice)
 }
 
-fn merge_encoded<T: Tally>(minutes: &[Vec<u8>]) -> Result<Option<Vec<u8>>, StoreError> {
+/// The `coarse` part [`encode_slice`] wrote; with [`Groups::Without`]
+/// only its `all` tally (the rest stays empty).
+pub fn decode_coarse<T: Tally>(coarse: &[u8], groups: Groups) -> Result<Coarse<T>, StoreError> {
+    let mut input = open(coarse)?;
+    let mut coarse = Coarse {
+        all: T::decode(&mut input).map_err(corrupt)?,
+        ..Coarse::default()
+    };
+    if groups == Groups::Without {
+        return Ok(coarse);
+    }
+    let text = |input: &mut Decoder<'_>| -> Result<String, StoreError> {
+        input
+            .text()
+            .map_err(corrupt)?
+            .ok_or_else(|| corrupt("missing group key".into()))
+    };
+    for map in [
+        &mut coarse.by_symbol,
+        &mut coarse.by_strategy,
+        &mut coarse.by_side,
+    ] {
+        for _ in 0..input.u64().map_err(corrupt)? {
+            let key = text(&mut input)?;
+            map.insert(key, T::decode(&mut input).map_err(corrupt)?);
+        }
+    }
+    for _ in 0..input.u64().map_err(corrupt)? {
+        let key = (text(&mut input)?, text(&mut input)?);
+        coarse
+            .by_symbol_side
+            .insert(key, T::decode(&mut input).map_err(corrupt)?);
+    }
+    finished(&input)?;
+    Ok(coarse)
+}
+
+fn merge_encoded<T: Tally>(minutes: &[Vec<u8>]) -> Result<Option<SummaryBody>, StoreError> {
     let mut hour: Slice<T> = Slice::new();
     for bytes in minutes {
         for (key, tally) in decode_slice::<T>(bytes)? {
@@ -336,6 +460,7 @@ pub fn quote_span(
 /// How a report reads a kind's rows from the store.
 trait Source: Tally {
     const KIND: SummaryKind;
+    fn cache() -> &'static BlockCache<Self>;
     fn read_raw(
         store: &dyn Store,
         start_ms: i64,
@@ -345,6 +470,10 @@ trait Source: Tally {
 
 impl Source for OrderTally {
     const KIND: SummaryKind = SummaryKind::Orders;
+    fn cache() -> &'static BlockCache<Self> {
+        static CACHE: LazyLock<BlockCache<OrderTally>> = LazyLock::new(BlockCache::default);
+        &CACHE
+    }
     async fn read_raw(
         store: &dyn Store,
         start_ms: i64,
@@ -356,6 +485,10 @@ impl Source for OrderTally {
 
 impl Source for ExecutionTally {
     const KIND: SummaryKind = SummaryKind::Fills;
+    fn cache() -> &'static BlockCache<Self> {
+        static CACHE: LazyLock<BlockCache<ExecutionTally>> = LazyLock::new(BlockCache::default);
+        &CACHE
+    }
     async fn read_raw(
         store: &dyn Store,
         start_ms: i64,
@@ -365,19 +498,122 @@ impl Source for ExecutionTally {
     }
 }
 
-/// How a report's range splits: raw spans, minutes and hours read from
-/// summaries.
+/// Hour blocks whose decoded coarse part a [`BlockCache`] keeps, per kind:
+/// two days' worth. A decoded block holds dense sketches, up to a few
+/// hundred KiB each, so this bounds the cache to tens of MiB.
+const BLOCK_CACHE_ENTRIES: usize = 48;
+
+/// The decoded coarse parts of the hour blocks read lately, per kind and
+/// process: unfiltered reports of overlapping ranges (a dashboard polling
+/// the last day) decode each hour once. An entry serves a read only when
+/// the stored bytes are the very bytes it was decoded from, so it can never
+/// be stale, whatever store or instance wrote them. Least recently used
+/// entries go first.
+pub struct BlockCache<T> {
+    entries: Mutex<HashMap<(i64, i64), CachedBlock<T>>>,
+    /// Runs of consecutive hours merged: the last few asked for, each with
+    /// the digests of its hours.
+    runs: Mutex<Vec<CachedRun<T>>>,
+}
+
+/// Runs of hours whose merge a [`BlockCache`] keeps: a dashboard's last day
+/// and a few others.
+const RUN_CACHE_ENTRIES: usize = 4;
+
+struct CachedRun<T> {
+    hours: Vec<(i64, Vec<u8>)>,
+    merged: Arc<Merged<T>>,
+    used: u64,
+}
+
+struct CachedBlock<T> {
+    digest: Vec<u8>,
+    coarse: Arc<Coarse<T>>,
+    used: u64,
+}
+
+impl<T> Default for BlockCache<T> {
+    fn default() -> Self {
+        BlockCache {
+            entries: Mutex::new(HashMap::new()),
+            runs: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Orders the uses of cache entries (least recently used goes first).
+static CACHE_CLOCK: AtomicU64 = AtomicU64::new(0);
+
+impl<T: Tally> BlockCache<T> {
+    /// The decoded block `(span, start)` if its stored coarse part has
+    /// `digest`.
+    fn get(&self, span: i64, start: i64, digest: &[u8]) -> Option<Arc<Coarse<T>>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries
+            .get_mut(&(span, start))
+            .filter(|entry| entry.digest == digest)?;
+        entry.used = CACHE_CLOCK.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(&entry.coarse))
+    }
+
+    /// The merge of the hours `hours` (start and digest of each, in order),
+    /// if kept.
+    fn run(&self, hours: &[(i64, Vec<u8>)]) -> Option<Arc<Merged<T>>> {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = runs.iter_mut().find(|run| run.hours == hours)?;
+        run.used = CACHE_CLOCK.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(&run.merged))
+    }
+
+    fn keep_run(&self, hours: Vec<(i64, Vec<u8>)>, merged: Arc<Merged<T>>) {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if runs.len() >= RUN_CACHE_ENTRIES
+            && let Some(oldest) = (0..runs.len()).min_by_key(|index| runs[*index].used)
+        {
+            runs.swap_remove(oldest);
+        }
+        runs.push(CachedRun {
+            hours,
+            merged,
+            used: CACHE_CLOCK.fetch_add(1, Ordering::Relaxed),
+        });
+    }
+
+    /// Decodes the coarse part `bytes` of block `(span, start)` and keeps
+    /// it under the digest of those very bytes.
+    fn decode(&self, span: i64, start: i64, bytes: &[u8]) -> Result<Arc<Coarse<T>>, StoreError> {
+        let coarse = Arc::new(decode_coarse(bytes, Groups::With)?);
+        let key = (span, start);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= BLOCK_CACHE_ENTRIES
+            && !entries.contains_key(&key)
+            && let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(key, _)| *key)
+        {
+            entries.remove(&oldest);
+        }
+        entries.insert(
+            key,
+            CachedBlock {
+                digest: digest(bytes),
+                coarse: Arc::clone(&coarse),
+                used: CACHE_CLOCK.fetch_add(1, Ordering::Relaxed),
+            },
+        );
+        Ok(coarse)
+    }
+}
+
+/// How a report's range splits: spans of whole clean blocks per summary
+/// level (an index into [`LEVELS`]), and spans read from the raw rows
+/// (marked minutes, partial minutes at the edges). Spans are half-open, in
+/// order, merged where they touch.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Plan {
-    /// Half-open spans read from the raw rows, in order, merged where they
-    /// touch.
     raw: Vec<(i64, i64)>,
-    /// Half-open spans of whole clean minutes read from minute summaries.
-    minutes: Vec<(i64, i64)>,
-    /// Half-open span of whole hours (some may be dirty: those are in
-    /// `minutes` or `raw` instead, and listed here).
-    hours: Option<(i64, i64)>,
-    dirty_hours: BTreeSet<i64>,
+    levels: Vec<Vec<(i64, i64)>>,
 }
 
 fn push_span(spans: &mut Vec<(i64, i64)>, start: i64, end: i64) {
@@ -390,76 +626,71 @@ fn push_span(spans: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     }
 }
 
-/// Splits `range` given the dirty minutes (starts) of the kind.
-fn plan(range: TimeRange, hourly: bool, dirty: &BTreeSet<i64>) -> Plan {
-    let mut plan = Plan::default();
+fn ceil_to(ms: i64, step: i64) -> i64 {
+    let floor = ms - ms.rem_euclid(step);
+    if floor == ms { ms } else { floor + step }
+}
+
+/// Splits `range` given the dirty minutes (starts) of the kind, using the
+/// levels `LEVELS[..usable]` (each a multiple of the one before).
+fn plan(range: TimeRange, usable: usize, dirty: &BTreeSet<i64>) -> Plan {
+    let mut plan = Plan {
+        raw: Vec::new(),
+        levels: vec![Vec::new(); usable],
+    };
     let (start, end) = (range.start_ms, range.end_ms);
-    let first_minute = minute_of(start)
-        + if minute_of(start) == start {
-            0
-        } else {
-            MINUTE_MS
-        };
+    let first_minute = ceil_to(start, MINUTE_MS);
     let end_minute = minute_of(end);
     if first_minute >= end_minute {
         push_span(&mut plan.raw, start, end);
         return plan;
     }
     push_span(&mut plan.raw, start, first_minute);
-    let (first_hour, end_hour) = if hourly {
-        let first_hour = hour_of(first_minute)
-            + if hour_of(first_minute) == first_minute {
-                0
-            } else {
-                HOUR_MS
-            };
-        let end_hour = hour_of(end_minute);
-        if first_hour < end_hour {
-            (first_hour, end_hour)
-        } else {
-            (end_minute, end_minute)
-        }
-    } else {
-        (end_minute, end_minute)
-    };
-    if first_hour < end_hour {
-        plan.hours = Some((first_hour, end_hour));
-        plan.dirty_hours = dirty
-            .range(first_hour..end_hour)
-            .map(|minute| hour_of(*minute))
-            .collect();
-    }
-    // The minutes not covered by clean hours.
-    let mut minute = first_minute;
-    while minute < end_minute {
-        if minute == first_hour && first_hour < end_hour {
-            // Skip the clean hours; walk the minutes of the dirty ones.
-            let mut hour = first_hour;
-            while hour < end_hour {
-                if plan.dirty_hours.contains(&hour) {
-                    for m in (hour..hour + HOUR_MS).step_by(MINUTE_MS as usize) {
-                        if dirty.contains(&m) {
-                            push_span(&mut plan.raw, m, m + MINUTE_MS);
-                        } else {
-                            push_span(&mut plan.minutes, m, m + MINUTE_MS);
-                        }
-                    }
-                }
-                hour += HOUR_MS;
-            }
-            minute = end_hour;
-            continue;
-        }
-        if dirty.contains(&minute) {
-            push_span(&mut plan.raw, minute, minute + MINUTE_MS);
-        } else {
-            push_span(&mut plan.minutes, minute, minute + MINUTE_MS);
-        }
-        minute += MINUTE_MS;
-    }
+    cover(&mut plan, first_minute, end_minute, usable - 1, dirty);
     push_span(&mut plan.raw, end_minute, end);
-    plan.raw.sort_unstable();
     plan
+}
+
+/// Covers the whole minutes `[start, end)` with the largest clean blocks of
+/// `LEVELS[..=level]`, marked minutes raw.
+fn cover(plan: &mut Plan, start: i64, end: i64, level: usize, dirty: &BTreeSet<i64>) {
+    if start >= end {
+        return;
+    }
+    if level == 0 {
+        for minute in (start..end).step_by(MINUTE_MS as usize) {
+            if dirty.contains(&minute) {
+                push_span(&mut plan.raw, minute, minute + MINUTE_MS);
+            } else {
+                push_span(&mut plan.levels[0], minute, minute + MINUTE_MS);
+            }
+        }
+        return;
+    }
+    let size = LEVELS[level];
+    let (first, last) = (ceil_to(start, size), end - end.rem_euclid(size));
+    if first >= last {
+        cover(plan, start, end, level - 1, dirty);
+        return;
+    }
+    cover(plan, start, first, level - 1, dirty);
+    for block in (first..last).step_by(size as usize) {
+        if dirty.range(block..block + size).next().is_some() {
+            cover(plan, block, block + size, level - 1, dirty);
+        } else {
+            push_span(&mut plan.levels[level], block, block + size);
+        }
+    }
+    cover(plan, last, end, level - 1, dirty);
+}
+
+/// How many of [`LEVELS`] a report by `interval` can use: those that
+/// divide it, so every block lies inside one bucket.
+fn usable_levels(interval: Interval) -> usize {
+    LEVELS
+        .iter()
+        .take_while(|size| interval.millis() % **size == 0)
+        .count()
 }
 
 /// The dirty minutes of `kind` within `[start, end)`.
@@ -485,36 +716,91 @@ async fn summarised_report<T: Source>(
     groups: Groups,
 ) -> Result<Report<T::Figures>, StoreError> {
     if range.is_empty() {
-        return Ok(assemble::<T>(Vec::new(), interval, filters, groups));
+        return Ok(assemble::<T>(std::iter::empty(), interval, groups));
     }
     let marks = store.trading_marks().await?;
     let dirty = dirty_minutes(&marks, T::KIND, range.start_ms, range.end_ms);
-    let hourly = interval.millis() >= HOUR_MS;
-    let plan = plan(range, hourly, &dirty);
-    let mut slices: Vec<(i64, Slice<T>)> = Vec::new();
-    if let Some((start, end)) = plan.hours {
-        for (hour, bytes) in store
-            .read_trading_summaries(T::KIND, true, start, end)
-            .await?
-        {
-            if !plan.dirty_hours.contains(&hour) {
-                slices.push((hour, decode_slice(&bytes)?));
+    let plan = plan(range, usable_levels(interval), &dirty);
+    let mut blocks: Vec<(i64, Arc<Coarse<T>>)> = Vec::new();
+    let mut runs: Vec<Arc<Merged<T>>> = Vec::new();
+    for (level, spans) in plan.levels.iter().enumerate() {
+        let span = LEVELS[level];
+        for &(start, end) in spans {
+            if !filters.is_empty() {
+                // The groups themselves, to select from.
+                for (block, fine) in store
+                    .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Fine)
+                    .await?
+                {
+                    blocks.push((block, Arc::new(Coarse::of(&decode_slice(&fine)?, filters))));
+                }
+            } else if span == HOUR_MS {
+                // Unfiltered: the coarse parts, decoded once per process,
+                // and the run of hours merged once while it stays the same.
+                let cache = T::cache();
+                let hours = store
+                    .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Digest)
+                    .await?;
+                if let Some(run) = cache.run(&hours) {
+                    runs.push(run);
+                    continue;
+                }
+                // Each hour with the digest of exactly what is merged.
+                let wanted = hours.len();
+                let mut decoded: BTreeMap<i64, (Vec<u8>, Arc<Coarse<T>>)> = hours
+                    .into_iter()
+                    .filter_map(|(block, digest)| {
+                        let coarse = cache.get(span, block, &digest)?;
+                        Some((block, (digest, coarse)))
+                    })
+                    .collect();
+                let stored = if decoded.len() < wanted {
+                    store
+                        .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Coarse)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                for (block, coarse) in stored {
+                    if let std::collections::btree_map::Entry::Vacant(entry) = decoded.entry(block)
+                    {
+                        entry.insert((digest(&coarse), cache.decode(span, block, &coarse)?));
+                    }
+                }
+                let merged = Arc::new(Merged::of(
+                    decoded
+                        .iter()
+                        .map(|(block, (_, coarse))| (*block, &**coarse)),
+                ));
+                let key = decoded
+                    .into_iter()
+                    .map(|(block, (digest, _))| (block, digest))
+                    .collect();
+                cache.keep_run(key, Arc::clone(&merged));
+                runs.push(merged);
+            } else {
+                for (block, coarse) in store
+                    .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Coarse)
+                    .await?
+                {
+                    blocks.push((block, Arc::new(decode_coarse(&coarse, groups)?)));
+                }
             }
-        }
-    }
-    for (start, end) in plan.minutes {
-        for (minute, bytes) in store
-            .read_trading_summaries(T::KIND, false, start, end)
-            .await?
-        {
-            slices.push((minute, decode_slice(&bytes)?));
         }
     }
     for (start, end) in plan.raw {
         let items = T::read_raw(store, start, end).await?;
-        slices.extend(minute_slices::<T>(&items));
+        blocks.extend(
+            minute_slices::<T>(&items)
+                .into_iter()
+                .map(|(minute, slice)| (minute, Arc::new(Coarse::of(&slice, filters)))),
+        );
     }
-    Ok(assemble(slices, interval, filters, groups))
+    let pieces = blocks
+        .iter()
+        .map(|(start, coarse)| Piece::Block(*start, &**coarse))
+        .chain(runs.iter().map(|run| Piece::Merged(&**run)));
+    Ok(assemble(pieces, interval, groups))
 }
 
 /// The orders report (orders placed in `range`).
@@ -599,7 +885,7 @@ async fn refresh_kind<T: Source>(
     };
     let items = T::read_raw(store, first, last + MINUTE_MS).await?;
     let mut computed = minute_slices::<T>(&items);
-    let writes: Vec<(i64, Option<Vec<u8>>)> = minutes
+    let writes: Vec<(i64, Option<SummaryBody>)> = minutes
         .iter()
         .map(|minute| {
             let body = computed
@@ -693,37 +979,88 @@ mod tests {
 
     #[test]
     fn a_plan_covers_the_range_once() {
-        let dirty: BTreeSet<i64> = [T0 + HOUR_MS + 5 * MINUTE_MS].into();
+        let marked = T0 + HOUR_MS + 7 * MINUTE_MS;
+        let dirty: BTreeSet<i64> = [marked].into();
         let range = TimeRange {
             start_ms: T0 - 90_500,
             end_ms: T0 + 3 * HOUR_MS + 61_000,
         };
-        for hourly in [false, true] {
-            let plan = plan(range, hourly, &dirty);
+        for usable in 1..=LEVELS.len() {
+            let plan = plan(range, usable, &dirty);
             let mut covered: Vec<(i64, i64)> = plan.raw.clone();
-            covered.extend(plan.minutes.iter().copied());
-            if let Some((start, end)) = plan.hours {
-                let mut hour = start;
-                while hour < end {
-                    if !plan.dirty_hours.contains(&hour) {
-                        covered.push((hour, hour + HOUR_MS));
-                    }
-                    hour += HOUR_MS;
+            for (level, spans) in plan.levels.iter().enumerate() {
+                for (start, end) in spans {
+                    assert_eq!(start.rem_euclid(LEVELS[level]), 0);
+                    assert_eq!(end.rem_euclid(LEVELS[level]), 0);
+                    assert!(!dirty.iter().any(|m| m >= start && m < end));
                 }
+                covered.extend(spans.iter().copied());
             }
             covered.sort_unstable();
             let mut at = range.start_ms;
             for (start, end) in covered {
-                assert_eq!(start, at, "hourly {hourly}: gap or overlap at {start}");
+                assert_eq!(start, at, "{usable} levels: gap or overlap at {start}");
                 at = end;
             }
             assert_eq!(at, range.end_ms);
-            assert!(
-                plan.raw
-                    .contains(&(T0 + HOUR_MS + 5 * MINUTE_MS, T0 + HOUR_MS + 6 * MINUTE_MS))
-            );
-            assert_eq!(plan.hours.is_some(), hourly);
+            assert!(plan.raw.contains(&(marked, marked + MINUTE_MS)));
+            // The coarsest level usable holds the clean whole blocks.
+            let coarsest = &plan.levels[usable - 1];
+            if usable == LEVELS.len() {
+                assert!(coarsest.contains(&(T0, T0 + HOUR_MS)), "{coarsest:?}");
+                assert!(coarsest.contains(&(T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS)));
+                assert!(plan.levels[1].contains(&(T0 + HOUR_MS, T0 + HOUR_MS + 5 * MINUTE_MS)));
+                assert!(
+                    plan.levels[2].contains(&(T0 + HOUR_MS + 15 * MINUTE_MS, T0 + 2 * HOUR_MS))
+                );
+            }
         }
+        assert_eq!(usable_levels(Interval::M1), 1);
+        assert_eq!(usable_levels(Interval::M5), 2);
+        assert_eq!(usable_levels(Interval::M15), 3);
+        assert_eq!(usable_levels(Interval::H4), 4);
+    }
+
+    #[test]
+    fn the_block_cache_serves_only_the_bytes_it_decoded() {
+        let views: Vec<crate::trading::FillView> = (0..3)
+            .map(|i| crate::trading::FillView {
+                fill: crate::trading::FillRow {
+                    event_id: uuid::Uuid::from_u128(i),
+                    order_id: None,
+                    symbol: Some("BTCUSDT".into()),
+                    side: Some("buy".into()),
+                    strategy_id: None,
+                    timestamp_ms: T0 + i as i64,
+                    price: 100.0 + i as f64,
+                    quantity: 1.0,
+                    is_maker: None,
+                    commission: None,
+                },
+                mid: Some(100.0),
+            })
+            .collect();
+        let one = encode_slice(&minute_slices::<ExecutionTally>(&views[..1])[&T0]);
+        let three = encode_slice(&minute_slices::<ExecutionTally>(&views)[&T0]);
+        let cache = BlockCache::<ExecutionTally>::default();
+        assert!(cache.get(HOUR_MS, T0, &one.digest).is_none());
+        let first = cache.decode(HOUR_MS, T0, &one.coarse).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.get(HOUR_MS, T0, &one.digest).unwrap()
+        ));
+        // Rewritten block: a miss, never the old entry.
+        assert!(cache.get(HOUR_MS, T0, &three.digest).is_none());
+        let again = cache.decode(HOUR_MS, T0, &three.coarse).unwrap();
+        assert_eq!(again.all.finish().fills, 3);
+        assert!(cache.get(HOUR_MS, T0, &one.digest).is_none());
+        for hour in 0..(BLOCK_CACHE_ENTRIES as i64 + 5) {
+            cache
+                .decode(HOUR_MS, T0 + hour * HOUR_MS, &three.coarse)
+                .unwrap();
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), BLOCK_CACHE_ENTRIES);
+        assert!(cache.decode(HOUR_MS, T0, &[2, 0]).is_err());
     }
 
     #[test]
@@ -732,9 +1069,9 @@ mod tests {
             start_ms: T0 + 1_000,
             end_ms: T0 + 2_000,
         };
-        let plan = plan(range, true, &BTreeSet::new());
+        let plan = plan(range, LEVELS.len(), &BTreeSet::new());
         assert_eq!(plan.raw, vec![(T0 + 1_000, T0 + 2_000)]);
-        assert!(plan.minutes.is_empty() && plan.hours.is_none());
+        assert!(plan.levels.iter().all(Vec::is_empty));
     }
 
     #[test]
@@ -759,12 +1096,20 @@ mod tests {
             .collect();
         let slices = minute_slices::<ExecutionTally>(&views);
         for slice in slices.values() {
-            let bytes = encode_slice(slice);
-            let decoded: Slice<ExecutionTally> = decode_slice(&bytes).unwrap();
-            assert_eq!(encode_slice(&decoded), bytes);
-            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
-                assert!(decode_slice::<ExecutionTally>(&bytes[..cut]).is_err());
+            let body = encode_slice(slice);
+            let decoded: Slice<ExecutionTally> = decode_slice(&body.fine).unwrap();
+            assert_eq!(encode_slice(&decoded), body);
+            for cut in [0, 1, 9, body.coarse.len() / 2, body.coarse.len() - 1] {
+                assert!(
+                    decode_coarse::<ExecutionTally>(&body.coarse[..cut], Groups::With).is_err()
+                );
             }
+            for cut in [0, 1, 9, body.fine.len() / 2, body.fine.len() - 1] {
+                assert!(decode_slice::<ExecutionTally>(&body.fine[..cut]).is_err());
+            }
+            let mut longer = body.coarse.clone();
+            longer.push(0);
+            assert!(decode_coarse::<ExecutionTally>(&longer, Groups::With).is_err());
         }
         // The merged report of the minutes equals the report of the rows.
         let direct = crate::trading::report::report_of::<ExecutionTally>(
@@ -773,14 +1118,33 @@ mod tests {
             &Filters::default(),
             Groups::With,
         );
-        let encoded: Vec<Vec<u8>> = slices.values().map(encode_slice).collect();
+        let encoded: Vec<Vec<u8>> = slices
+            .values()
+            .map(|slice| encode_slice(slice).fine)
+            .collect();
         let hour = merge_encoded::<ExecutionTally>(&encoded).unwrap().unwrap();
         let merged = assemble::<ExecutionTally>(
-            vec![(T0, decode_slice(&hour).unwrap())],
+            [Piece::Block(
+                T0,
+                &decode_coarse(&hour.coarse, Groups::With).unwrap(),
+            )],
             Interval::H1,
-            &Filters::default(),
             Groups::With,
         );
+        let filtered = Filters {
+            symbol: Some("BTCUSDT".into()),
+            ..Filters::default()
+        };
+        let from_fine = assemble::<ExecutionTally>(
+            [Piece::Block(
+                T0,
+                &Coarse::of(&decode_slice(&hour.fine).unwrap(), &filtered),
+            )],
+            Interval::H1,
+            Groups::With,
+        );
+        assert_eq!(from_fine.summary.fills, 25);
+        assert_eq!(from_fine.by_symbol.len(), 1);
         assert_eq!(
             serde_json::to_value(&merged.by_symbol).unwrap(),
             serde_json::to_value(&direct.by_symbol).unwrap()

@@ -1,13 +1,15 @@
--- Per-minute and per-hour summaries of the orders (kind 0, by placement)
+-- Per-minute, five-minute, fifteen-minute and hour summaries of the orders (kind 0, by placement)
 -- and execution (kind 1, by fill time) reports, per symbol, strategy and
 -- side, recomputed from the trading tables by the refresher from the marks
 -- that commits leave (src/trading/summary.rs).
 CREATE TABLE trading_summaries (
     kind   SMALLINT NOT NULL,
-    hourly BOOLEAN  NOT NULL,
+    span_ms BIGINT  NOT NULL,          -- the block: 60000, 300000, 900000 or 3600000
     start  BIGINT   NOT NULL,          -- epoch ms
-    body   BYTEA    NOT NULL,          -- encode_slice
-    PRIMARY KEY (kind, hourly, start)
+    digest  BYTEA   NOT NULL,          -- SHA-256 of coarse, first 16 bytes (what caches compare)
+    coarse  BYTEA   NOT NULL,          -- encode_slice: the tallies per symbol, strategy, side (read first)
+    fine    BYTEA   NOT NULL,          -- encode_slice: the tallies per symbol x strategy x side
+    PRIMARY KEY (kind, span_ms, start)
 );
 
 -- Minutes whose summaries are out of date, [first_minute, last_minute].

@@ -1,14 +1,17 @@
--- Per-minute and per-hour summaries of the orders (kind 0, by placement)
+-- Per-minute, five-minute, fifteen-minute and hour summaries of the orders (kind 0, by placement)
 -- and execution (kind 1, by fill time) reports, per symbol, strategy and
 -- side, recomputed from the trading tables by the refresher from the marks
 -- that commits leave (src/trading/summary.rs).
 CREATE TABLE trading_summaries (
     kind   INTEGER NOT NULL,
-    hourly INTEGER NOT NULL,           -- 0: a minute, 1: an hour
+    span_ms INTEGER NOT NULL,          -- the block: 60000, 300000, 900000 or 3600000
     start  INTEGER NOT NULL,           -- epoch ms
-    body   BLOB    NOT NULL,           -- encode_slice
-    PRIMARY KEY (kind, hourly, start)
-) WITHOUT ROWID;
+    digest  BLOB    NOT NULL,          -- SHA-256 of coarse, first 16 bytes (what caches compare)
+    coarse  BLOB    NOT NULL,          -- encode_slice: the tallies per symbol, strategy, side (read first)
+    fine    BLOB    NOT NULL,          -- encode_slice: the tallies per symbol x strategy x side
+    PRIMARY KEY (kind, span_ms, start)
+);  -- a rowid table: the rows are large, and a WITHOUT ROWID table would
+    -- copy them into its interior pages
 
 -- Minutes whose summaries are out of date, [first_minute, last_minute].
 CREATE TABLE trading_marks (
