@@ -388,6 +388,52 @@ pub enum Groups {
     Without,
 }
 
+/// Tallies the `items` that `filters` select into one [`Coarse`] per
+/// minute (by [`Tally::at`]); items without a time are left out.
+pub fn minute_coarse<'a, T: Tally>(
+    items: impl IntoIterator<Item = &'a T::Item>,
+    filters: &Filters,
+) -> BTreeMap<i64, Coarse<T>>
+where
+    T::Item: 'a,
+{
+    let mut minutes: BTreeMap<i64, Coarse<T>> = BTreeMap::new();
+    for item in items {
+        let Some(at) = T::at(item) else { continue };
+        let key = T::key(item);
+        if !filters.matches(
+            key.symbol.as_deref(),
+            key.strategy_id.as_deref(),
+            key.side.as_deref(),
+        ) {
+            continue;
+        }
+        let coarse = minutes.entry(Interval::M1.bucket_start(at)).or_default();
+        coarse.all.add(item);
+        if let Some(symbol) = &key.symbol {
+            coarse
+                .by_symbol
+                .entry(symbol.clone())
+                .or_default()
+                .add(item);
+            if let Some(side) = &key.side {
+                coarse
+                    .by_symbol_side
+                    .entry((symbol.clone(), side.clone()))
+                    .or_default()
+                    .add(item);
+            }
+        }
+        if let Some(strategy) = key.strategy_id {
+            coarse.by_strategy.entry(strategy).or_default().add(item);
+        }
+        if let Some(side) = key.side {
+            coarse.by_side.entry(side).or_default().add(item);
+        }
+    }
+    minutes
+}
+
 /// Tallies `items` into one slice per minute (by [`Tally::at`]); items
 /// without a time are left out.
 pub fn minute_slices<'a, T: Tally>(
@@ -590,10 +636,7 @@ pub fn report_of<'a, T: Tally>(
 where
     T::Item: 'a,
 {
-    let blocks: Vec<(i64, Coarse<T>)> = minute_slices::<T>(items)
-        .into_iter()
-        .map(|(start, slice)| (start, Coarse::of(&slice, filters)))
-        .collect();
+    let blocks = minute_coarse::<T>(items, filters);
     report(
         blocks
             .iter()
