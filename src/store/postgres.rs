@@ -1841,15 +1841,30 @@ impl Store for PostgresStore {
             .prepare_cached(
                 "SELECT f.event_id, f.order_id, f.symbol, COALESCE(f.side, o.side),
                         COALESCE(f.strategy_id, o.strategy_id), f.ts, f.price, f.quantity,
-                        f.is_maker, f.commission,
-                        (SELECT q.mid FROM market_quotes q WHERE q.symbol = f.symbol AND q.ts <= f.ts
-                         ORDER BY q.ts DESC, q.event_id DESC LIMIT 1)
+                        f.is_maker, f.commission, NULL::float8
                  FROM trading_fills f LEFT JOIN trading_orders o ON o.order_id = f.order_id
                  WHERE f.ts >= $1 AND f.ts < $2",
             )
             .await?;
         let rows = client.query(&statement, &[&start_ms, &end_ms]).await?;
-        Ok(rows.iter().map(fill_of).collect::<Result<_, _>>()?)
+        let mut fills: Vec<FillView> = rows.iter().map(fill_of).collect::<Result<_, _>>()?;
+        // The mids: each symbol's quotes of the range read once.
+        let statement = client
+            .prepare_cached(crate::trading::QUOTES_FOR_FILLS)
+            .await?;
+        let mut quotes = std::collections::HashMap::new();
+        for symbol in crate::trading::fill_symbols(&fills) {
+            let rows = client
+                .query(&statement, &[&symbol, &start_ms, &end_ms])
+                .await?;
+            let symbol_quotes = rows
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<Vec<(i64, f64)>, tokio_postgres::Error>>()?;
+            quotes.insert(symbol, symbol_quotes);
+        }
+        crate::trading::price_fills(&mut fills, &quotes);
+        Ok(fills)
     }
 
     async fn read_bars(

@@ -1184,14 +1184,26 @@ impl Store for SqliteStore {
             let mut statement = connection.prepare_cached(
                 "SELECT f.event_id, f.order_id, f.symbol, COALESCE(f.side, o.side),
                         COALESCE(f.strategy_id, o.strategy_id), f.ts, f.price, f.quantity,
-                        f.is_maker, f.commission,
-                        (SELECT q.mid FROM market_quotes q WHERE q.symbol = f.symbol AND q.ts <= f.ts
-                         ORDER BY q.ts DESC, q.event_id DESC LIMIT 1)
+                        f.is_maker, f.commission, NULL
                  FROM trading_fills f LEFT JOIN trading_orders o ON o.order_id = f.order_id
                  WHERE f.ts >= ?1 AND f.ts < ?2",
             )?;
             let rows = statement.query_map(params![start_ms, end_ms], read_fill)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut fills = rows.collect::<Result<Vec<_>, _>>()?;
+            // The mids: each symbol's quotes of the range read once.
+            let mut quotes = std::collections::HashMap::new();
+            let mut statement =
+                connection.prepare_cached(&crate::trading::QUOTES_FOR_FILLS.replace('$', "?"))?;
+            for symbol in crate::trading::fill_symbols(&fills) {
+                let rows = statement
+                    .query_map(params![symbol, start_ms, end_ms], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?
+                    .collect::<Result<Vec<(i64, f64)>, _>>()?;
+                quotes.insert(symbol, rows);
+            }
+            crate::trading::price_fills(&mut fills, &quotes);
+            Ok(fills)
         })
         .await
     }

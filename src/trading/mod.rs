@@ -18,6 +18,43 @@ pub struct FillView {
     pub mid: Option<f64>,
 }
 
+/// The symbols of `fills`, for [`price_fills`].
+pub fn fill_symbols(fills: &[FillView]) -> std::collections::BTreeSet<String> {
+    fills
+        .iter()
+        .filter_map(|view| view.fill.symbol.clone())
+        .collect()
+}
+
+/// Sets each fill's mid to that of the latest quote of its symbol at or
+/// before it. `quotes`: per symbol, `(time, mid)` sorted by time and then
+/// event id (so among quotes of the same time the last one wins), from the
+/// latest quote before the fills' range on.
+pub fn price_fills(
+    fills: &mut [FillView],
+    quotes: &std::collections::HashMap<String, Vec<(i64, f64)>>,
+) {
+    for view in fills {
+        view.mid = view
+            .fill
+            .symbol
+            .as_ref()
+            .and_then(|symbol| quotes.get(symbol))
+            .and_then(|quotes| {
+                let at_or_before = quotes.partition_point(|(at, _)| *at <= view.fill.timestamp_ms);
+                at_or_before.checked_sub(1).map(|index| quotes[index].1)
+            });
+    }
+}
+
+/// The quotes [`price_fills`] needs for fills stamped in `[start, end)`
+/// (`?1`/`$1` symbol, `?2`/`$2` start, `?3`/`$3` end): from the latest
+/// quote before `start` (all of that time) to the last before `end`.
+pub const QUOTES_FOR_FILLS: &str = "SELECT ts, mid FROM market_quotes
+     WHERE symbol = $1 AND ts < $3
+       AND ts >= COALESCE((SELECT MAX(ts) FROM market_quotes WHERE symbol = $1 AND ts < $2), $2)
+     ORDER BY ts, event_id";
+
 /// What [`rebuild`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RebuildReport {
@@ -66,4 +103,45 @@ pub async fn rebuild(
     // The summaries of everything written, so reports are cheap at once.
     summary::refresh_all(store, REBUILD_REFRESH_PASSES).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_takes_the_mid_of_the_latest_quote_at_or_before_it() {
+        let fill = |at: i64, symbol: &str| FillView {
+            fill: FillRow {
+                event_id: uuid::Uuid::nil(),
+                order_id: None,
+                symbol: Some(symbol.into()),
+                side: None,
+                strategy_id: None,
+                timestamp_ms: at,
+                price: 1.0,
+                quantity: 1.0,
+                is_maker: None,
+                commission: None,
+            },
+            mid: Some(-1.0),
+        };
+        let mut fills = vec![
+            fill(5, "A"),
+            fill(10, "A"),
+            fill(11, "A"),
+            fill(30, "A"),
+            fill(10, "B"),
+        ];
+        // Two quotes at 10, in event id order: the second wins.
+        let quotes = [(
+            "A".to_string(),
+            vec![(8, 1.0), (10, 2.0), (10, 3.0), (20, 4.0)],
+        )]
+        .into_iter()
+        .collect();
+        price_fills(&mut fills, &quotes);
+        let mids: Vec<Option<f64>> = fills.iter().map(|view| view.mid).collect();
+        assert_eq!(mids, vec![None, Some(3.0), Some(3.0), Some(4.0), None]);
+    }
 }
