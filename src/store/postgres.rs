@@ -858,6 +858,27 @@ async fn write_marks(
     Ok(())
 }
 
+/// Writes (`Some`) or removes (`None`) the summary of block `(kind, span,
+/// start)` with the `(upsert, remove)` statements of [`write_summaries`].
+async fn put_summary(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    (upsert, remove): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    (code, span, start): (i16, i64, i64),
+    body: Option<&SummaryBody>,
+) -> Result<u64, tokio_postgres::Error> {
+    match body {
+        Some(body) => {
+            transaction
+                .execute(
+                    upsert,
+                    &[&code, &span, &start, &body.digest, &body.coarse, &body.fine],
+                )
+                .await
+        }
+        None => transaction.execute(remove, &[&code, &span, &start]).await,
+    }
+}
+
 /// [`Store::write_trading_summaries`] inside `transaction`.
 async fn write_summaries(
     transaction: &deadpool_postgres::Transaction<'_>,
@@ -907,31 +928,15 @@ async fn write_summaries(
             "DELETE FROM trading_summaries WHERE kind = $1 AND span_ms = $2 AND start = $3",
         )
         .await?;
-    let mut touched = std::collections::BTreeSet::new();
+    let statements = (&upsert, &remove);
     for (minute, body) in minutes {
-        touched.insert(*minute);
-        match body {
-            Some(body) => {
-                transaction
-                    .execute(
-                        &upsert,
-                        &[
-                            &code,
-                            &summary::MINUTE_MS,
-                            minute,
-                            &body.digest,
-                            &body.coarse,
-                            &body.fine,
-                        ],
-                    )
-                    .await?
-            }
-            None => {
-                transaction
-                    .execute(&remove, &[&code, &summary::MINUTE_MS, minute])
-                    .await?
-            }
-        };
+        put_summary(
+            transaction,
+            statements,
+            (code, summary::MINUTE_MS, *minute),
+            body.as_ref(),
+        )
+        .await?;
     }
     let read = transaction
         .prepare_cached(
@@ -939,32 +944,21 @@ async fn write_summaries(
              WHERE kind = $1 AND span_ms = $2 AND start >= $3 AND start < $4",
         )
         .await?;
-    for pair in summary::LEVELS.windows(2) {
-        let (finer, size) = (pair[0], pair[1]);
-        touched = touched
+    for (finer, span, block) in summary::blocks_above(minutes.iter().map(|(minute, _)| *minute)) {
+        let rows = transaction
+            .query(&read, &[&code, &finer, &block, &(block + span)])
+            .await?;
+        let bodies = rows
             .iter()
-            .map(|start| start - start.rem_euclid(size))
-            .collect();
-        for block in &touched {
-            let rows = transaction
-                .query(&read, &[&code, &finer, block, &(block + size)])
-                .await?;
-            let bodies = rows
-                .iter()
-                .map(|row| row.try_get::<_, Vec<u8>>(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            match merge(&bodies)? {
-                Some(body) => {
-                    transaction
-                        .execute(
-                            &upsert,
-                            &[&code, &size, block, &body.digest, &body.coarse, &body.fine],
-                        )
-                        .await?
-                }
-                None => transaction.execute(&remove, &[&code, &size, block]).await?,
-            };
-        }
+            .map(|row| row.try_get::<_, Vec<u8>>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        put_summary(
+            transaction,
+            statements,
+            (code, span, block),
+            merge(&bodies)?.as_ref(),
+        )
+        .await?;
     }
     Ok(true)
 }

@@ -766,49 +766,31 @@ fn write_summaries(
     let mut remove = transaction.prepare_cached(
         "DELETE FROM trading_summaries WHERE kind = ?1 AND span_ms = ?2 AND start = ?3",
     )?;
-    let mut touched = std::collections::BTreeSet::new();
+    let mut put = |span: i64, start: i64, body: Option<&SummaryBody>| match body {
+        Some(body) => upsert.execute(params![
+            kind.code(),
+            span,
+            start,
+            body.digest,
+            body.coarse,
+            body.fine
+        ]),
+        None => remove.execute(params![kind.code(), span, start]),
+    };
     for (minute, body) in minutes {
-        touched.insert(*minute);
-        match body {
-            Some(body) => upsert.execute(params![
-                kind.code(),
-                summary::MINUTE_MS,
-                minute,
-                body.digest,
-                body.coarse,
-                body.fine
-            ])?,
-            None => remove.execute(params![kind.code(), summary::MINUTE_MS, minute])?,
-        };
+        put(summary::MINUTE_MS, *minute, body.as_ref())?;
     }
     let mut read = transaction.prepare_cached(
         "SELECT fine FROM trading_summaries
          WHERE kind = ?1 AND span_ms = ?2 AND start >= ?3 AND start < ?4",
     )?;
-    for pair in summary::LEVELS.windows(2) {
-        let (finer, size) = (pair[0], pair[1]);
-        touched = touched
-            .iter()
-            .map(|start| start - start.rem_euclid(size))
-            .collect();
-        for block in &touched {
-            let bodies = read
-                .query_map(params![kind.code(), finer, block, block + size], |row| {
-                    row.get::<_, Vec<u8>>(0)
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            match merge(&bodies)? {
-                Some(body) => upsert.execute(params![
-                    kind.code(),
-                    size,
-                    block,
-                    body.digest,
-                    body.coarse,
-                    body.fine
-                ])?,
-                None => remove.execute(params![kind.code(), size, block])?,
-            };
-        }
+    for (finer, span, block) in summary::blocks_above(minutes.iter().map(|(minute, _)| *minute)) {
+        let bodies = read
+            .query_map(params![kind.code(), finer, block, block + span], |row| {
+                row.get::<_, Vec<u8>>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        put(span, block, merge(&bodies)?.as_ref())?;
     }
     Ok(true)
 }

@@ -328,17 +328,13 @@ pub fn decode_slice<T: Tally>(fine: &[u8]) -> Result<Slice<T>, StoreError> {
     Ok(slice)
 }
 
-/// The `coarse` part [`encode_slice`] wrote; with [`Groups::Without`]
-/// only its `all` tally (the rest stays empty).
-pub fn decode_coarse<T: Tally>(coarse: &[u8], groups: Groups) -> Result<Coarse<T>, StoreError> {
+/// The `coarse` part [`encode_slice`] wrote.
+pub fn decode_coarse<T: Tally>(coarse: &[u8]) -> Result<Coarse<T>, StoreError> {
     let mut input = open(coarse)?;
     let mut coarse = Coarse {
         all: T::decode(&mut input).map_err(corrupt)?,
         ..Coarse::default()
     };
-    if groups == Groups::Without {
-        return Ok(coarse);
-    }
     let text = |input: &mut Decoder<'_>| -> Result<String, StoreError> {
         input
             .text()
@@ -391,6 +387,23 @@ pub fn merge_for(kind: SummaryKind) -> MergeSlices {
 // ---------------------------------------------------------------------------
 // Marks written at commit
 // ---------------------------------------------------------------------------
+
+/// The blocks above the written `minutes` that a summary write re-merges,
+/// level by level, finest first: `(finer span, span, block start)`, each
+/// block the merge of the stored blocks of `finer` inside it.
+pub fn blocks_above(minutes: impl IntoIterator<Item = i64>) -> Vec<(i64, i64, i64)> {
+    let mut touched: BTreeSet<i64> = minutes.into_iter().collect();
+    let mut blocks = Vec::new();
+    for pair in LEVELS.windows(2) {
+        let (finer, span) = (pair[0], pair[1]);
+        touched = touched
+            .iter()
+            .map(|start| start - start.rem_euclid(span))
+            .collect();
+        blocks.extend(touched.iter().map(|block| (finer, span, *block)));
+    }
+    blocks
+}
 
 /// The minutes of `[first, last]` (epoch ms, inclusive) as a mark span.
 pub fn span(kind: SummaryKind, first_ms: i64, last_ms: i64) -> (SummaryKind, i64, i64) {
@@ -584,7 +597,7 @@ impl<T: Tally> BlockCache<T> {
     /// Decodes the coarse part `bytes` of block `(span, start)` and keeps
     /// it under the digest of those very bytes.
     fn decode(&self, span: i64, start: i64, bytes: &[u8]) -> Result<Arc<Coarse<T>>, StoreError> {
-        let coarse = Arc::new(decode_coarse(bytes, Groups::With)?);
+        let coarse = Arc::new(decode_coarse(bytes)?);
         let key = (span, start);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= BLOCK_CACHE_ENTRIES
@@ -845,17 +858,6 @@ pub async fn execution_report(
 // Refresh
 // ---------------------------------------------------------------------------
 
-/// What one refresh pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Refreshed {
-    /// Minutes recomputed.
-    pub minutes: u64,
-    /// Marks outstanding before the pass.
-    pub marks_before: u64,
-    /// False when the store refused the write (a mark changed meanwhile).
-    pub written: bool,
-}
-
 /// Whether a refresh takes up `mark` at `now_minute`: not while its first
 /// minute is the current one, which ingest keeps marking again (reports
 /// read that minute raw meanwhile).
@@ -869,13 +871,13 @@ async fn refresh_kind<T: Source>(
     store: &dyn Store,
     marks: &[Mark],
     now_minute: i64,
-) -> Result<Refreshed, StoreError> {
+) -> Result<(), StoreError> {
     let mine: Vec<&Mark> = marks
         .iter()
         .filter(|mark| mark.kind == T::KIND && ready(mark, now_minute))
         .collect();
     let Some(earliest) = mine.iter().map(|mark| mark.first_minute).min() else {
-        return Ok(Refreshed::default());
+        return Ok(());
     };
     let hour = hour_of(earliest);
     let limit = (hour + HOUR_MS).min(now_minute);
@@ -897,7 +899,7 @@ async fn refresh_kind<T: Source>(
         }
     }
     let (Some(&first), Some(&last)) = (minutes.first(), minutes.last()) else {
-        return Ok(Refreshed::default());
+        return Ok(());
     };
     let items = T::read_raw(store, first, last + MINUTE_MS).await?;
     let mut computed = minute_slices::<T>(&items);
@@ -914,25 +916,24 @@ async fn refresh_kind<T: Source>(
     let written = store
         .write_trading_summaries(T::KIND, writes, cleared, remainders, merge_for(T::KIND))
         .await?;
-    Ok(Refreshed {
-        minutes: minutes.len() as u64,
-        marks_before: 0,
-        written,
-    })
+    if !written {
+        tracing::debug!(
+            kind = ?T::KIND,
+            hour,
+            "trading summary write refused: a mark changed meanwhile; the next pass redoes it"
+        );
+    }
+    Ok(())
 }
 
-/// One refresh pass: the earliest marked hour of each kind.
-/// `marks_before` counts the marks it could take up.
-pub async fn refresh_once(store: &dyn Store) -> Result<Refreshed, StoreError> {
+/// One refresh pass: the earliest marked hour of each kind. Answers the
+/// marks it could take up at its start (0: caught up).
+pub async fn refresh_once(store: &dyn Store) -> Result<u64, StoreError> {
     let marks = store.trading_marks().await?;
     let now_minute = minute_of(crate::model::event::now_ms());
-    let orders = refresh_kind::<OrderTally>(store, &marks, now_minute).await?;
-    let fills = refresh_kind::<ExecutionTally>(store, &marks, now_minute).await?;
-    Ok(Refreshed {
-        minutes: orders.minutes + fills.minutes,
-        marks_before: marks.iter().filter(|mark| ready(mark, now_minute)).count() as u64,
-        written: orders.written || fills.written,
-    })
+    refresh_kind::<OrderTally>(store, &marks, now_minute).await?;
+    refresh_kind::<ExecutionTally>(store, &marks, now_minute).await?;
+    Ok(marks.iter().filter(|mark| ready(mark, now_minute)).count() as u64)
 }
 
 /// Refreshes until no mark is left but those of the current minute (or
@@ -940,8 +941,7 @@ pub async fn refresh_once(store: &dyn Store) -> Result<Refreshed, StoreError> {
 /// passes run.
 pub async fn refresh_all(store: &dyn Store, limit: u64) -> Result<u64, StoreError> {
     for pass in 0..limit {
-        let done = refresh_once(store).await?;
-        if done.marks_before == 0 {
+        if refresh_once(store).await? == 0 {
             return Ok(pass);
         }
     }
@@ -970,9 +970,9 @@ pub async fn run_refresher(
     loop {
         let started = Instant::now();
         let backlog = match refresh_once(&*store).await {
-            Ok(done) => {
-                on_pass(done.marks_before);
-                done.marks_before > 0
+            Ok(marks) => {
+                on_pass(marks);
+                marks > 0
             }
             Err(error) => {
                 tracing::warn!(%error, "trading summary refresh failed; retrying");
@@ -1116,16 +1116,14 @@ mod tests {
             let decoded: Slice<ExecutionTally> = decode_slice(&body.fine).unwrap();
             assert_eq!(encode_slice(&decoded), body);
             for cut in [0, 1, 9, body.coarse.len() / 2, body.coarse.len() - 1] {
-                assert!(
-                    decode_coarse::<ExecutionTally>(&body.coarse[..cut], Groups::With).is_err()
-                );
+                assert!(decode_coarse::<ExecutionTally>(&body.coarse[..cut]).is_err());
             }
             for cut in [0, 1, 9, body.fine.len() / 2, body.fine.len() - 1] {
                 assert!(decode_slice::<ExecutionTally>(&body.fine[..cut]).is_err());
             }
             let mut longer = body.coarse.clone();
             longer.push(0);
-            assert!(decode_coarse::<ExecutionTally>(&longer, Groups::With).is_err());
+            assert!(decode_coarse::<ExecutionTally>(&longer).is_err());
         }
         // The merged report of the minutes equals the report of the rows.
         let direct = crate::trading::report::report_of::<ExecutionTally>(
@@ -1140,10 +1138,7 @@ mod tests {
             .collect();
         let hour = merge_encoded::<ExecutionTally>(&encoded).unwrap().unwrap();
         let merged = assemble::<ExecutionTally>(
-            [Piece::Block(
-                T0,
-                &decode_coarse(&hour.coarse, Groups::With).unwrap(),
-            )],
+            [Piece::Block(T0, &decode_coarse(&hour.coarse).unwrap())],
             Interval::H1,
             Groups::With,
         );
