@@ -31,3 +31,35 @@ nats_delete_stream() {
         timeout 2 head -c 4096 <&3 >/dev/null || true
     ) 2>/dev/null
 }
+
+# write_service_config DIR [DATABASE_YAML]: picks API_PORT and METRICS_PORT
+# and writes DIR/config.yaml for a benchmarked service (sets CONFIG): a
+# fresh SQLite file in DIR unless DATABASE_YAML (a whole `database:`
+# section) says otherwise, room for a few 10 000-event batches at once (the
+# default buffer holds exactly one: a second concurrent batch is answered
+# 503), warnings only, then EXTRA_CONFIG.
+write_service_config() {
+    local dir="$1" database="${2:-}"
+    API_PORT="$(free_port)"
+    METRICS_PORT="$(free_port)"
+    while [ "$METRICS_PORT" = "$API_PORT" ]; do METRICS_PORT="$(free_port)"; done
+    mkdir -p "$dir"
+    [ -n "$database" ] || database="database:
+  path: \"$dir/analytics.db\""
+    CONFIG="$dir/config.yaml"
+    cat > "$CONFIG" <<EOF
+server:
+  host: "127.0.0.1"
+  port: $API_PORT
+metrics:
+  port: $METRICS_PORT
+$database
+analytics:
+  ingestion:
+    buffer_size: 50000
+logging:
+  level: warn
+  output: stderr
+${EXTRA_CONFIG:-}
+EOF
+}

@@ -154,12 +154,7 @@ pg_new_schema() {
 # write_config NAME [SCHEMA]: config under $WORK/NAME (sets CONFIG); a
 # fresh SQLite file, or with SCHEMA the postgres driver on that schema.
 write_config() {
-    local name="$1" schema="${2:-}" database
-    API_PORT="$(free_port)"
-    METRICS_PORT="$(free_port)"
-    while [ "$METRICS_PORT" = "$API_PORT" ]; do METRICS_PORT="$(free_port)"; done
-    mkdir -p "$WORK/$name"
-    CONFIG="$WORK/$name/config.yaml"
+    local name="$1" schema="${2:-}" database=""
     if [ -n "$schema" ]; then
         database="database:
   driver: postgres
@@ -170,27 +165,8 @@ write_config() {
   database: \"$PG_DATABASE\"
   schema: \"$schema\"
   max_connections: 20"
-    else
-        database="database:
-  path: \"$WORK/$name/analytics.db\""
     fi
-    cat > "$CONFIG" <<EOF
-server:
-  host: "127.0.0.1"
-  port: $API_PORT
-metrics:
-  port: $METRICS_PORT
-$database
-analytics:
-  ingestion:
-    # Room for a few 10 000-event batches at once (the default 10 000 holds
-    # exactly one: a second concurrent batch is answered 503).
-    buffer_size: 50000
-logging:
-  level: warn
-  output: stderr
-${EXTRA_CONFIG:-}
-EOF
+    write_service_config "$WORK/$name" "$database"
 }
 
 # start_service NAME [SCHEMA]: the service on a fresh store (see write_config).

@@ -35,27 +35,8 @@ trap 'exit 130' INT TERM
 
 start_service() { # start_service NAME: fresh SQLite store, EXTRA_CONFIG appended
     local name="$1"
-    API_PORT="$(free_port)"
-    METRICS_PORT="$(free_port)"
-    while [ "$METRICS_PORT" = "$API_PORT" ]; do METRICS_PORT="$(free_port)"; done
-    mkdir -p "$WORK/$name"
-    cat > "$WORK/$name/config.yaml" <<YAML
-server:
-  host: "127.0.0.1"
-  port: $API_PORT
-metrics:
-  port: $METRICS_PORT
-database:
-  path: "$WORK/$name/analytics.db"
-analytics:
-  ingestion:
-    buffer_size: 50000
-logging:
-  level: warn
-  output: stderr
-${EXTRA_CONFIG:-}
-YAML
-    "$BIN" --config "$WORK/$name/config.yaml" serve 2>"$WORK/$name/service.log" &
+    write_service_config "$WORK/$name"
+    "$BIN" --config "$CONFIG" serve 2>"$WORK/$name/service.log" &
     SERVICE_PID=$!
     URL="http://127.0.0.1:$API_PORT"
     for _ in $(seq 1 150); do
