@@ -408,6 +408,16 @@ pub trait Store: Send + Sync + 'static {
         merge: MergeSlices,
     ) -> Result<bool, StoreError>;
 
+    /// Reclaims the space of removed and superseded marks. Every commit
+    /// rewrites marks and every refresh removes them, so on a store with
+    /// multiversion rows (PostgreSQL) the table fills with dead rows that
+    /// each [`Store::trading_marks`] read walks unless they are reclaimed,
+    /// whether or not the server's autovacuum runs. The refresher calls this
+    /// now and then; stores without dead rows do nothing.
+    async fn reclaim_trading_marks(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Empties the trading tables (orders, fills, quotes, bars, summaries
     /// and marks), for a rebuild from the raw events.
     async fn clear_trading(&self) -> Result<(), StoreError>;

@@ -178,12 +178,18 @@ impl PostgresSettings {
         validate_schema_name(&database.schema)
             .map_err(|message| format!("database.schema: {message}"))?;
         // Session settings for every pooled connection, sent in the startup
-        // packet so no connection is ever used without them.
+        // packet so no connection is ever used without them. No parallel
+        // plans (the URL's own options may allow them again): every query of
+        // the service reads a few index ranges, which take well under a
+        // millisecond, while starting parallel workers takes several, and a
+        // prepared statement's generic plan guesses ranges large enough to
+        // ask for them.
         let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
-        let mut options = connection
-            .get_options()
-            .map(|existing| format!("{existing} "))
-            .unwrap_or_default();
+        let mut options = String::from("-c max_parallel_workers_per_gather=0 ");
+        if let Some(existing) = connection.get_options() {
+            options.push_str(existing);
+            options.push(' ');
+        }
         options.push_str(&format!(
             "-c search_path={} -c statement_timeout={timeout_ms}",
             database.schema
@@ -1816,6 +1822,15 @@ impl Store for PostgresStore {
             transaction.commit().await?;
         }
         Ok(written)
+    }
+
+    async fn reclaim_trading_marks(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        // Never waits for a lock another vacuum holds: the next call will do.
+        client
+            .batch_execute("VACUUM (SKIP_LOCKED) trading_marks")
+            .await?;
+        Ok(())
     }
 
     async fn read_orders(&self, start_ms: i64, end_ms: i64) -> Result<Vec<OrderDelta>, StoreError> {

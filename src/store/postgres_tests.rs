@@ -446,6 +446,35 @@ async fn tls_modes_are_refused_naming_the_key() {
     assert!(error.starts_with("database.schema:"), "{error}");
 }
 
+#[tokio::test]
+async fn connections_plan_serially_and_the_marks_are_vacuumed() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let client = store.pool.get().await.expect("connection");
+    let parallel: String = client
+        .query_one("SHOW max_parallel_workers_per_gather", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(parallel, "0", "no parallel plans for the service's reads");
+    let vacuums = || async {
+        client
+            .query_one(
+                "SELECT vacuum_count FROM pg_stat_user_tables
+                 WHERE schemaname = current_schema() AND relname = 'trading_marks'",
+                &[],
+            )
+            .await
+            .expect("statistics")
+            .get::<_, i64>(0)
+    };
+    let before = vacuums().await;
+    store.reclaim_trading_marks().await.expect("vacuum");
+    assert_eq!(vacuums().await, before + 1, "the marks were vacuumed");
+}
+
 #[test]
 fn partition_names_round_trip() {
     for day in [0, 1, 19_000, 20_365, 2_932_896] {

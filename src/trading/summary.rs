@@ -959,6 +959,11 @@ pub fn pause_after(took: Duration, idle: Duration, backlog: bool) -> Duration {
     }
 }
 
+/// How often the refresher has the store reclaim the dead rows of the
+/// marks (see [`Store::reclaim_trading_marks`]): a busy ingest leaves some
+/// thousands a second.
+const MARKS_RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Runs refresh passes until `shutdown`: one pass, then [`pause_after`].
 /// Reports the outstanding marks through `on_pass`.
 pub async fn run_refresher(
@@ -967,8 +972,15 @@ pub async fn run_refresher(
     shutdown: tokio_util::sync::CancellationToken,
     on_pass: impl Fn(u64) + Send + 'static,
 ) {
+    let mut reclaimed = Instant::now();
     loop {
         let started = Instant::now();
+        if reclaimed.elapsed() >= MARKS_RECLAIM_INTERVAL {
+            reclaimed = started;
+            if let Err(error) = store.reclaim_trading_marks().await {
+                tracing::warn!(%error, "reclaiming the trading marks' dead rows failed; retrying later");
+            }
+        }
         let backlog = match refresh_once(&*store).await {
             Ok(marks) => {
                 on_pass(marks);
