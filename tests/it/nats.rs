@@ -1115,6 +1115,258 @@ async fn the_source_authenticates_with_user_and_password_or_token() {
     assert_eq!(token, Some(true), "token");
 }
 
+/// base64url without padding: how NATS JWTs encode their parts.
+fn base64url(bytes: &[u8]) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(bytes)
+}
+
+/// A NATS (v2) JWT as the nats-io/jwt library encodes one: the header
+/// `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims (`jti` a unique id, as
+/// there the base32 of the SHA-512/256 of the standard claims) with `nats`
+/// the claim's own part, and `signer`'s ed25519 signature of
+/// `header.payload`, all base64url without padding. `issuer` (`iss`) is
+/// normally `signer`'s public key.
+fn nats_jwt(
+    subject: &str,
+    name: &str,
+    issuer: &str,
+    signer: &nkeys::KeyPair,
+    nats: Value,
+) -> String {
+    use sha2::Digest as _;
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = json!({"iat": issued_at, "iss": issuer, "name": name, "sub": subject});
+    let hash = sha2::Sha512_256::digest(claims.to_string().as_bytes());
+    claims["jti"] = json!(data_encoding::BASE32_NOPAD.encode(&hash));
+    claims["nats"] = nats;
+    let signed = format!(
+        "{}.{}",
+        base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        base64url(claims.to_string().as_bytes())
+    );
+    let signature = signer.sign(signed.as_bytes()).expect("sign the JWT");
+    format!("{signed}.{}", base64url(&signature))
+}
+
+/// The JWT of `user`, a user of the account `account` (`iss`), signed by
+/// `signer` (the account itself, unless a forgery): no permissions (it may
+/// publish and subscribe to everything) and no limits.
+fn user_jwt(user: &nkeys::KeyPair, account: &nkeys::KeyPair, signer: &nkeys::KeyPair) -> String {
+    nats_jwt(
+        &user.public_key(),
+        "analytics",
+        &account.public_key(),
+        signer,
+        json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+               "type": "user", "version": 2}),
+    )
+}
+
+/// Decentralized (operator mode) authentication, as `nsc` sets it up: a
+/// server configuration trusting an operator and knowing one account of
+/// it (a memory resolver), with JetStream enabled; its users log in with a
+/// `.creds` file (their JWT, signed by the account, and their NKey seed).
+struct OperatorTrust {
+    directory: tempfile::TempDir,
+    /// `-c` of the server.
+    config: String,
+    account: nkeys::KeyPair,
+    /// A `.creds` file of a user of the account, for the test's client.
+    creds: String,
+}
+
+impl OperatorTrust {
+    fn new() -> OperatorTrust {
+        let directory = tempfile::tempdir().unwrap();
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        // The system account: without one, 2.9 will not start JetStream
+        // ("system account not setup").
+        let system = nkeys::KeyPair::new_account();
+        let operator_jwt = nats_jwt(
+            &operator.public_key(),
+            "test-operator",
+            &operator.public_key(),
+            &operator,
+            json!({"system_account": system.public_key(), "type": "operator", "version": 2}),
+        );
+        let account_jwt = |account: &nkeys::KeyPair, name: &str, jetstream: bool| {
+            // The account limits of nats-io/jwt's NewAccountClaims
+            // (unlimited), JetStream unlimited too when enabled.
+            let mut limits = json!({
+                "subs": -1, "data": -1, "payload": -1,
+                "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+            });
+            if jetstream {
+                for key in ["mem_storage", "disk_storage", "streams", "consumer"] {
+                    limits[key] = json!(-1);
+                }
+            }
+            nats_jwt(
+                &account.public_key(),
+                name,
+                &operator.public_key(),
+                &operator,
+                json!({"limits": limits, "default_permissions": {"pub": {}, "sub": {}},
+                       "type": "account", "version": 2}),
+            )
+        };
+        let operator_file = directory.path().join("operator.jwt");
+        std::fs::write(&operator_file, &operator_jwt).unwrap();
+        let config = directory.path().join("server.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+                 resolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+                operator_file.display(),
+                system.public_key(),
+                system.public_key(),
+                account_jwt(&system, "SYS", false),
+                account.public_key(),
+                account_jwt(&account, "analytics", true),
+            ),
+        )
+        .unwrap();
+        let mut trust = OperatorTrust {
+            config: config.display().to_string(),
+            directory,
+            account,
+            creds: String::new(),
+        };
+        let user = nkeys::KeyPair::new_user();
+        trust.creds = trust.write_creds(
+            "client",
+            &user_jwt(&user, &trust.account, &trust.account),
+            &user,
+        );
+        trust
+    }
+
+    /// Writes `<name>.creds`, in the format `nsc` writes: the user JWT
+    /// `jwt` and the NKey seed of `seed_of`; returns its path.
+    fn write_creds(&self, name: &str, jwt: &str, seed_of: &nkeys::KeyPair) -> String {
+        let seed = seed_of.seed().expect("seed");
+        let path = self.directory.path().join(format!("{name}.creds"));
+        std::fs::write(
+            &path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\
+                 NKEY Seed printed below can be used to sign and prove identity.\n\
+                 NKEYs are sensitive and should be treated as secrets.\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+                 *************************************************************\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+
+    fn log_path(&self, name: &str) -> String {
+        self.directory
+            .path()
+            .join(format!("{name}.log"))
+            .display()
+            .to_string()
+    }
+
+    /// The log of the server `stores_with(name, ..)` ran.
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// [`stores_through`] a server of this trust (logging to
+    /// `<name>.log`), the test's client with its own `.creds`, the
+    /// service with `service_creds`.
+    async fn stores_with(&self, name: &str, service_creds: &str) -> Option<bool> {
+        let client = async_nats::ConnectOptions::with_credentials_file(&self.creds)
+            .await
+            .expect("read the client's .creds");
+        stores_through(
+            &["-c", &self.config, "-l", &self.log_path(name)],
+            client,
+            &[("ANALYTICS_NATS__CREDENTIALS_FILE", service_creds)],
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_source_authenticates_with_a_creds_file() {
+    let trust = OperatorTrust::new();
+    let user = nkeys::KeyPair::new_user();
+    let creds = trust.write_creds(
+        "analytics",
+        &user_jwt(&user, &trust.account, &trust.account),
+        &user,
+    );
+    let Some(stored) = trust.stores_with("valid", &creds).await else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{NATS_SERVER} missing under CI"
+        );
+        eprintln!("SKIPPED: no {NATS_SERVER} for a private server");
+        return;
+    };
+    assert!(
+        stored,
+        "the .creds file of a user of the account; server log:\n{}",
+        trust.log("valid")
+    );
+
+    // Refused by the server (its log names the service's connection, the
+    // test's own client logging in with a good file): a user whose account
+    // the server does not know, a user JWT naming the account but signed
+    // by another, a seed that does not sign for the JWT's user.
+    let stranger = nkeys::KeyPair::new_account();
+    let unknown_account = trust.write_creds(
+        "unknown-account",
+        &user_jwt(&user, &stranger, &stranger),
+        &user,
+    );
+    let forged = trust.write_creds("forged", &user_jwt(&user, &trust.account, &stranger), &user);
+    let wrong_seed = trust.write_creds(
+        "wrong-seed",
+        &user_jwt(&user, &trust.account, &trust.account),
+        &nkeys::KeyPair::new_user(),
+    );
+    // No file at all: the NATS source does not start (the rest of the
+    // service does, its health saying NATS is not connected).
+    let missing = trust.directory.path().join("missing.creds");
+    let missing = missing.display().to_string();
+    let (unknown_account, forged, wrong_seed, missing) = tokio::join!(
+        trust.stores_with("unknown-account", &unknown_account),
+        trust.stores_with("forged", &forged),
+        trust.stores_with("wrong-seed", &wrong_seed),
+        trust.stores_with("missing", &missing),
+    );
+    for (name, stored, what) in [
+        (
+            "unknown-account",
+            unknown_account,
+            "a user of an account the server does not know",
+        ),
+        ("forged", forged, "a user JWT not signed by its account"),
+        ("wrong-seed", wrong_seed, "a seed that is not the user's"),
+    ] {
+        let log = trust.log(name);
+        assert_eq!(
+            stored,
+            Some(false),
+            "{what} stores nothing; server log:\n{log}"
+        );
+        assert!(
+            log.contains("analytics\" - authentication error"),
+            "{what}: refused by the server; server log:\n{log}"
+        );
+    }
+    assert_eq!(missing, Some(false), "a missing .creds file stores nothing");
+}
+
 #[tokio::test]
 async fn a_full_ingest_queue_is_waited_out_and_nothing_is_lost() {
     let Some(client) = shared_nats().await else {
