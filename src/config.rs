@@ -984,6 +984,21 @@ impl Config {
                     );
                 }
             }
+            if let Some(path) = &self.nats.credentials_file {
+                // Checked here, so a wrong path stops the start with its
+                // key named instead of leaving the source down.
+                if path.as_os_str().is_empty() {
+                    check.fail(
+                        "nats.credentials_file",
+                        "must be the path of a .creds file (got an empty path)".into(),
+                    );
+                } else if let Err(error) = std::fs::File::open(path) {
+                    check.fail(
+                        "nats.credentials_file",
+                        format!("cannot read {}: {error}", path.display()),
+                    );
+                }
+            }
             if self.nats.create_stream && self.nats.subjects.is_empty() {
                 check.fail(
                     "nats.subjects",
@@ -1343,6 +1358,41 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(error) => error.to_string(),
         }
+    }
+
+    #[test]
+    fn a_nats_credentials_file_must_be_readable() {
+        let servers = ("ANALYTICS_NATS__SERVERS", "nats://127.0.0.1:4222");
+        let text = error_text(load(
+            None,
+            &env(&[
+                servers,
+                (
+                    "ANALYTICS_NATS__CREDENTIALS_FILE",
+                    "/nonexistent/user.creds",
+                ),
+            ]),
+        ));
+        assert!(
+            text.contains("nats.credentials_file") && text.contains("/nonexistent/user.creds"),
+            "{text}"
+        );
+        let text = error_text(load_text("nats:\n  credentials_file: \"\"\n", &[servers]));
+        assert!(
+            text.contains("nats.credentials_file") && text.contains("empty path"),
+            "{text}"
+        );
+        let creds = tempfile::NamedTempFile::new().expect("temp file");
+        let path = creds.path().display().to_string();
+        let loaded = load(
+            None,
+            &env(&[servers, ("ANALYTICS_NATS__CREDENTIALS_FILE", path.as_str())]),
+        )
+        .expect("a readable file is accepted");
+        assert_eq!(
+            loaded.config.nats.credentials_file.as_deref(),
+            Some(creds.path())
+        );
     }
 
     #[test]

@@ -694,7 +694,19 @@ async fn a_crash_between_commit_and_ack_loses_and_duplicates_nothing() {
     }
     first.kill();
     assert!(visible > 0, "nothing became visible before the kill");
-    let at_kill = stream.consumer_info("analytics").await;
+    // The server may still be reading acknowledgements the process sent
+    // before it died: the figures are taken once they stay put.
+    let mut at_kill = stream.consumer_info("analytics").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = stream.consumer_info("analytics").await;
+        if (now.delivered.consumer_sequence, now.num_ack_pending)
+            == (at_kill.delivered.consumer_sequence, at_kill.num_ack_pending)
+        {
+            break;
+        }
+        at_kill = now;
+    }
     let acknowledged = at_kill.delivered.consumer_sequence - at_kill.num_ack_pending as u64;
     eprintln!(
         "killed with {visible} visible, {acknowledged} acknowledged, {} unacknowledged",
@@ -1334,15 +1346,11 @@ async fn the_source_authenticates_with_a_creds_file() {
         &user_jwt(&user, &trust.account, &trust.account),
         &nkeys::KeyPair::new_user(),
     );
-    // No file at all: the NATS source does not start (the rest of the
-    // service does, its health saying NATS is not connected).
-    let missing = trust.directory.path().join("missing.creds");
-    let missing = missing.display().to_string();
-    let (unknown_account, forged, wrong_seed, missing) = tokio::join!(
+    // (A file that cannot be read stops the start: config.rs's tests.)
+    let (unknown_account, forged, wrong_seed) = tokio::join!(
         trust.stores_with("unknown-account", &unknown_account),
         trust.stores_with("forged", &forged),
         trust.stores_with("wrong-seed", &wrong_seed),
-        trust.stores_with("missing", &missing),
     );
     for (name, stored, what) in [
         (
@@ -1364,7 +1372,6 @@ async fn the_source_authenticates_with_a_creds_file() {
             "{what}: refused by the server; server log:\n{log}"
         );
     }
-    assert_eq!(missing, Some(false), "a missing .creds file stores nothing");
 }
 
 #[tokio::test]
