@@ -1651,7 +1651,7 @@ impl Store for PostgresStore {
         days.extend(today..=today + self.partitions_ahead_days);
         self.ensure_partitions(&days).await?;
         let input = CommitInput::new(batch);
-        match self.commit_once(&input).await {
+        let result = match self.commit_once(&input).await {
             Err(error) if is_missing_partition(&error) => {
                 // Another instance dropped a day this one believed existed:
                 // forget what is known, create again, retry once.
@@ -1660,7 +1660,9 @@ impl Store for PostgresStore {
                 self.commit_once(&input).await
             }
             result => result,
-        }
+        };
+        super::dispose(input);
+        result
     }
 
     async fn sync(&self) -> Result<(), StoreError> {

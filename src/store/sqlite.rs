@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::checkpoint::{self, Checkpointer};
 use super::decoded_cache::{DecodedCache, RowKey};
 use super::rollup_cache::RollupCache;
 use super::{
@@ -118,6 +119,9 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     intervals: Arc<[Interval]>,
+    /// Copies the WAL into the database in the background; stops with the
+    /// store.
+    _checkpointer: Checkpointer,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -163,7 +167,11 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.pragma_update(None, "busy_timeout", 5000)?;
         writer.pragma_update(None, "cache_size", -65536)?;
+        // Checkpoints run beside the commits, not inside them (see
+        // `checkpoint`).
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         migrate(&mut writer)?;
+        let checkpointer = Checkpointer::start(path, checkpoint::RESTART_FRAMES)?;
         let wal_to_sync = (synchronous == Synchronous::Full).then(|| {
             let mut wal = path.as_os_str().to_owned();
             wal.push("-wal");
@@ -180,6 +188,7 @@ impl SqliteStore {
             })),
             readers: Arc::new(Mutex::new(Vec::new())),
             intervals: intervals.into(),
+            _checkpointer: checkpointer,
         })
     }
 

@@ -1,5 +1,7 @@
 //! Store-level tests of the SQLite backend's write path.
 
+use std::time::Duration;
+
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -177,4 +179,55 @@ async fn dead_letters_are_stored_once_listed_and_deleted() {
     let path = directory.path().join("dead.db");
     let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
     crate::store::conformance::dead_letters(&store).await;
+}
+
+#[tokio::test]
+async fn the_wal_is_copied_into_the_database_beside_the_commits() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("checkpoint.db");
+    let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
+    let migrated = std::fs::metadata(&path).unwrap().len();
+    let minute = 1_759_492_800_000;
+    for batch in 0..5 {
+        let events = (0..2_000)
+            .map(|index| order(minute + batch * 60_000 + index, index as f64))
+            .collect();
+        store
+            .commit_batch(PreparedBatch::prepare(events, &[Interval::M1]))
+            .await
+            .unwrap();
+    }
+    // The writer never checkpoints (wal_autocheckpoint = 0): the database
+    // file grows only by the checkpointer's copies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut size = migrated;
+    while size < migrated + 500_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(checkpoint::CHECKPOINT_PERIOD).await;
+        size = std::fs::metadata(&path).unwrap().len();
+    }
+    assert!(
+        size >= migrated + 500_000,
+        "10 000 events copied into the database: {migrated} -> {size} bytes"
+    );
+}
+
+#[test]
+fn a_long_wal_is_started_over() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("restart.db");
+    let writer = Connection::open(&path).unwrap();
+    writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    writer
+        .execute_batch("CREATE TABLE t (x BLOB); INSERT INTO t VALUES (zeroblob(100000))")
+        .unwrap();
+    let checkpointer = Connection::open(&path).unwrap();
+    let round = checkpoint::checkpoint(&checkpointer, 1_000).unwrap();
+    assert!(round.frames > 20 && !round.restarted, "{round:?}");
+    let round = checkpoint::checkpoint(&checkpointer, 20).unwrap();
+    assert!(round.restarted, "{round:?}");
+    // The next write starts the WAL over instead of appending to it.
+    writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    let round = checkpoint::checkpoint(&checkpointer, 1_000).unwrap();
+    assert!(round.frames < 5, "{round:?}");
 }
