@@ -411,8 +411,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<BarDelta>, StoreError>;
 
     /// The outstanding marks of the trading summaries (see
-    /// [`crate::trading::summary`]).
-    async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError>;
+    /// [`crate::trading::summary`]): all of them, or with `of = (kind,
+    /// start_ms, end_ms)` those of `kind` holding a minute that meets
+    /// `[start_ms, end_ms)` (found through the key, whatever the table's
+    /// dead rows).
+    async fn trading_marks(
+        &self,
+        of: Option<(SummaryKind, i64, i64)>,
+    ) -> Result<Vec<Mark>, StoreError>;
 
     /// `part` of the summaries of `kind` of the blocks of `span_ms` (one
     /// of [`crate::trading::summary::LEVELS`]) whose starts lie in

@@ -71,6 +71,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The marks of one kind holding a minute in `[$2, $3)` (`$2` a minute).
+const MARKS_MEETING: &str = "SELECT kind, first_minute, last_minute, version FROM trading_marks
+     WHERE kind = $1 AND first_minute < $3 AND last_minute >= $2";
+
 const DEAD_LETTER_COLUMNS: &str = "id, source, topic, message_partition, message_offset, message_key, \
      payload, payload_truncated, event_id, error, attempts, received_at";
 
@@ -1763,12 +1767,27 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError> {
+    async fn trading_marks(
+        &self,
+        of: Option<(SummaryKind, i64, i64)>,
+    ) -> Result<Vec<Mark>, StoreError> {
         let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached("SELECT kind, first_minute, last_minute, version FROM trading_marks")
-            .await?;
-        let rows = client.query(&statement, &[]).await?;
+        let rows = match of {
+            None => {
+                let statement = client
+                    .prepare_cached(
+                        "SELECT kind, first_minute, last_minute, version FROM trading_marks",
+                    )
+                    .await?;
+                client.query(&statement, &[]).await?
+            }
+            Some((kind, start_ms, end_ms)) => {
+                let statement = client.prepare_cached(MARKS_MEETING).await?;
+                let code = kind.code() as i16;
+                let first = summary::minute_of(start_ms);
+                client.query(&statement, &[&code, &first, &end_ms]).await?
+            }
+        };
         rows.iter()
             .map(|row| {
                 Ok(Mark {

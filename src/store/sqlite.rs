@@ -1090,25 +1090,42 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn trading_marks(&self) -> Result<Vec<Mark>, StoreError> {
-        self.with_reader(|connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT kind, first_minute, last_minute, version FROM trading_marks",
-            )?;
-            let rows = statement.query_map([], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?;
-            let mut marks = Vec::new();
-            for row in rows {
-                let (kind, first_minute, last_minute, version) = row?;
-                marks.push(Mark {
-                    kind: SummaryKind::from_code(kind)?,
-                    first_minute,
-                    last_minute,
-                    version,
-                });
-            }
-            Ok(marks)
+    async fn trading_marks(
+        &self,
+        of: Option<(SummaryKind, i64, i64)>,
+    ) -> Result<Vec<Mark>, StoreError> {
+        self.with_reader(move |connection| {
+            let columns = |row: &rusqlite::Row| -> rusqlite::Result<(i64, i64, i64, i64)> {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            };
+            let rows: Vec<(i64, i64, i64, i64)> = match of {
+                None => connection
+                    .prepare_cached(
+                        "SELECT kind, first_minute, last_minute, version FROM trading_marks",
+                    )?
+                    .query_map([], columns)?
+                    .collect::<Result<_, _>>()?,
+                Some((kind, start_ms, end_ms)) => connection
+                    .prepare_cached(
+                        "SELECT kind, first_minute, last_minute, version FROM trading_marks
+                         WHERE kind = ?1 AND first_minute < ?3 AND last_minute >= ?2",
+                    )?
+                    .query_map(
+                        params![kind.code(), summary::minute_of(start_ms), end_ms],
+                        columns,
+                    )?
+                    .collect::<Result<_, _>>()?,
+            };
+            rows.into_iter()
+                .map(|(kind, first_minute, last_minute, version)| {
+                    Ok(Mark {
+                        kind: SummaryKind::from_code(kind)?,
+                        first_minute,
+                        last_minute,
+                        version,
+                    })
+                })
+                .collect()
         })
         .await
     }

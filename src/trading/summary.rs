@@ -526,17 +526,19 @@ const BLOCK_CACHE_ENTRIES: usize = 64;
 /// entries go first.
 pub struct BlockCache<T> {
     entries: Mutex<HashMap<(i64, i64), CachedBlock<T>>>,
-    /// Runs of consecutive hours merged: the last few asked for, each with
-    /// the digests of its hours.
+    /// Runs of consecutive blocks of one span merged: the last few asked
+    /// for, each with the digests of its blocks.
     runs: Mutex<Vec<CachedRun<T>>>,
 }
 
-/// Runs of hours whose merge a [`BlockCache`] keeps: a dashboard's last day
-/// and a few others.
-const RUN_CACHE_ENTRIES: usize = 4;
+/// Runs whose merge a [`BlockCache`] keeps: a report of the last day needs
+/// its run of hours and, at each edge, a run of 15-, 5- and 1-minute blocks
+/// (which change every minute); room for a few such reports.
+const RUN_CACHE_ENTRIES: usize = 24;
 
 struct CachedRun<T> {
-    hours: Vec<(i64, Vec<u8>)>,
+    span: i64,
+    blocks: Vec<(i64, Vec<u8>)>,
     merged: Arc<Merged<T>>,
     used: u64,
 }
@@ -571,16 +573,18 @@ impl<T: Tally> BlockCache<T> {
         Some(Arc::clone(&entry.coarse))
     }
 
-    /// The merge of the hours `hours` (start and digest of each, in order),
-    /// if kept.
-    fn run(&self, hours: &[(i64, Vec<u8>)]) -> Option<Arc<Merged<T>>> {
+    /// The merge of the blocks of `span` `blocks` (start and digest of
+    /// each, in order), if kept.
+    fn run(&self, span: i64, blocks: &[(i64, Vec<u8>)]) -> Option<Arc<Merged<T>>> {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        let run = runs.iter_mut().find(|run| run.hours == hours)?;
+        let run = runs
+            .iter_mut()
+            .find(|run| run.span == span && run.blocks == blocks)?;
         run.used = CACHE_CLOCK.fetch_add(1, Ordering::Relaxed);
         Some(Arc::clone(&run.merged))
     }
 
-    fn keep_run(&self, hours: Vec<(i64, Vec<u8>)>, merged: Arc<Merged<T>>) {
+    fn keep_run(&self, span: i64, blocks: Vec<(i64, Vec<u8>)>, merged: Arc<Merged<T>>) {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         if runs.len() >= RUN_CACHE_ENTRIES
             && let Some(oldest) = (0..runs.len()).min_by_key(|index| runs[*index].used)
@@ -588,7 +592,8 @@ impl<T: Tally> BlockCache<T> {
             runs.swap_remove(oldest);
         }
         runs.push(CachedRun {
-            hours,
+            span,
+            blocks,
             merged,
             used: CACHE_CLOCK.fetch_add(1, Ordering::Relaxed),
         });
@@ -755,6 +760,45 @@ async fn cached_coarse<T: Source>(
     Ok(decoded)
 }
 
+/// The clean blocks of `plan` (unfiltered), as runs of merged blocks: the
+/// coarse parts, decoded once per process, and each run of blocks of one
+/// span merged once while its blocks stay the same (the runs at the edges
+/// of a range ending now change once a minute). Only the digests are read
+/// each time. The largest blocks come first, so that a report adds smaller
+/// sketches into larger ones, which seldom have to widen their bins.
+async fn unfiltered_runs<T: Source>(
+    store: &dyn Store,
+    plan: &Plan,
+) -> Result<Vec<Arc<Merged<T>>>, StoreError> {
+    let cache = T::cache();
+    let mut runs = Vec::new();
+    for (level, ranges) in plan.levels.iter().enumerate().rev() {
+        let span = LEVELS[level];
+        for &(start, end) in ranges {
+            let digests = store
+                .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Digest)
+                .await?;
+            if let Some(run) = cache.run(span, &digests) {
+                runs.push(run);
+                continue;
+            }
+            let decoded = cached_coarse(store, cache, span, (start, end), digests).await?;
+            let merged = Arc::new(Merged::of(
+                decoded
+                    .iter()
+                    .map(|(block, (_, coarse))| (*block, &**coarse)),
+            ));
+            let blocks = decoded
+                .into_iter()
+                .map(|(block, (digest, _))| (block, digest))
+                .collect();
+            cache.keep_run(span, blocks, Arc::clone(&merged));
+            runs.push(merged);
+        }
+    }
+    Ok(runs)
+}
+
 async fn summarised_report<T: Source>(
     store: &dyn Store,
     range: TimeRange,
@@ -765,15 +809,18 @@ async fn summarised_report<T: Source>(
     if range.is_empty() {
         return Ok(assemble::<T>(std::iter::empty(), interval, groups));
     }
-    let marks = store.trading_marks().await?;
+    let marks = store
+        .trading_marks(Some((T::KIND, range.start_ms, range.end_ms)))
+        .await?;
     let dirty = dirty_minutes(&marks, T::KIND, range.start_ms, range.end_ms);
     let plan = plan(range, usable_levels(interval), &dirty);
     let mut blocks: Vec<(i64, Arc<Coarse<T>>)> = Vec::new();
-    let mut runs: Vec<Arc<Merged<T>>> = Vec::new();
-    for (level, spans) in plan.levels.iter().enumerate() {
-        let span = LEVELS[level];
-        for &(start, end) in spans {
-            if !filters.is_empty() {
+    let runs: Vec<Arc<Merged<T>>> = if filters.is_empty() {
+        unfiltered_runs::<T>(store, &plan).await?
+    } else {
+        for (level, spans) in plan.levels.iter().enumerate() {
+            let span = LEVELS[level];
+            for &(start, end) in spans {
                 // The groups themselves, to select from.
                 for (block, fine) in store
                     .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Fine)
@@ -781,42 +828,10 @@ async fn summarised_report<T: Source>(
                 {
                     blocks.push((block, Arc::new(Coarse::of(&decode_slice(&fine)?, filters))));
                 }
-            } else {
-                // Unfiltered: the coarse parts, decoded once per process,
-                // and a run of hours merged once while it stays the same.
-                let cache = T::cache();
-                let digests = store
-                    .read_trading_summaries(T::KIND, span, start, end, SummaryPart::Digest)
-                    .await?;
-                if span == HOUR_MS
-                    && let Some(run) = cache.run(&digests)
-                {
-                    runs.push(run);
-                    continue;
-                }
-                let decoded = cached_coarse(store, cache, span, (start, end), digests).await?;
-                if span == HOUR_MS {
-                    let merged = Arc::new(Merged::of(
-                        decoded
-                            .iter()
-                            .map(|(block, (_, coarse))| (*block, &**coarse)),
-                    ));
-                    let key = decoded
-                        .into_iter()
-                        .map(|(block, (digest, _))| (block, digest))
-                        .collect();
-                    cache.keep_run(key, Arc::clone(&merged));
-                    runs.push(merged);
-                } else {
-                    blocks.extend(
-                        decoded
-                            .into_iter()
-                            .map(|(block, (_, coarse))| (block, coarse)),
-                    );
-                }
             }
         }
-    }
+        Vec::new()
+    };
     for (start, end) in plan.raw {
         let items = T::read_raw(store, start, end).await?;
         blocks.extend(
@@ -825,10 +840,11 @@ async fn summarised_report<T: Source>(
                 .map(|(minute, coarse)| (minute, Arc::new(coarse))),
         );
     }
-    let pieces = blocks
-        .iter()
-        .map(|(start, coarse)| Piece::Block(*start, &**coarse))
-        .chain(runs.iter().map(|run| Piece::Merged(&**run)));
+    let pieces = runs.iter().map(|run| Piece::Merged(&**run)).chain(
+        blocks
+            .iter()
+            .map(|(start, coarse)| Piece::Block(*start, &**coarse)),
+    );
     Ok(assemble(pieces, interval, groups))
 }
 
@@ -929,7 +945,7 @@ async fn refresh_kind<T: Source>(
 /// One refresh pass: the earliest marked hour of each kind. Answers the
 /// marks it could take up at its start (0: caught up).
 pub async fn refresh_once(store: &dyn Store) -> Result<u64, StoreError> {
-    let marks = store.trading_marks().await?;
+    let marks = store.trading_marks(None).await?;
     let now_minute = minute_of(crate::model::event::now_ms());
     refresh_kind::<OrderTally>(store, &marks, now_minute).await?;
     refresh_kind::<ExecutionTally>(store, &marks, now_minute).await?;
