@@ -35,6 +35,17 @@ pub const STRATEGY_STARTED_AT: &str = "strategy.started_at";
 /// Event time (epoch ms) of `strategy.stopped`, dimension = strategy id.
 pub const STRATEGY_STOPPED_AT: &str = "strategy.stopped_at";
 
+/// The one event type whose events contribute to `metric`, for the metrics
+/// that have one (the strategy metrics); `None`: several or any.
+pub fn sole_source(metric: &str) -> Option<&'static str> {
+    match metric {
+        STRATEGY_PNL | STRATEGY_WINS | STRATEGY_LOSSES => Some("position.closed"),
+        STRATEGY_STARTED_AT => Some("strategy.started"),
+        STRATEGY_STOPPED_AT => Some("strategy.stopped"),
+        _ => None,
+    }
+}
+
 /// The numeric properties summarised per event type (count, sum, min, max,
 /// quantiles).
 pub const NUMERIC_PROPERTIES: [&str; 8] = [

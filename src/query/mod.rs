@@ -11,7 +11,7 @@ pub mod series;
 pub mod stats;
 pub mod strategies;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::model::metric::{EVENTS_COUNT, for_each_contribution};
@@ -83,6 +83,13 @@ impl QueryEngine {
         // Counting by type needs no properties; skipping their JSON makes
         // the raw edges much cheaper.
         let include_properties = filters.iter().any(|filter| filter.metric != EVENTS_COUNT);
+        // When every metric comes from one known event type, raw edges read
+        // only the events of those types.
+        let sole_sources: Option<Vec<String>> = filters
+            .iter()
+            .map(|filter| crate::model::metric::sole_source(&filter.metric).map(str::to_string))
+            .collect::<Option<BTreeSet<String>>>()
+            .map(|types| types.into_iter().collect());
         for piece in decompose(range, &usable) {
             match piece {
                 Piece::Buckets {
@@ -163,10 +170,19 @@ impl QueryEngine {
                         }
                         continue;
                     }
-                    let events = self
-                        .store
-                        .scan_events(start_ms, end_ms, include_properties)
-                        .await?;
+                    let events = match &sole_sources {
+                        // Only the events that can contribute.
+                        Some(types) => {
+                            self.store
+                                .scan_events_of_types(start_ms, end_ms, types.clone())
+                                .await?
+                        }
+                        None => {
+                            self.store
+                                .scan_events(start_ms, end_ms, include_properties)
+                                .await?
+                        }
+                    };
                     for event in &events {
                         for_each_contribution(event, |contribution| {
                             for (filter, result) in filters.iter().zip(results.iter_mut()) {

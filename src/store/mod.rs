@@ -349,6 +349,16 @@ pub trait Store: Send + Sync + 'static {
         include_properties: bool,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// The events of the types `event_types` in `[start_ms, end_ms)`, with
+    /// their properties: the raw edges of a query whose metrics come from
+    /// those types only.
+    async fn scan_events_of_types(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        event_types: Vec<String>,
+    ) -> Result<Vec<Event>, StoreError>;
+
     /// Number of events of each type in `[start_ms, end_ms)`: what
     /// `events.count` rolls up, counted in the database (the raw edges of
     /// count queries need nothing else).

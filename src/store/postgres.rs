@@ -1727,6 +1727,25 @@ impl Store for PostgresStore {
         rows.iter().map(event_of).collect()
     }
 
+    async fn scan_events_of_types(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        event_types: Vec<String>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, ts, event_type, user_id, session_id, properties, created_at FROM events
+                 WHERE ts >= $1 AND ts < $2 AND event_type = ANY($3)",
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&start_ms, &end_ms, &event_types])
+            .await?;
+        rows.iter().map(event_of).collect()
+    }
+
     async fn count_events_by_type(
         &self,
         start_ms: i64,

@@ -1064,6 +1064,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn scan_events_of_types(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        event_types: Vec<String>,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.with_reader(move |connection| {
+            // The types as a JSON array: one statement whatever their number.
+            let types = serde_json::to_string(&event_types)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let mut statement = connection.prepare_cached(
+                "SELECT id, ts, event_type, user_id, session_id, properties, created_at FROM events
+                 WHERE ts >= ?1 AND ts < ?2 AND event_type IN (SELECT value FROM json_each(?3))",
+            )?;
+            let rows = statement.query_map(params![start_ms, end_ms, types], read_event_columns)?;
+            collect_events(rows)
+        })
+        .await
+    }
+
     async fn clear_trading(&self) -> Result<(), StoreError> {
         self.with_writer(|writer| {
             writer.connection.execute_batch(
