@@ -286,6 +286,8 @@ QUERIES=(
     "trading-orders|/api/v1/trading/orders?interval=1h"
     "trading-execution|/api/v1/trading/execution?interval=1h"
     "trading-bars|/api/v1/trading/markets/BTCUSDT/bars?interval=5m"
+    "trading-strategies|/api/v1/trading/strategies?interval=1h"
+    "trading-strategy|/api/v1/trading/strategies/strat-momentum-00?interval=1h"
 )
 measure_queries() { # measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p99)
     local label="$1"
@@ -295,6 +297,10 @@ measure_queries() { # measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p9
         local result
         result="$(loadgen --target get --path "$path" --concurrency 1 --count "$count")"
         jq -r '"\(.latency_ms.p50) \(.latency_ms.p99) \(.requests_acknowledged)"' <<<"$result" > "$WORK/q.$label.$name"
+        if [ "$(jq -r .requests_acknowledged <<<"$result")" != "$count" ]; then
+            echo "$path: only $(jq -r .requests_acknowledged <<<"$result") of $count requests answered 2xx; its latency is not that of answers" >&2
+            exit 1
+        fi
     done
 }
 # settle_summaries LABEL: waits until the trading summary refresher has
