@@ -289,18 +289,30 @@ QUERIES=(
     "trading-strategies|/api/v1/trading/strategies?interval=1h"
     "trading-strategy|/api/v1/trading/strategies/strat-momentum-00?interval=1h"
 )
-measure_queries() { # measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p99)
-    local label="$1"
+# measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p99 answered):
+# QUERY_ROUNDS rounds over all the queries (200 requests each after a
+# warm-up), the median p50 and p99 of the rounds, so that a burst of load
+# from elsewhere on the machine moves one round, not the figure.
+QUERY_ROUNDS=3
+measure_queries() {
+    local label="$1" round entry name path count=200 warm=20 result
     for entry in "${QUERIES[@]}"; do
-        local name="${entry%%|*}" path="${entry#*|}" count=200 warm=20
-        loadgen --target get --path "$path" --concurrency 1 --count "$warm" >/dev/null # warm
-        local result
-        result="$(loadgen --target get --path "$path" --concurrency 1 --count "$count")"
-        jq -r '"\(.latency_ms.p50) \(.latency_ms.p99) \(.requests_acknowledged)"' <<<"$result" > "$WORK/q.$label.$name"
-        if [ "$(jq -r .requests_acknowledged <<<"$result")" != "$count" ]; then
-            echo "$path: only $(jq -r .requests_acknowledged <<<"$result") of $count requests answered 2xx; its latency is not that of answers" >&2
-            exit 1
-        fi
+        loadgen --target get --path "${entry#*|}" --concurrency 1 --count "$warm" >/dev/null # warm
+    done
+    for round in $(seq 1 "$QUERY_ROUNDS"); do
+        for entry in "${QUERIES[@]}"; do
+            name="${entry%%|*}" path="${entry#*|}"
+            result="$(loadgen --target get --path "$path" --concurrency 1 --count "$count")"
+            if [ "$(jq -r .requests_acknowledged <<<"$result")" != "$count" ]; then
+                echo "$path: only $(jq -r .requests_acknowledged <<<"$result") of $count requests answered 2xx; its latency is not that of answers" >&2
+                exit 1
+            fi
+            jq -r '"\(.latency_ms.p50) \(.latency_ms.p99)"' <<<"$result" >> "$WORK/rounds.$label.$name"
+        done
+    done
+    for entry in "${QUERIES[@]}"; do
+        name="${entry%%|*}"
+        echo "$(cut -d' ' -f1 "$WORK/rounds.$label.$name" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}') $(cut -d' ' -f2 "$WORK/rounds.$label.$name" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}') $((count * QUERY_ROUNDS))" > "$WORK/q.$label.$name"
     done
 }
 # settle_summaries LABEL: waits until the trading summary refresher has
