@@ -294,7 +294,58 @@ impl QueryMetric {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// `sole_source` must name the only type whose events contribute to
+    /// each metric it names, or raw query edges would miss events.
+    #[test]
+    fn sole_sources_agree_with_the_contributions() {
+        let mut seen = BTreeSet::new();
+        for event_type in [
+            "position.closed",
+            "position.opened",
+            "strategy.started",
+            "strategy.stopped",
+            "order.placed",
+            "order.filled",
+            "market.data.update",
+            "page.view",
+        ] {
+            for pnl in [5.0, -3.0] {
+                let properties = serde_json::json!({
+                    "strategy_id": "s1", "pnl": pnl, "price": 10.0, "quantity": 2.0,
+                    "latency_ms": 4.0, "symbol": "BTCUSDT",
+                });
+                let event = Event {
+                    id: uuid::Uuid::nil(),
+                    event_type: event_type.into(),
+                    user_id: None,
+                    session_id: None,
+                    properties: properties.as_object().cloned().unwrap_or_default(),
+                    timestamp_ms: 1_700_000_000_000,
+                    created_at_ms: 1_700_000_000_000,
+                };
+                for_each_contribution(&event, |contribution| {
+                    if let Some(source) = sole_source(contribution.metric) {
+                        assert_eq!(source, event_type, "{}", contribution.metric);
+                        seen.insert(contribution.metric.to_string());
+                    }
+                });
+            }
+        }
+        let named: BTreeSet<String> = [
+            STRATEGY_PNL,
+            STRATEGY_WINS,
+            STRATEGY_LOSSES,
+            STRATEGY_STARTED_AT,
+            STRATEGY_STOPPED_AT,
+        ]
+        .map(str::to_string)
+        .into();
+        assert_eq!(seen, named, "every metric with a sole source was produced");
+    }
 
     #[test]
     fn parses_every_form() {
