@@ -874,24 +874,64 @@ pub async fn execution_report(
 // Refresh
 // ---------------------------------------------------------------------------
 
-/// Whether a refresh takes up `mark` at `now_minute`: not while its first
-/// minute is the current one, which ingest keeps marking again (reports
-/// read that minute raw meanwhile).
-fn ready(mark: &Mark, now_minute: i64) -> bool {
-    mark.first_minute < now_minute
+/// What a refresh pass leaves alone: the versions of the marks it saw that
+/// touch the last two minutes. Ingest keeps marking those minutes again
+/// while it runs (an order placed a few seconds before the minute turned is
+/// filled after it), so recomputing them at once is mostly work the next
+/// commit undoes: the store refuses the write when a mark changed
+/// meanwhile. Such a mark is taken up once a pass finds it at the version
+/// the previous pass saw: settled. Reports read those minutes raw
+/// meanwhile, so they stay exact.
+#[derive(Debug, Default)]
+pub struct Settling {
+    seen: HashMap<(SummaryKind, i64, i64), i64>,
 }
 
-/// Recomputes the earliest marked hour of `T`'s kind, up to the current
-/// minute.
+/// The marks one pass may take up, and those it waits for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Marks taken up.
+    pub ready: u64,
+    /// Marks of past minutes left for a later pass (not yet settled).
+    pub waiting: u64,
+}
+
+impl Settling {
+    /// Splits `marks` at `now_minute` into those a pass takes up and the
+    /// count of those it leaves for later; never the current minute's,
+    /// which ingest keeps marking (reports read that minute raw).
+    fn sort(&mut self, marks: Vec<Mark>, now_minute: i64) -> (Vec<Mark>, u64) {
+        let previous = std::mem::take(&mut self.seen);
+        let mut ready = Vec::with_capacity(marks.len());
+        let mut waiting = 0;
+        for mark in marks {
+            if mark.first_minute >= now_minute {
+                continue;
+            }
+            if mark.last_minute < now_minute - MINUTE_MS {
+                ready.push(mark);
+                continue;
+            }
+            let key = (mark.kind, mark.first_minute, mark.last_minute);
+            if previous.get(&key) == Some(&mark.version) {
+                ready.push(mark);
+            } else {
+                waiting += 1;
+            }
+            self.seen.insert(key, mark.version);
+        }
+        (ready, waiting)
+    }
+}
+
+/// Recomputes the earliest marked hour of `T`'s kind in `marks` (the
+/// marks a pass takes up), up to the current minute.
 async fn refresh_kind<T: Source>(
     store: &dyn Store,
     marks: &[Mark],
     now_minute: i64,
 ) -> Result<(), StoreError> {
-    let mine: Vec<&Mark> = marks
-        .iter()
-        .filter(|mark| mark.kind == T::KIND && ready(mark, now_minute))
-        .collect();
+    let mine: Vec<&Mark> = marks.iter().filter(|mark| mark.kind == T::KIND).collect();
     let Some(earliest) = mine.iter().map(|mark| mark.first_minute).min() else {
         return Ok(());
     };
@@ -942,22 +982,31 @@ async fn refresh_kind<T: Source>(
     Ok(())
 }
 
-/// One refresh pass: the earliest marked hour of each kind. Answers the
-/// marks it could take up at its start (0: caught up).
-pub async fn refresh_once(store: &dyn Store) -> Result<u64, StoreError> {
+/// One refresh pass: the earliest marked hour of each kind, of the marks
+/// `settling` lets it take up.
+pub async fn refresh_once(store: &dyn Store, settling: &mut Settling) -> Result<Pass, StoreError> {
     let marks = store.trading_marks(None).await?;
     let now_minute = minute_of(crate::model::event::now_ms());
-    refresh_kind::<OrderTally>(store, &marks, now_minute).await?;
-    refresh_kind::<ExecutionTally>(store, &marks, now_minute).await?;
-    Ok(marks.iter().filter(|mark| ready(mark, now_minute)).count() as u64)
+    let (ready, waiting) = settling.sort(marks, now_minute);
+    refresh_kind::<OrderTally>(store, &ready, now_minute).await?;
+    refresh_kind::<ExecutionTally>(store, &ready, now_minute).await?;
+    Ok(Pass {
+        ready: ready.len() as u64,
+        waiting,
+    })
 }
 
-/// Refreshes until no mark is left but those of the current minute (or
-/// `limit` passes ran); for the `trading rebuild` command. Returns the
-/// passes run.
+/// Refreshes until no mark is left but those of the current minute, or
+/// until two passes in a row found only marks still changing (ingest is
+/// running; the service's refresher takes them up), or `limit` passes ran;
+/// for the `trading rebuild` command. Returns the passes run.
 pub async fn refresh_all(store: &dyn Store, limit: u64) -> Result<u64, StoreError> {
+    let mut settling = Settling::default();
+    let mut unsettled = 0;
     for pass in 0..limit {
-        if refresh_once(store).await? == 0 {
+        let Pass { ready, waiting } = refresh_once(store, &mut settling).await?;
+        unsettled = if ready == 0 { unsettled + 1 } else { 0 };
+        if ready == 0 && (waiting == 0 || unsettled >= 2) {
             return Ok(pass);
         }
     }
@@ -989,6 +1038,7 @@ pub async fn run_refresher(
     on_pass: impl Fn(u64) + Send + 'static,
 ) {
     let mut reclaimed = Instant::now();
+    let mut settling = Settling::default();
     loop {
         let started = Instant::now();
         if reclaimed.elapsed() >= MARKS_RECLAIM_INTERVAL {
@@ -997,10 +1047,10 @@ pub async fn run_refresher(
                 tracing::warn!(%error, "reclaiming the trading marks' dead rows failed; retrying later");
             }
         }
-        let backlog = match refresh_once(&*store).await {
-            Ok(marks) => {
-                on_pass(marks);
-                marks > 0
+        let backlog = match refresh_once(&*store, &mut settling).await {
+            Ok(pass) => {
+                on_pass(pass.ready + pass.waiting);
+                pass.ready > 0
             }
             Err(error) => {
                 tracing::warn!(%error, "trading summary refresh failed; retrying");
@@ -1020,6 +1070,45 @@ mod tests {
     use super::*;
 
     const T0: i64 = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
+
+    #[test]
+    fn marks_of_the_last_minutes_wait_until_they_stop_changing() {
+        let now_minute = T0 + 10 * HOUR_MS;
+        let mark = |kind, first_minute, last_minute, version| Mark {
+            kind,
+            first_minute,
+            last_minute,
+            version,
+        };
+        let old = mark(
+            SummaryKind::Fills,
+            now_minute - 5 * MINUTE_MS,
+            now_minute - 2 * MINUTE_MS,
+            7,
+        );
+        let previous = mark(SummaryKind::Orders, now_minute - MINUTE_MS, now_minute, 0);
+        let current = mark(SummaryKind::Fills, now_minute, now_minute, 3);
+        let mut settling = Settling::default();
+        // First sight: the old mark is taken up, the previous minute's waits,
+        // the current minute's is never counted.
+        let (ready, waiting) = settling.sort(vec![old, previous, current], now_minute);
+        assert_eq!((ready, waiting), (vec![old], 1));
+        // Changed since: it waits again.
+        let bumped = Mark {
+            version: 1,
+            ..previous
+        };
+        let (ready, waiting) = settling.sort(vec![bumped, current], now_minute);
+        assert_eq!((ready, waiting), (vec![], 1));
+        // Unchanged since the last pass: settled, taken up.
+        let (ready, waiting) = settling.sort(vec![bumped, current], now_minute);
+        assert_eq!((ready, waiting), (vec![bumped], 0));
+        // A pass that did not see a mark forgets it.
+        let (_, waiting) = settling.sort(vec![], now_minute);
+        assert_eq!(waiting, 0);
+        let (ready, waiting) = settling.sort(vec![bumped], now_minute);
+        assert_eq!((ready, waiting), (vec![], 1));
+    }
 
     #[test]
     fn a_plan_covers_the_range_once() {
