@@ -52,7 +52,7 @@ type FinestBuckets = BTreeMap<i64, Accumulator>;
 /// coarse bucket is exactly the union of the fine buckets it contains, and
 /// an event costs one map update and one sketch insertion instead of one per
 /// interval.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RollupBatch {
     intervals: Vec<Interval>,
     series: HashMap<String, HashMap<String, FinestBuckets>>,
@@ -148,6 +148,87 @@ impl RollupBatch {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Number of finest-interval buckets (rows of the finest interval) the
+    /// batch touches.
+    pub fn finest_len(&self) -> usize {
+        self.series
+            .values()
+            .flat_map(HashMap::values)
+            .map(BTreeMap::len)
+            .sum()
+    }
+
+    /// Every finest-interval bucket: `(metric, dimensions, bucket start,
+    /// accumulator)`.
+    pub fn finest(&self) -> impl Iterator<Item = (&str, &str, i64, &Accumulator)> {
+        self.series.iter().flat_map(|(metric, by_dimensions)| {
+            by_dimensions.iter().flat_map(move |(dimensions, buckets)| {
+                buckets.iter().map(move |(bucket_start_ms, accumulator)| {
+                    (
+                        metric.as_str(),
+                        dimensions.as_str(),
+                        *bucket_start_ms,
+                        accumulator,
+                    )
+                })
+            })
+        })
+    }
+
+    /// The finest-interval buckets of `metric` (one dimensions value, or
+    /// all) whose starts lie in `[from_ms, to_ms)`, as `(dimensions, bucket
+    /// start, accumulator)`.
+    pub fn finest_of<'a>(
+        &'a self,
+        metric: &str,
+        dimensions: Option<&'a str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Iterator<Item = (&'a str, i64, &'a Accumulator)> {
+        self.series
+            .get(metric)
+            .into_iter()
+            .flat_map(move |by_dimensions| {
+                by_dimensions
+                    .iter()
+                    .filter(move |(stored, _)| dimensions.is_none_or(|wanted| wanted == *stored))
+                    .flat_map(move |(stored, buckets)| {
+                        buckets
+                            .range(from_ms..to_ms.max(from_ms))
+                            .map(move |(start, accumulator)| (stored.as_str(), *start, accumulator))
+                    })
+            })
+    }
+
+    /// Adds `accumulator` (a delta recorded at a bucket starting at
+    /// `bucket_start_ms`) to the finest bucket holding that start.
+    pub fn add_accumulator(
+        &mut self,
+        metric: &str,
+        dimensions: &str,
+        bucket_start_ms: i64,
+        accumulator: Accumulator,
+    ) {
+        let Some(finest) = self.intervals.first() else {
+            return;
+        };
+        let bucket = self
+            .series
+            .entry(metric.to_owned())
+            .or_default()
+            .entry(dimensions.to_owned())
+            .or_default()
+            .entry(finest.bucket_start(bucket_start_ms));
+        match bucket {
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                entry.get_mut().merge(&accumulator)
+            }
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(accumulator);
             }
         }
     }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -16,13 +17,14 @@ use uuid::Uuid;
 
 use super::checkpoint::{self, Checkpointer};
 use super::decoded_cache::{DecodedCache, RowKey};
+use super::pending::{self, Pending};
 use super::rollup_cache::RollupCache;
 use super::{
     DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
     RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter, TradingCutoff,
 };
 use crate::model::{CustomEventDefinition, Event};
-use crate::rollup::{Accumulator, Interval};
+use crate::rollup::{Accumulator, Interval, RollupBatch, RollupKey};
 use crate::trading::summary::{
     self, Mark, MarkSpans, MergeSlices, SummaryBody, SummaryKind, SummaryPart,
 };
@@ -50,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trading_summaries",
         include_str!("migrations/sqlite/0005_trading_summaries.sql"),
+    ),
+    (
+        6,
+        "rollup_deltas",
+        include_str!("migrations/sqlite/0006_rollup_deltas.sql"),
     ),
 ];
 
@@ -91,6 +98,10 @@ const ROLLUP_CACHE_ROWS: usize = 20_000;
 struct Writer {
     connection: Connection,
     cache: RollupCache,
+    /// The deltas this instance committed and has not folded yet.
+    pending: Arc<Pending>,
+    /// This instance's id in `rollup_deltas.owner`.
+    owner: i64,
 }
 
 /// Reader connections kept open between queries.
@@ -119,6 +130,15 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     intervals: Arc<[Interval]>,
+    /// The deltas committed and not folded yet, which readers add to the
+    /// rows they read.
+    pending: Arc<Pending>,
+    /// Folds the pending deltas in the background (and once more when the
+    /// store is dropped); `None` when folds are left to the caller.
+    folder: Option<Folder>,
+    /// The lock on this instance's owner file, held while it lives, so
+    /// that another process can tell its delta rows are not abandoned.
+    _owner_lock: OwnerLock,
     /// Copies the WAL into the database in the background; stops with the
     /// store.
     _checkpointer: Checkpointer,
@@ -140,6 +160,32 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The last fold; what it leaves (Manual, or a failure) is folded by
+        // the next instance to open the database, once the owner file is
+        // gone.
+        if let Some(folder) = self.folder.take() {
+            drop(folder);
+            if let Ok(mut writer) = self.writer.lock()
+                && let Err(error) = fold(&mut writer)
+            {
+                tracing::warn!(%error, "the last fold of the rollup deltas failed; the next start folds them");
+            }
+        }
+    }
+}
+
+/// Who folds the pending rollup deltas of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Folding {
+    /// A thread of the store, and the store's drop.
+    Background,
+    /// Only explicit calls (tests that stop a store as a crash would).
+    #[cfg(test)]
+    Manual,
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending
     /// migrations.
@@ -147,6 +193,15 @@ impl SqliteStore {
         path: &Path,
         synchronous: Synchronous,
         intervals: &[Interval],
+    ) -> Result<Self, StoreError> {
+        Self::open_with(path, synchronous, intervals, Folding::Background)
+    }
+
+    pub(crate) fn open_with(
+        path: &Path,
+        synchronous: Synchronous,
+        intervals: &[Interval],
+        folding: Folding,
     ) -> Result<Self, StoreError> {
         if let Some(parent) = path
             .parent()
@@ -171,25 +226,48 @@ impl SqliteStore {
         // `checkpoint`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         migrate(&mut writer)?;
+        let owner_lock = OwnerLock::take(path)?;
+        recover_deltas(
+            &mut writer,
+            &mut RollupCache::new(0),
+            path,
+            owner_lock.owner,
+            intervals,
+        )?;
         let checkpointer = Checkpointer::start(path, checkpoint::RESTART_FRAMES)?;
         let wal_to_sync = (synchronous == Synchronous::Full).then(|| {
             let mut wal = path.as_os_str().to_owned();
             wal.push("-wal");
             PathBuf::from(wal)
         });
+        let pending = Arc::new(Pending::new(intervals));
+        let writer = Arc::new(Mutex::new(Writer {
+            connection: writer,
+            cache: RollupCache::new(ROLLUP_CACHE_ROWS),
+            pending: Arc::clone(&pending),
+            owner: owner_lock.owner,
+        }));
+        let folder = (folding == Folding::Background).then(|| {
+            Folder::start(&writer, path.to_path_buf(), intervals.to_vec())
+        });
         Ok(SqliteStore {
             path: path.to_path_buf(),
             wal_to_sync,
             wal_directory_synced: Arc::new(AtomicBool::new(false)),
             decoded: Arc::new(DecodedCache::new(DECODED_CACHE_ROWS)),
-            writer: Arc::new(Mutex::new(Writer {
-                connection: writer,
-                cache: RollupCache::new(ROLLUP_CACHE_ROWS),
-            })),
+            writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             intervals: intervals.into(),
+            pending,
+            folder,
+            _owner_lock: owner_lock,
             _checkpointer: checkpointer,
         })
+    }
+
+    /// Folds the pending rollup deltas now.
+    pub(crate) async fn fold_now(&self) -> Result<(), StoreError> {
+        self.with_writer(fold).await
     }
 
     /// Runs `work` on the writer connection on the blocking pool.
@@ -356,22 +434,33 @@ const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties
 
 const INSERT_DISTINCT: &str = "INSERT INTO distinct_values (dimension, bucket_start, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
 
+const INSERT_DELTA: &str = "INSERT INTO rollup_deltas
+         (owner, metric, bucket_start, dimensions, count, sum, min, max, sketch)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
 fn commit_blocking(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
-    let Writer { connection, cache } = writer;
-    let result = commit_transaction(connection, cache, batch);
+    let result = commit_transaction(writer, batch);
     if result.is_err() {
         // Rows merged in memory for the failed transaction were never
         // stored; start from the database again.
-        cache.clear();
+        writer.cache.clear();
+    } else if writer.pending.due(Instant::now()) {
+        // Folded here under load, by the folder thread when idle; a failed
+        // fold leaves the deltas pending (and stored) for the next one.
+        if let Err(error) = fold(writer) {
+            tracing::warn!(%error, "folding the pending rollup deltas failed; retrying later");
+        }
     }
     result
 }
 
-fn commit_transaction(
-    connection: &mut Connection,
-    cache: &mut RollupCache,
-    batch: PreparedBatch,
-) -> Result<Vec<bool>, StoreError> {
+fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+    let Writer {
+        connection,
+        cache,
+        pending,
+        owner,
+    } = writer;
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
     cache.validate(data_version);
@@ -396,70 +485,357 @@ fn commit_transaction(
         write_trading(&transaction, &trading)?;
     }
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
-    let mut written = Vec::new();
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
         for (dimension, minute, value) in &distinct {
             insert_distinct.execute(params![dimension, minute, value])?;
         }
     }
-    {
-        let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
-        let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
-        let mut upsert_values = transaction.prepare_cached(UPSERT_VALUES)?;
-        let rows = rollups.into_sorted();
-        written.reserve(rows.len());
-        for (key, delta) in rows {
-            let interval = key.interval.as_str();
-            if !delta.has_values() {
-                upsert_count.execute(params![
-                    key.metric,
-                    interval,
-                    key.bucket_start_ms,
-                    key.dimensions,
-                    delta.count() as i64
+    if rollups.finest_len() <= pending::DEFER_MAX_BUCKETS {
+        // Few buckets: store the deltas, fold them later (see `pending`).
+        {
+            let mut insert = transaction.prepare_cached(INSERT_DELTA)?;
+            for (metric, dimensions, bucket_start_ms, delta) in rollups.finest() {
+                insert.execute(params![
+                    *owner,
+                    metric,
+                    bucket_start_ms,
+                    dimensions,
+                    delta.count() as i64,
+                    delta.sum(),
+                    delta.min(),
+                    delta.max(),
+                    delta.sketch_bytes(),
                 ])?;
-                continue;
             }
-            let merged = match cache.take(&key) {
-                Some(mut accumulator) => {
-                    accumulator.merge(&delta);
-                    accumulator
-                }
-                None => {
-                    let stored = select
-                        .query_row(
-                            params![key.metric, interval, key.bucket_start_ms, key.dimensions],
-                            read_accumulator_columns,
-                        )
-                        .optional()?;
-                    match stored {
-                        Some(parts) => {
-                            let mut accumulator = parts.into_accumulator()?;
-                            accumulator.merge(&delta);
-                            accumulator
-                        }
-                        None => delta,
-                    }
-                }
-            };
-            upsert_values.execute(params![
+        }
+        pending.commit_deltas(rollups, || transaction.commit())?;
+        return Ok(inserted);
+    }
+    let written = write_rollup_rows(&transaction, cache, rollups.into_sorted())?;
+    transaction.commit()?;
+    cache.insert_committed(written);
+    Ok(inserted)
+}
+
+/// Adds `rows` (deltas, in key order) to the stored rollup rows, merging
+/// through `cache`; returns the merged rows for the cache once committed.
+fn write_rollup_rows(
+    transaction: &rusqlite::Transaction<'_>,
+    cache: &mut RollupCache,
+    rows: Vec<(RollupKey, Accumulator)>,
+) -> Result<Vec<(RollupKey, Accumulator)>, StoreError> {
+    let mut upsert_count = transaction.prepare_cached(UPSERT_COUNT)?;
+    let mut select = transaction.prepare_cached(SELECT_ROLLUP)?;
+    let mut upsert_values = transaction.prepare_cached(UPSERT_VALUES)?;
+    let mut written = Vec::with_capacity(rows.len());
+    for (key, delta) in rows {
+        let interval = key.interval.as_str();
+        if !delta.has_values() {
+            upsert_count.execute(params![
                 key.metric,
                 interval,
                 key.bucket_start_ms,
                 key.dimensions,
-                merged.count() as i64,
-                merged.sum(),
-                merged.min(),
-                merged.max(),
-                merged.sketch_bytes(),
+                delta.count() as i64
             ])?;
-            written.push((key, merged));
+            continue;
+        }
+        let merged = match cache.take(&key) {
+            Some(mut accumulator) => {
+                accumulator.merge(&delta);
+                accumulator
+            }
+            None => {
+                let stored = select
+                    .query_row(
+                        params![key.metric, interval, key.bucket_start_ms, key.dimensions],
+                        read_accumulator_columns,
+                    )
+                    .optional()?;
+                match stored {
+                    Some(parts) => {
+                        let mut accumulator = parts.into_accumulator()?;
+                        accumulator.merge(&delta);
+                        accumulator
+                    }
+                    None => delta,
+                }
+            }
+        };
+        upsert_values.execute(params![
+            key.metric,
+            interval,
+            key.bucket_start_ms,
+            key.dimensions,
+            merged.count() as i64,
+            merged.sum(),
+            merged.min(),
+            merged.max(),
+            merged.sketch_bytes(),
+        ])?;
+        written.push((key, merged));
+    }
+    Ok(written)
+}
+
+/// Folds every pending delta of `writer`'s instance into the rollup rows
+/// and deletes its delta rows, in one transaction (see `pending`). When it
+/// fails the deltas stay pending, and stored.
+fn fold(writer: &mut Writer) -> Result<(), StoreError> {
+    let Writer {
+        connection,
+        cache,
+        pending,
+        owner,
+    } = writer;
+    let Some(fold) = pending.start_fold() else {
+        return Ok(());
+    };
+    let prepared = prepare_fold(connection, cache, &fold.deltas, *owner);
+    let mut written = Vec::new();
+    let result = pending.finish_fold(fold, || {
+        let (transaction, rows) = prepared?;
+        transaction.commit()?;
+        written = rows;
+        Ok::<(), StoreError>(())
+    });
+    match result {
+        Ok(()) => cache.insert_committed(written),
+        Err(_) => cache.clear(),
+    }
+    result
+}
+
+/// The transaction of a fold, ready to commit, and the rows it wrote.
+type PreparedFold<'a> = (rusqlite::Transaction<'a>, Vec<(RollupKey, Accumulator)>);
+
+fn prepare_fold<'a>(
+    connection: &'a mut Connection,
+    cache: &mut RollupCache,
+    deltas: &RollupBatch,
+    owner: i64,
+) -> Result<PreparedFold<'a>, StoreError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+    cache.validate(data_version);
+    let written = write_rollup_rows(&transaction, cache, deltas.clone().into_sorted())?;
+    transaction.execute("DELETE FROM rollup_deltas WHERE owner = ?1", [owner])?;
+    Ok((transaction, written))
+}
+
+/// Folds the delta rows of every owner that is no longer alive (its owner
+/// file is gone or unlocked: it stopped without folding, e.g. killed) into
+/// the rollup rows, in one transaction, then removes their owner files.
+/// `cache` is the writer's (the rows it changes are dropped from it).
+fn recover_deltas(
+    connection: &mut Connection,
+    cache: &mut RollupCache,
+    path: &Path,
+    me: i64,
+    intervals: &[Interval],
+) -> Result<(), StoreError> {
+    let mut abandoned = OwnerLock::abandoned(path, me)?;
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let owners: Vec<i64> = transaction
+        .prepare("SELECT DISTINCT owner FROM rollup_deltas")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut recovered = 0usize;
+    for owner in owners {
+        if owner == me || OwnerLock::alive(path, owner, &abandoned) {
+            continue;
+        }
+        let mut deltas = RollupBatch::new(intervals);
+        {
+            let mut select = transaction.prepare(
+                "SELECT count, sum, min, max, sketch, metric, bucket_start, dimensions
+                 FROM rollup_deltas WHERE owner = ?1",
+            )?;
+            let mut rows = select.query([owner])?;
+            while let Some(row) = rows.next()? {
+                let metric: String = row.get(5)?;
+                let bucket_start_ms: i64 = row.get(6)?;
+                let dimensions: String = row.get(7)?;
+                let delta = read_accumulator_columns(row)?.into_accumulator()?;
+                deltas.add_accumulator(&metric, &dimensions, bucket_start_ms, delta);
+                recovered += 1;
+            }
+        }
+        cache.clear();
+        write_rollup_rows(&transaction, cache, deltas.into_sorted())?;
+        transaction.execute("DELETE FROM rollup_deltas WHERE owner = ?1", [owner])?;
+        abandoned.push(OwnerLock::file_of(path, owner));
+    }
+    let committed = transaction.commit();
+    if recovered > 0 {
+        // Merged through the cache but maybe not committed: start over.
+        cache.clear();
+    }
+    committed?;
+    if recovered > 0 {
+        tracing::info!(
+            rows = recovered,
+            "folded the rollup deltas a stopped instance had left unfolded"
+        );
+    }
+    for file in abandoned {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(())
+}
+
+/// How often the folder thread looks whether a fold is due.
+const FOLDER_PERIOD: Duration = Duration::from_millis(250);
+
+/// How often the folder thread folds the deltas of other instances that
+/// stopped without folding (an `analytics import` that exited early).
+const RECOVER_PERIOD: Duration = Duration::from_secs(10);
+
+/// The thread that folds a store's pending deltas when ingest is idle, and
+/// now and then those other instances abandoned; it stops when this is
+/// dropped.
+struct Folder {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Folder {
+    fn start(writer: &Arc<Mutex<Writer>>, path: PathBuf, intervals: Vec<Interval>) -> Folder {
+        let writer = Arc::downgrade(writer);
+        let mut recovered = Instant::now();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("analytics-fold".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(FOLDER_PERIOD)
+                {
+                    let Some(writer) = writer.upgrade() else {
+                        return;
+                    };
+                    let Ok(mut writer) = writer.lock() else {
+                        return;
+                    };
+                    if writer.pending.due(Instant::now())
+                        && let Err(error) = fold(&mut writer)
+                    {
+                        tracing::warn!(%error, "folding the pending rollup deltas failed; retrying later");
+                    }
+                    if recovered.elapsed() >= RECOVER_PERIOD {
+                        recovered = Instant::now();
+                        let Writer {
+                            connection,
+                            cache,
+                            owner,
+                            ..
+                        } = &mut *writer;
+                        if let Err(error) =
+                            recover_deltas(connection, cache, &path, *owner, &intervals)
+                        {
+                            tracing::warn!(%error, "folding abandoned rollup deltas failed; retrying later");
+                        }
+                    }
+                }
+            })
+            .ok();
+        Folder {
+            stop: Some(stop),
+            thread,
         }
     }
-    transaction.commit()?;
-    cache.insert_committed(written);
-    Ok(inserted)
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// This instance's owner id and the exclusive lock on its owner file
+/// (`<database>-owner-<id>`), held while the instance lives and removed
+/// when it is dropped.
+struct OwnerLock {
+    owner: i64,
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl OwnerLock {
+    fn file_of(database: &Path, owner: i64) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push(format!("-owner-{:016x}", owner as u64));
+        PathBuf::from(name)
+    }
+
+    fn take(database: &Path) -> Result<OwnerLock, StoreError> {
+        let owner = (Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+        let path = Self::file_of(database, owner);
+        let unavailable = |error: std::io::Error| {
+            StoreError::Unavailable(format!("cannot lock {}: {error}", path.display()))
+        };
+        // Locked under a name the scan of abandoned owners skips, then
+        // renamed: no other instance can take the new file for abandoned.
+        let mut fresh = path.clone().into_os_string();
+        fresh.push(".new");
+        let file = std::fs::File::create(&fresh).map_err(unavailable)?;
+        file.try_lock().map_err(|error| unavailable(error.into()))?;
+        std::fs::rename(&fresh, &path).map_err(unavailable)?;
+        Ok(OwnerLock {
+            owner,
+            path: path.clone(),
+            _file: file,
+        })
+    }
+
+    /// The owner files beside `database` of instances no longer running
+    /// (their lock can be taken), except `me`'s.
+    fn abandoned(database: &Path, me: i64) -> Result<Vec<PathBuf>, StoreError> {
+        let Some(name) = database.file_name().and_then(|name| name.to_str()) else {
+            return Ok(Vec::new());
+        };
+        let prefix = format!("{name}-owner-");
+        let directory = match database.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let entries = std::fs::read_dir(&directory).map_err(|error| {
+            StoreError::Unavailable(format!("cannot list {}: {error}", directory.display()))
+        })?;
+        let mine = Self::file_of(database, me);
+        let mut abandoned = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|file| file.starts_with(&prefix) && !file.ends_with(".new"));
+            if !ours || path == mine {
+                continue;
+            }
+            let unlocked = std::fs::File::open(&path).is_ok_and(|file| file.try_lock().is_ok());
+            if unlocked {
+                abandoned.push(path);
+            }
+        }
+        Ok(abandoned)
+    }
+
+    /// Whether `owner` still runs: its owner file exists and is not among
+    /// the `abandoned` ones.
+    fn alive(database: &Path, owner: i64, abandoned: &[PathBuf]) -> bool {
+        let file = Self::file_of(database, owner);
+        file.exists() && !abandoned.contains(&file)
+    }
+}
+
+impl Drop for OwnerLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, strategy_id,
@@ -1285,8 +1661,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<RollupRow>, StoreError> {
         let filter = MetricFilter::new(metric, dimensions);
         let decoded = Arc::clone(&self.decoded);
+        let pending = Arc::clone(&self.pending);
         self.with_reader(move |connection| {
-            query_rollup_rows(connection, &decoded, &filter, interval, start_ms, end_ms)
+            let held = pending.hold(false);
+            let mut rows =
+                query_rollup_rows(connection, &decoded, &filter, interval, start_ms, end_ms)?;
+            pending.read(&held, &filter, interval, (start_ms, end_ms), &mut rows);
+            Ok(rows)
         })
         .await
     }
@@ -1301,10 +1682,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<Vec<Vec<RollupRow>>>, StoreError> {
         let filters = filters.to_vec();
         let decoded = Arc::clone(&self.decoded);
+        let pending = Arc::clone(&self.pending);
         self.with_reader(move |connection| {
             // One read transaction: the emptiness check and the bucket read
             // see the same snapshot, so an event committed in between
-            // cannot slip into the bucket unseen.
+            // cannot slip into the bucket unseen; and no commit adds
+            // pending deltas meanwhile (see `pending`).
+            let held = pending.hold(true);
             let transaction = connection.unchecked_transaction()?;
             let bucket_end_ms = bucket_start_ms.saturating_add(interval.millis());
             let mut outside = transaction.prepare_cached(
@@ -1327,16 +1711,19 @@ impl Store for SqliteStore {
             let rows = filters
                 .iter()
                 .map(|filter| {
-                    query_rollup_rows(
+                    let mut rows = query_rollup_rows(
                         &transaction,
                         &decoded,
                         filter,
                         interval,
                         bucket_start_ms,
                         bucket_start_ms + 1,
-                    )
+                    )?;
+                    let bucket = (bucket_start_ms, bucket_start_ms + 1);
+                    pending.read(&held, filter, interval, bucket, &mut rows);
+                    Ok(rows)
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, StoreError>>()?;
             Ok(Some(rows))
         })
         .await
@@ -1365,6 +1752,9 @@ impl Store for SqliteStore {
         &self,
         cutoffs: &RetentionCutoffs,
     ) -> Result<RetentionReport, StoreError> {
+        // Pending deltas of expired buckets are rows like any other: fold
+        // them first, so that they are deleted too.
+        self.fold_now().await?;
         let mut report = RetentionReport {
             events_deleted: self
                 .delete_in_chunks(

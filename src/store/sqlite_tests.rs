@@ -48,6 +48,7 @@ async fn cached_rows_are_dropped_when_another_connection_writes() {
         |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
     commit(vec![order(minute + 1, 10.0)]).await.unwrap();
     assert_eq!(latency_row(&store, minute).await.count(), 1);
+    store.fold_now().await.unwrap();
     // Another connection changes the stored row behind the writer's back.
     let other = Connection::open(&path).unwrap();
     other
@@ -57,6 +58,7 @@ async fn cached_rows_are_dropped_when_another_connection_writes() {
         )
         .unwrap();
     commit(vec![order(minute + 2, 20.0)]).await.unwrap();
+    store.fold_now().await.unwrap();
     let row = latency_row(&store, minute).await;
     assert_eq!(
         row.count(),
@@ -230,4 +232,160 @@ fn a_long_wal_is_started_over() {
     writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
     let round = checkpoint::checkpoint(&checkpointer, 1_000).unwrap();
     assert!(round.frames < 5, "{round:?}");
+}
+
+fn rows_of(path: &std::path::Path, sql: &str) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |row| row.get(0))
+        .unwrap()
+}
+
+const DELTA_ROWS: &str = "SELECT COUNT(*) FROM rollup_deltas";
+const LATENCY_ROWS: &str =
+    "SELECT COUNT(*) FROM rollups WHERE metric = 'orders.latency_ms' AND interval = '1m'";
+
+#[tokio::test]
+async fn small_commits_are_read_the_same_before_and_after_their_fold() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("deltas.db");
+    let store = SqliteStore::open_with(&path, Synchronous::Normal, &Interval::ALL, Folding::Manual)
+        .unwrap();
+    let minute = 1_759_492_800_000;
+    for round in 0..3 {
+        let events = (0..4)
+            .map(|index| order(minute + round * 10 + index, (round * 4 + index) as f64))
+            .collect();
+        store
+            .commit_batch(PreparedBatch::prepare(events, &Interval::ALL))
+            .await
+            .unwrap();
+    }
+    // Deferred: delta rows stored, no rollup row written yet.
+    assert!(rows_of(&path, DELTA_ROWS) > 0);
+    assert_eq!(rows_of(&path, LATENCY_ROWS), 0);
+    let store = &store;
+    let read = |interval| async move {
+        let rows = store
+            .read_rollups(ORDERS_LATENCY_MS, Some(""), interval, 0, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{interval:?}");
+        let row = &rows[0].accumulator;
+        (
+            row.count(),
+            row.sum(),
+            row.min(),
+            row.max(),
+            row.quantile(0.5),
+        )
+    };
+    let expected = (12, Some(66.0), Some(0.0), Some(11.0));
+    let before: Vec<_> = futures_util::future::join_all(Interval::ALL.map(read)).await;
+    for figures in &before {
+        assert_eq!((figures.0, figures.1, figures.2, figures.3), expected);
+    }
+    let filter = MetricFilter::new(ORDERS_LATENCY_MS, Some(""));
+    let bucket = store
+        .read_bucket_if_covered(
+            std::slice::from_ref(&filter),
+            Interval::M1,
+            minute,
+            minute,
+            minute + 60_000,
+        )
+        .await
+        .unwrap()
+        .expect("every event lies in the covered part");
+    assert_eq!(bucket[0][0].accumulator.count(), 12);
+
+    store.fold_now().await.unwrap();
+    assert_eq!(rows_of(&path, DELTA_ROWS), 0);
+    assert_eq!(rows_of(&path, LATENCY_ROWS), 1);
+    let after: Vec<_> = futures_util::future::join_all(Interval::ALL.map(read)).await;
+    assert_eq!(before, after, "folding changes no answer");
+    let bucket = store
+        .read_bucket_if_covered(&[filter], Interval::M1, minute, minute, minute + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bucket[0][0].accumulator.count(), 12);
+}
+
+#[tokio::test]
+async fn deltas_left_unfolded_are_folded_once_by_the_next_instance_and_only_when_theirs_stopped() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("recover.db");
+    let open = || {
+        SqliteStore::open_with(&path, Synchronous::Normal, &Interval::ALL, Folding::Manual).unwrap()
+    };
+    let minute = 1_759_492_800_000;
+    let first = open();
+    let events = (0..5)
+        .map(|index| order(minute + index, index as f64))
+        .collect();
+    first
+        .commit_batch(PreparedBatch::prepare(events, &Interval::ALL))
+        .await
+        .unwrap();
+    let deltas = rows_of(&path, DELTA_ROWS);
+    assert!(deltas > 0);
+    // A second instance while the first runs leaves its deltas alone.
+    let second = open();
+    assert_eq!(rows_of(&path, DELTA_ROWS), deltas);
+    assert_eq!(rows_of(&path, LATENCY_ROWS), 0);
+    // The first stops without folding (as a killed process would).
+    drop(first);
+    drop(second);
+    let third = open();
+    assert_eq!(rows_of(&path, DELTA_ROWS), 0);
+    assert_eq!(latency_row(&third, minute).await.count(), 5);
+    drop(third);
+    let fourth = open();
+    assert_eq!(
+        latency_row(&fourth, minute).await.count(),
+        5,
+        "folded exactly once"
+    );
+    let owners = std::fs::read_dir(directory.path())
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("-owner-")
+        })
+        .count();
+    assert_eq!(owners, 1, "only the running instance's owner file is left");
+}
+
+#[tokio::test]
+async fn retention_deletes_expired_buckets_still_pending() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("expire.db");
+    let store =
+        SqliteStore::open_with(&path, Synchronous::Normal, &[Interval::M1], Folding::Manual)
+            .unwrap();
+    let minute = 1_759_492_800_000;
+    store
+        .commit_batch(PreparedBatch::prepare(
+            vec![order(minute, 1.0)],
+            &[Interval::M1],
+        ))
+        .await
+        .unwrap();
+    store
+        .delete_expired(&RetentionCutoffs {
+            events_before_ms: 0,
+            rollups_before_ms: vec![(Interval::M1, minute + 60_000)],
+        })
+        .await
+        .unwrap();
+    let rows = store
+        .read_rollups(ORDERS_LATENCY_MS, None, Interval::M1, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
 }
