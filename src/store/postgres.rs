@@ -24,7 +24,7 @@
 //! a partition or the schema, from a day number or from a schema name that
 //! [`validate_schema_name`] restricted to `[a-z_][a-z0-9_]*`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trading_summaries",
         include_str!("migrations/postgres/0004_trading_summaries.sql"),
     ),
+    (
+        5,
+        "rollup_deltas",
+        include_str!("migrations/postgres/0005_rollup_deltas.sql"),
+    ),
 ];
+
+/// Most finest-interval rows a commit stores as deltas instead of merging
+/// them into the rollup rows of every interval (see [`PostgresStore::fold`]).
+const DEFER_MAX_BUCKETS: usize = 512;
+
+/// How often each instance folds the stored deltas.
+const FOLD_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most delta rows one fold transaction moves.
+const FOLD_MAX_ROWS: i64 = 20_000;
 
 /// The marks of one kind holding a minute in `[$2, $3)` (`$2` a minute).
 const MARKS_MEETING: &str = "SELECT kind, first_minute, last_minute, version FROM trading_marks
@@ -278,15 +293,33 @@ pub struct PostgresStore {
     /// several instances writing, since a row is reused only when its
     /// stored bytes are unchanged.
     decoded: DecodedCache,
+    /// The folder task runs while this lives.
+    _folding: Arc<()>,
 }
 
 impl PostgresStore {
+    /// Folds every stored rollup delta now (the folder task does it every
+    /// second).
+    pub async fn fold(&self) -> Result<(), StoreError> {
+        fold_all(&self.pool, &self.intervals).await
+    }
+
     /// Connects (retrying with backoff while the database is unreachable, up
     /// to `settings.startup_timeout`), creates the schema if needed, applies
     /// pending migrations and creates the partitions of the coming days.
     pub async fn open(
         settings: PostgresSettings,
         intervals: &[Interval],
+    ) -> Result<Self, StoreError> {
+        Self::open_with(settings, intervals, true).await
+    }
+
+    /// [`PostgresStore::open`], with the folder task only when
+    /// `fold_in_background` (tests fold by hand).
+    pub(crate) async fn open_with(
+        settings: PostgresSettings,
+        intervals: &[Interval],
+        fold_in_background: bool,
     ) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
             settings.connection.clone(),
@@ -322,9 +355,17 @@ impl PostgresStore {
             partitions_ahead_days: settings.partitions_ahead_days,
             known_partitions: Mutex::new(HashSet::new()),
             decoded: DecodedCache::new(DECODED_CACHE_ROWS),
+            _folding: Arc::new(()),
         };
         store.wait_until_reachable(settings.startup_timeout).await?;
         store.migrate().await?;
+        if fold_in_background {
+            tokio::spawn(run_folder(
+                store.pool.clone(),
+                Arc::clone(&store.intervals),
+                Arc::downgrade(&store._folding),
+            ));
+        }
         let today = day_of(crate::model::event::now_ms());
         store
             .ensure_partitions(
@@ -633,7 +674,16 @@ impl PostgresStore {
             .map(|prepared| TradingBatch::of_inserted_given(prepared, &batch.events, &inserted));
         let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
         insert_events(&transaction, &rows).await?;
-        write_rollups(&transaction, rollups).await?;
+        let finest = batch.intervals.first().copied();
+        let finest_rows = rollups
+            .iter()
+            .filter(|(key, _)| Some(key.interval) == finest)
+            .count();
+        if finest_rows <= DEFER_MAX_BUCKETS {
+            insert_deltas(&transaction, rollups, finest).await?;
+        } else {
+            write_rollups(&transaction, rollups).await?;
+        }
         if let Some(trading) = &trading {
             write_trading(&transaction, trading).await?;
         }
@@ -1347,6 +1397,102 @@ fn bar_of(row: &Row) -> Result<BarDelta, tokio_postgres::Error> {
 
 /// Writes the sorted rollup deltas: count rows by one additive upsert,
 /// value rows by insert-missing, lock in key order, merge, update.
+/// Stores the finest-interval rows of `rollups` as deltas, for a fold to
+/// merge into the rollup rows of every interval.
+async fn insert_deltas(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    rollups: &[(RollupKey, Accumulator)],
+    finest: Option<Interval>,
+) -> Result<(), StoreError> {
+    let mut keys = KeyColumns::default();
+    let mut values = MergedColumns::default();
+    for (key, delta) in rollups
+        .iter()
+        .filter(|(key, _)| Some(key.interval) == finest)
+    {
+        keys.push(key);
+        values.push(delta);
+    }
+    if keys.metrics.is_empty() {
+        return Ok(());
+    }
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO rollup_deltas (metric, bucket_start, dimensions, count, sum, min, max, sketch)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::float8[],
+                                  $6::float8[], $7::float8[], $8::bytea[])",
+        )
+        .await?;
+    transaction
+        .execute(
+            &insert,
+            &[
+                &keys.metrics,
+                &keys.starts,
+                &keys.dimensions,
+                &values.counts,
+                &values.sums,
+                &values.mins,
+                &values.maxes,
+                &values.sketches,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves up to [`FOLD_MAX_ROWS`] stored deltas (those no other fold holds)
+/// into the rollup rows of every interval, in one transaction; returns how
+/// many it moved. A reader's single statement sees each delta once: still
+/// a delta row, or merged into the rollup rows.
+async fn fold_once(pool: &Pool, intervals: &[Interval]) -> Result<u64, StoreError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let take = transaction
+        .prepare_cached(
+            "DELETE FROM rollup_deltas WHERE seq IN
+                 (SELECT seq FROM rollup_deltas ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING count, sum, min, max, sketch, metric, bucket_start, dimensions",
+        )
+        .await?;
+    let taken = transaction.query(&take, &[&FOLD_MAX_ROWS]).await?;
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    let mut deltas = crate::rollup::RollupBatch::new(intervals);
+    for row in &taken {
+        let metric: &str = row.try_get(5)?;
+        let bucket_start_ms: i64 = row.try_get(6)?;
+        let dimensions: &str = row.try_get(7)?;
+        deltas.add_accumulator(metric, dimensions, bucket_start_ms, accumulator_of(row, 0)?);
+    }
+    write_rollups(&transaction, &deltas.into_sorted()).await?;
+    transaction.commit().await?;
+    Ok(taken.len() as u64)
+}
+
+/// Folds every stored delta, a transaction of up to [`FOLD_MAX_ROWS`] at a
+/// time.
+async fn fold_all(pool: &Pool, intervals: &[Interval]) -> Result<(), StoreError> {
+    while fold_once(pool, intervals).await? == FOLD_MAX_ROWS as u64 {}
+    Ok(())
+}
+
+/// Folds the stored deltas every [`FOLD_PERIOD`] until `alive` is gone.
+async fn run_folder(pool: Pool, intervals: Arc<[Interval]>, alive: std::sync::Weak<()>) {
+    let mut ticks = tokio::time::interval(FOLD_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        if let Err(error) = fold_all(&pool, &intervals).await {
+            tracing::warn!(%error, "folding the rollup deltas failed; retrying");
+        }
+    }
+}
+
 async fn write_rollups(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[(RollupKey, Accumulator)],
@@ -1576,13 +1722,21 @@ async fn query_rollup_rows(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<RollupRow>, StoreError> {
+    // The rows and the deltas not folded yet, in one statement: one
+    // snapshot, so a fold committing meanwhile is seen whole or not at all.
     let statement = client
         .prepare_cached(
-            "SELECT dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
+            "SELECT false, dimensions, bucket_start, count, sum, min, max, sketch FROM rollups
              WHERE metric = $1 AND interval = $2 AND bucket_start >= $3 AND bucket_start < $4
+               AND ($5::text IS NULL OR dimensions = $5)
+             UNION ALL
+             SELECT true, dimensions, bucket_start, count, sum, min, max, sketch FROM rollup_deltas
+             WHERE metric = $1 AND bucket_start >= $3 AND bucket_start < $6
                AND ($5::text IS NULL OR dimensions = $5)",
         )
         .await?;
+    // A bucket starting before `end_ms` holds deltas up to an interval later.
+    let deltas_end_ms = end_ms.saturating_add(interval.millis());
     let rows = client
         .query(
             &statement,
@@ -1592,39 +1746,69 @@ async fn query_rollup_rows(
                 &start_ms,
                 &end_ms,
                 &filter.dimensions,
+                &deltas_end_ms,
             ],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            let dimensions: String = row.try_get(0)?;
-            let bucket_start_ms: i64 = row.try_get(1)?;
-            let sketch: Option<&[u8]> = row.try_get(6)?;
-            let accumulator = match sketch {
-                None => accumulator_of(row, 2)?,
-                Some(sketch) => decoded
-                    .get_or_decode(
-                        RowKey {
-                            metric: filter.metric.clone(),
-                            interval,
-                            bucket_start_ms,
-                            dimensions: dimensions.clone(),
-                        },
-                        u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
-                        row.try_get(3)?,
-                        row.try_get(4)?,
-                        row.try_get(5)?,
-                        sketch,
-                    )
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))?,
-            };
-            Ok(RollupRow {
-                dimensions,
-                bucket_start_ms,
-                accumulator,
-            })
-        })
-        .collect()
+    let mut result: Vec<RollupRow> = Vec::with_capacity(rows.len());
+    let mut deltas: Vec<(String, i64, Accumulator)> = Vec::new();
+    for row in &rows {
+        let is_delta: bool = row.try_get(0)?;
+        let dimensions: String = row.try_get(1)?;
+        let bucket_start_ms: i64 = row.try_get(2)?;
+        if is_delta {
+            let bucket_start_ms = interval.bucket_start(bucket_start_ms);
+            if bucket_start_ms >= start_ms && bucket_start_ms < end_ms {
+                deltas.push((dimensions, bucket_start_ms, accumulator_of(row, 3)?));
+            }
+            continue;
+        }
+        let sketch: Option<&[u8]> = row.try_get(7)?;
+        let accumulator = match sketch {
+            None => accumulator_of(row, 3)?,
+            Some(sketch) => decoded
+                .get_or_decode(
+                    RowKey {
+                        metric: filter.metric.clone(),
+                        interval,
+                        bucket_start_ms,
+                        dimensions: dimensions.clone(),
+                    },
+                    u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                    row.try_get(6)?,
+                    sketch,
+                )
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+        };
+        result.push(RollupRow {
+            dimensions,
+            bucket_start_ms,
+            accumulator,
+        });
+    }
+    if !deltas.is_empty() {
+        let mut index: HashMap<(String, i64), usize> = result
+            .iter()
+            .enumerate()
+            .map(|(at, row)| ((row.dimensions.clone(), row.bucket_start_ms), at))
+            .collect();
+        for (dimensions, bucket_start_ms, delta) in deltas {
+            match index.get(&(dimensions.clone(), bucket_start_ms)) {
+                Some(&at) => result[at].accumulator.merge(&delta),
+                None => {
+                    index.insert((dimensions.clone(), bucket_start_ms), result.len());
+                    result.push(RollupRow {
+                        dimensions,
+                        bucket_start_ms,
+                        accumulator: delta,
+                    });
+                }
+            }
+        }
+    }
+    Ok(result)
 }
 
 /// Whether `error` says an inserted row had no partition (dropped by
@@ -2029,6 +2213,9 @@ impl Store for PostgresStore {
         &self,
         cutoffs: &RetentionCutoffs,
     ) -> Result<RetentionReport, StoreError> {
+        // Deltas of expired buckets are rows like any other: fold them
+        // first, so that they are deleted too.
+        fold_all(&self.pool, &self.intervals).await?;
         let counts = self
             .drop_expired(cutoffs.events_before_ms, &cutoffs.rollups_before_ms)
             .await?;

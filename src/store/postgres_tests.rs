@@ -65,12 +65,27 @@ impl TestSchema {
     }
 
     async fn open(&self) -> PostgresStore {
+        self.open_with(true).await
+    }
+
+    async fn open_with(&self, fold_in_background: bool) -> PostgresStore {
         let settings =
             PostgresSettings::from_config(&self.database_config(), Duration::from_secs(30))
                 .expect("settings");
-        PostgresStore::open(settings, &INTERVALS)
+        PostgresStore::open_with(settings, &INTERVALS, fold_in_background)
             .await
             .expect("open")
+    }
+
+    /// One number from `sql`, run in this schema.
+    async fn count(&self, sql: &str) -> i64 {
+        let (client, driver) = self.connection.connect(NoTls).await.expect("connect");
+        tokio::spawn(driver);
+        client
+            .query_one(&sql.replace("{schema}", &self.name), &[])
+            .await
+            .expect("count")
+            .get(0)
     }
 }
 
@@ -495,4 +510,72 @@ async fn dead_letters_are_stored_once_listed_and_deleted() {
     };
     let store = schema.open().await;
     crate::store::conformance::dead_letters(&store).await;
+}
+
+#[tokio::test]
+async fn small_commits_are_read_the_same_before_and_after_their_fold() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open_with(false).await;
+    let now = crate::model::event::now_ms();
+    let minute = now - now.rem_euclid(60_000);
+    for round in 0..3 {
+        let events = (0..4)
+            .map(|index| order(minute + round * 10 + index, (round * 4 + index) as f64))
+            .collect();
+        commit(&store, events).await;
+    }
+    let deltas = "SELECT COUNT(*) FROM {schema}.rollup_deltas";
+    let folded = "SELECT COUNT(*) FROM {schema}.rollups
+                  WHERE metric = 'orders.latency_ms' AND interval = '1m'";
+    assert!(schema.count(deltas).await > 0);
+    assert_eq!(schema.count(folded).await, 0);
+    let read = |interval| {
+        let store = &store;
+        async move {
+            let rows = store
+                .read_rollups(ORDERS_LATENCY_MS, Some(""), interval, i64::MIN, i64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 1, "{interval:?}");
+            let row = &rows[0].accumulator;
+            (
+                row.count(),
+                row.sum(),
+                row.min(),
+                row.max(),
+                row.quantile(0.5),
+            )
+        }
+    };
+    let before = [read(Interval::M1).await, read(Interval::D1).await];
+    for figures in &before {
+        assert_eq!(
+            (figures.0, figures.1, figures.2, figures.3),
+            (12, Some(66.0), Some(0.0), Some(11.0))
+        );
+    }
+    let filter = MetricFilter::new(ORDERS_LATENCY_MS, Some(""));
+    let covered = || {
+        let filters = [filter.clone()];
+        let store = &store;
+        async move {
+            store
+                .read_bucket_if_covered(&filters, Interval::M1, minute, minute, minute + 60_000)
+                .await
+                .unwrap()
+                .expect("every event lies in the covered part")[0][0]
+                .accumulator
+                .count()
+        }
+    };
+    assert_eq!(covered().await, 12);
+
+    store.fold().await.unwrap();
+    assert_eq!(schema.count(deltas).await, 0);
+    assert_eq!(schema.count(folded).await, 1);
+    let after = [read(Interval::M1).await, read(Interval::D1).await];
+    assert_eq!(before, after, "folding changes no answer");
+    assert_eq!(covered().await, 12);
 }

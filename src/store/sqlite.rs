@@ -247,9 +247,8 @@ impl SqliteStore {
             pending: Arc::clone(&pending),
             owner: owner_lock.owner,
         }));
-        let folder = (folding == Folding::Background).then(|| {
-            Folder::start(&writer, path.to_path_buf(), intervals.to_vec())
-        });
+        let folder = (folding == Folding::Background)
+            .then(|| Folder::start(&writer, path.to_path_buf(), intervals.to_vec()));
         Ok(SqliteStore {
             path: path.to_path_buf(),
             wal_to_sync,
