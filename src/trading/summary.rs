@@ -896,7 +896,19 @@ pub struct Pass {
     pub waiting: u64,
 }
 
+/// The version [`Settling`] records for a mark a pass wrote itself (the
+/// rest of a longer mark, past the hour it recomputed): ingest did not
+/// make it, so the next pass takes it up whatever its version.
+const TRUSTED: i64 = i64::MIN;
+
 impl Settling {
+    /// Records the marks a pass wrote itself (see [`TRUSTED`]).
+    fn trust(&mut self, written: Vec<(SummaryKind, i64, i64)>) {
+        for key in written {
+            self.seen.insert(key, TRUSTED);
+        }
+    }
+
     /// Splits `marks` at `now_minute` into those a pass takes up and the
     /// count of those it leaves for later; never the current minute's,
     /// which ingest keeps marking (reports read that minute raw).
@@ -913,7 +925,8 @@ impl Settling {
                 continue;
             }
             let key = (mark.kind, mark.first_minute, mark.last_minute);
-            if previous.get(&key) == Some(&mark.version) {
+            let seen = previous.get(&key);
+            if seen == Some(&mark.version) || seen == Some(&TRUSTED) {
                 ready.push(mark);
             } else {
                 waiting += 1;
@@ -925,15 +938,16 @@ impl Settling {
 }
 
 /// Recomputes the earliest marked hour of `T`'s kind in `marks` (the
-/// marks a pass takes up), up to the current minute.
+/// marks a pass takes up), up to the current minute. Returns the marks it
+/// wrote for what lies past that hour (the rest of longer marks).
 async fn refresh_kind<T: Source>(
     store: &dyn Store,
     marks: &[Mark],
     now_minute: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(SummaryKind, i64, i64)>, StoreError> {
     let mine: Vec<&Mark> = marks.iter().filter(|mark| mark.kind == T::KIND).collect();
     let Some(earliest) = mine.iter().map(|mark| mark.first_minute).min() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let hour = hour_of(earliest);
     let limit = (hour + HOUR_MS).min(now_minute);
@@ -955,7 +969,7 @@ async fn refresh_kind<T: Source>(
         }
     }
     let (Some(&first), Some(&last)) = (minutes.first(), minutes.last()) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let items = T::read_raw(store, first, last + MINUTE_MS).await?;
     let mut computed = minute_slices::<T>(&items);
@@ -970,7 +984,13 @@ async fn refresh_kind<T: Source>(
         })
         .collect();
     let written = store
-        .write_trading_summaries(T::KIND, writes, cleared, remainders, merge_for(T::KIND))
+        .write_trading_summaries(
+            T::KIND,
+            writes,
+            cleared,
+            remainders.clone(),
+            merge_for(T::KIND),
+        )
         .await?;
     if !written {
         tracing::debug!(
@@ -978,8 +998,9 @@ async fn refresh_kind<T: Source>(
             hour,
             "trading summary write refused: a mark changed meanwhile; the next pass redoes it"
         );
+        return Ok(Vec::new());
     }
-    Ok(())
+    Ok(remainders)
 }
 
 /// One refresh pass: the earliest marked hour of each kind, of the marks
@@ -988,8 +1009,9 @@ pub async fn refresh_once(store: &dyn Store, settling: &mut Settling) -> Result<
     let marks = store.trading_marks(None).await?;
     let now_minute = minute_of(crate::model::event::now_ms());
     let (ready, waiting) = settling.sort(marks, now_minute);
-    refresh_kind::<OrderTally>(store, &ready, now_minute).await?;
-    refresh_kind::<ExecutionTally>(store, &ready, now_minute).await?;
+    let mut remainders = refresh_kind::<OrderTally>(store, &ready, now_minute).await?;
+    remainders.extend(refresh_kind::<ExecutionTally>(store, &ready, now_minute).await?);
+    settling.trust(remainders);
     Ok(Pass {
         ready: ready.len() as u64,
         waiting,
@@ -1108,6 +1130,17 @@ mod tests {
         assert_eq!(waiting, 0);
         let (ready, waiting) = settling.sort(vec![bumped], now_minute);
         assert_eq!((ready, waiting), (vec![], 1));
+        // The rest of a longer mark, written by a pass itself, is taken up
+        // by the next pass without waiting.
+        let rest = mark(
+            SummaryKind::Fills,
+            now_minute - MINUTE_MS,
+            now_minute + HOUR_MS,
+            0,
+        );
+        settling.trust(vec![(rest.kind, rest.first_minute, rest.last_minute)]);
+        let (ready, waiting) = settling.sort(vec![rest], now_minute);
+        assert_eq!((ready, waiting), (vec![rest], 0));
     }
 
     #[test]
