@@ -126,9 +126,17 @@ impl Drop for SchemaGuard {
         // Bounded: a failed test may leave a transaction of its own open,
         // whose connection cannot roll back while this blocks its runtime;
         // then the schema stays (with a warning) rather than the test hang.
+        // The service under test may still hold a lock in an open
+        // transaction that cannot finish while this blocks its runtime:
+        // its backends are ended first.
         let statement = format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
-            self.schema
+            "SET lock_timeout = '10s';
+             SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                 JOIN pg_class c ON c.oid = l.relation
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = '{schema}' AND l.pid <> pg_backend_pid();
+             DROP SCHEMA IF EXISTS {schema} CASCADE",
+            schema = self.schema
         );
         // Drop may run inside a runtime, which must not block: a thread
         // with its own small runtime does the work.
