@@ -42,6 +42,7 @@ async fn wait_for_line(path: &std::path::Path, wanted: impl Fn(&str) -> bool) ->
 #[tokio::test]
 async fn json_lines_to_a_file_name_each_request() {
     let directory = tempfile::tempdir().unwrap();
+    let _schema = crate::helpers::SchemaGuard::for_path(&directory.path().join("analytics.db"));
     let log = directory.path().join("service.log");
     let log_text = log.display().to_string();
     let mut child = spawn(
@@ -88,6 +89,7 @@ async fn json_lines_to_a_file_name_each_request() {
 #[tokio::test]
 async fn console_format_and_level_are_honoured() {
     let directory = tempfile::tempdir().unwrap();
+    let _schema = crate::helpers::SchemaGuard::for_path(&directory.path().join("analytics.db"));
     let log = directory.path().join("console.log");
     let log_text = log.display().to_string();
     let mut child = spawn(
@@ -118,6 +120,7 @@ async fn console_format_and_level_are_honoured() {
         .to_string();
     let quiet_log = directory.path().join("quiet.log");
     let quiet_text = quiet_log.display().to_string();
+    let _quiet_schema = crate::helpers::SchemaGuard::for_path(&directory.path().join("quiet.db"));
     let mut child = spawn(
         &directory.path().join("quiet.db"),
         &[
