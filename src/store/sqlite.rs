@@ -453,6 +453,18 @@ fn commit_blocking(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool
     result
 }
 
+/// Starts a write transaction, first dropping the cached rows when another
+/// connection has written since the cache was filled.
+fn begin_writing<'a>(
+    connection: &'a mut Connection,
+    cache: &mut RollupCache,
+) -> Result<rusqlite::Transaction<'a>, StoreError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+    cache.validate(data_version);
+    Ok(transaction)
+}
+
 fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
     let Writer {
         connection,
@@ -460,9 +472,7 @@ fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<b
         pending,
         owner,
     } = writer;
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
-    cache.validate(data_version);
+    let transaction = begin_writing(connection, cache)?;
     let mut inserted = Vec::with_capacity(batch.len());
     {
         let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
@@ -615,9 +625,7 @@ fn prepare_fold<'a>(
     deltas: &RollupBatch,
     owner: i64,
 ) -> Result<PreparedFold<'a>, StoreError> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let data_version: i64 = transaction.query_row("PRAGMA data_version", [], |row| row.get(0))?;
-    cache.validate(data_version);
+    let transaction = begin_writing(connection, cache)?;
     let written = write_rollup_rows(&transaction, cache, deltas.clone().into_sorted())?;
     transaction.execute("DELETE FROM rollup_deltas WHERE owner = ?1", [owner])?;
     Ok((transaction, written))
