@@ -26,8 +26,12 @@
 //!   write side a deferring commit commits and adds its deltas.
 //! - the delta rows of a store instance are exactly the deltas it holds in
 //!   [`Pending`] (a fold deletes its own rows only, by `owner`); the rows of
-//!   an instance that died unfolded are folded by the next store to open the
-//!   database (see `SqliteStore::recover_deltas`).
+//!   an instance that stopped unfolded are folded by the next store to open
+//!   the database, and by running ones every 10 s (`recover_deltas` in
+//!   `sqlite.rs`).
+//!
+//! The PostgreSQL store defers the same commits ([`DEFER_MAX_BUCKETS`]) but
+//! keeps nothing in memory: its readers read the delta rows themselves.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};

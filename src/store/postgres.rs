@@ -76,10 +76,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Most finest-interval rows a commit stores as deltas instead of merging
-/// them into the rollup rows of every interval (see [`PostgresStore::fold`]).
-const DEFER_MAX_BUCKETS: usize = 512;
-
 /// How often each instance folds the stored deltas.
 const FOLD_PERIOD: Duration = Duration::from_secs(1);
 
@@ -679,7 +675,9 @@ impl PostgresStore {
             .iter()
             .filter(|(key, _)| Some(key.interval) == finest)
             .count();
-        if finest_rows <= DEFER_MAX_BUCKETS {
+        // Few buckets: store the deltas, for a fold to merge (see
+        // `PostgresStore::fold`).
+        if finest_rows <= super::pending::DEFER_MAX_BUCKETS {
             insert_deltas(&transaction, rollups, finest).await?;
         } else {
             write_rollups(&transaction, rollups).await?;
