@@ -254,6 +254,27 @@ impl RollupBatch {
             .all(|by_dimensions| by_dimensions.values().all(BTreeMap::is_empty))
     }
 
+    /// The deltas of the finest interval alone, sorted by key: what a store
+    /// keeps as deltas for a later fold to merge into every interval.
+    pub fn into_finest_sorted(self) -> Vec<(RollupKey, Accumulator)> {
+        let Some(&finest) = self.intervals.first() else {
+            return Vec::new();
+        };
+        let mut rows = Vec::new();
+        for (metric, by_dimensions) in self.series {
+            for (dimensions, buckets) in by_dimensions {
+                for (bucket_start_ms, accumulator) in buckets {
+                    rows.push((
+                        key(&metric, &dimensions, finest, bucket_start_ms),
+                        accumulator,
+                    ));
+                }
+            }
+        }
+        rows.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
+        rows
+    }
+
     /// The deltas, sorted by key (stores upsert in key order so concurrent
     /// writers never deadlock).
     pub fn into_sorted(self) -> Vec<(RollupKey, Accumulator)> {

@@ -264,6 +264,36 @@ pub struct RollupRow {
     pub accumulator: Accumulator,
 }
 
+/// Adds `deltas` (`(dimensions, bucket start, delta)`, bucket starts of
+/// the rows' interval) to `rows`: each merged into the row of its bucket,
+/// or appended as a row of its own.
+pub(crate) fn merge_into_rows<'a>(
+    rows: &mut Vec<RollupRow>,
+    deltas: impl IntoIterator<Item = (&'a str, i64, &'a Accumulator)>,
+) {
+    let mut index: Option<std::collections::HashMap<(String, i64), usize>> = None;
+    for (dimensions, bucket_start_ms, delta) in deltas {
+        let index = index.get_or_insert_with(|| {
+            rows.iter()
+                .enumerate()
+                .map(|(at, row)| ((row.dimensions.clone(), row.bucket_start_ms), at))
+                .collect()
+        });
+        let key = (dimensions.to_owned(), bucket_start_ms);
+        match index.get(&key) {
+            Some(&at) => rows[at].accumulator.merge(delta),
+            None => {
+                index.insert(key, rows.len());
+                rows.push(RollupRow {
+                    dimensions: dimensions.to_owned(),
+                    bucket_start_ms,
+                    accumulator: delta.clone(),
+                });
+            }
+        }
+    }
+}
+
 /// Which events to list.
 #[derive(Debug, Clone)]
 pub struct EventQuery {

@@ -48,7 +48,8 @@ pub const DEFER_MAX_BUCKETS: usize = 512;
 /// Age of the oldest pending delta at which a fold is due.
 pub const FOLD_AFTER: Duration = Duration::from_secs(1);
 
-/// Pending finest buckets at which a fold is due at once (bounds memory).
+/// Pending finest buckets (counted as added, see `State::added`) at which a
+/// fold is due at once (bounds memory).
 pub const FOLD_MAX_BUCKETS: usize = 20_000;
 
 /// The deltas committed and not folded yet, and the gate that keeps readers
@@ -75,6 +76,10 @@ struct State {
     current: RollupBatch,
     /// When the oldest delta of `current` was committed.
     oldest: Option<Instant>,
+    /// Buckets added to `current` by the commits since (at least its
+    /// size: a bucket added twice counts twice), kept so that `due` needs
+    /// no walk of `current`.
+    added: usize,
 }
 
 /// A fold that has taken the pending deltas; [`Pending::finish_fold`] ends it.
@@ -91,6 +96,7 @@ impl Pending {
                 folding: None,
                 current: RollupBatch::new(intervals),
                 oldest: None,
+                added: 0,
             }),
         }
     }
@@ -115,8 +121,10 @@ impl Pending {
             .unwrap_or_else(PoisonError::into_inner);
         commit()?;
         if !deltas.is_empty() {
+            let buckets = deltas.finest_len();
             let mut state = self.state();
             state.current.merge(deltas);
+            state.added += buckets;
             state.oldest.get_or_insert_with(Instant::now);
         }
         Ok(())
@@ -125,7 +133,7 @@ impl Pending {
     /// Whether a fold is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
         let state = self.state();
-        state.current.finest_len() >= FOLD_MAX_BUCKETS
+        state.added >= FOLD_MAX_BUCKETS
             || state
                 .oldest
                 .is_some_and(|oldest| now.duration_since(oldest) >= FOLD_AFTER)
@@ -145,6 +153,7 @@ impl Pending {
             RollupBatch::new(&intervals),
         ));
         state.oldest = None;
+        state.added = 0;
         state.folding = Some(Arc::clone(&deltas));
         Some(Fold { deltas })
     }
@@ -167,6 +176,7 @@ impl Pending {
         if result.is_err() {
             let newer = std::mem::replace(&mut state.current, (*fold.deltas).clone());
             state.current.merge(newer);
+            state.added += fold.deltas.finest_len();
             state.oldest.get_or_insert_with(Instant::now);
         }
         result
@@ -201,40 +211,26 @@ impl Pending {
         rows: &mut Vec<RollupRow>,
     ) {
         let state = self.state();
-        let generations = state.folding.as_deref().into_iter().chain([&state.current]);
-        let mut index: Option<std::collections::HashMap<(String, i64), usize>> = None;
-        for deltas in generations {
-            // A bucket of `interval` starting in the range holds finest
-            // buckets up to one interval past its end.
-            let to_ms = end_ms.saturating_add(interval.millis());
-            for (dimensions, finest_start, delta) in deltas.finest_of(
-                &filter.metric,
-                filter.dimensions.as_deref(),
-                start_ms,
-                to_ms,
-            ) {
-                let bucket_start_ms = interval.bucket_start(finest_start);
-                if bucket_start_ms < start_ms || bucket_start_ms >= end_ms {
-                    continue;
-                }
-                let index = index.get_or_insert_with(|| {
-                    rows.iter()
-                        .enumerate()
-                        .map(|(at, row)| ((row.dimensions.clone(), row.bucket_start_ms), at))
-                        .collect()
-                });
-                match index.get(&(dimensions.to_owned(), bucket_start_ms)) {
-                    Some(&at) => rows[at].accumulator.merge(delta),
-                    None => {
-                        index.insert((dimensions.to_owned(), bucket_start_ms), rows.len());
-                        rows.push(RollupRow {
-                            dimensions: dimensions.to_owned(),
-                            bucket_start_ms,
-                            accumulator: delta.clone(),
-                        });
-                    }
-                }
-            }
-        }
+        // A bucket of `interval` starting in the range holds finest buckets
+        // up to one interval past its end.
+        let to_ms = end_ms.saturating_add(interval.millis());
+        let deltas = state
+            .folding
+            .as_deref()
+            .into_iter()
+            .chain([&state.current])
+            .flat_map(|deltas| {
+                deltas.finest_of(
+                    &filter.metric,
+                    filter.dimensions.as_deref(),
+                    start_ms,
+                    to_ms,
+                )
+            })
+            .map(|(dimensions, finest_start, delta)| {
+                (dimensions, interval.bucket_start(finest_start), delta)
+            })
+            .filter(|(_, bucket_start_ms, _)| (start_ms..end_ms).contains(bucket_start_ms));
+        super::merge_into_rows(rows, deltas);
     }
 }

@@ -24,7 +24,7 @@
 //! a partition or the schema, from a day number or from a schema name that
 //! [`validate_schema_name`] restricted to `[a-z_][a-z0-9_]*`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -296,7 +296,8 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Folds every stored rollup delta now (the folder task does it every
     /// second).
-    pub async fn fold(&self) -> Result<(), StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn fold(&self) -> Result<(), StoreError> {
         fold_all(&self.pool, &self.intervals).await
     }
 
@@ -611,8 +612,7 @@ impl PostgresStore {
     }
 
     /// One attempt at committing a batch (see [`Store::commit_batch`]):
-    /// `prepared_rollups` are the batch's sorted deltas, used as they are
-    /// when every event is new.
+    /// `batch.rollups` are used as they are when every event is new.
     async fn commit_once(&self, batch: &CommitInput) -> Result<Vec<bool>, StoreError> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
@@ -647,12 +647,12 @@ impl PostgresStore {
         // order of the executions depend on when each statement's prepare
         // came back, and writers deadlocked; it gained nothing measurable.)
         let all_new = inserted.iter().all(|flag| *flag);
-        let recomputed_rollups;
-        let rollups: &[(RollupKey, Accumulator)] = if all_new {
+        let recomputed;
+        let rollups: &RollupRows = if all_new {
             &batch.rollups
         } else {
             // Some were duplicates: the deltas of exactly the inserted ones.
-            recomputed_rollups = super::rollups_for(
+            recomputed = RollupRows::of(super::rollups_for(
                 batch
                     .events
                     .iter()
@@ -660,9 +660,8 @@ impl PostgresStore {
                     .filter(|(_, was_inserted)| **was_inserted)
                     .map(|(event, _)| event),
                 &batch.intervals,
-            )
-            .into_sorted();
-            &recomputed_rollups
+            ));
+            &recomputed
         };
         let trading = batch
             .trading
@@ -670,17 +669,9 @@ impl PostgresStore {
             .map(|prepared| TradingBatch::of_inserted_given(prepared, &batch.events, &inserted));
         let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
         insert_events(&transaction, &rows).await?;
-        let finest = batch.intervals.first().copied();
-        let finest_rows = rollups
-            .iter()
-            .filter(|(key, _)| Some(key.interval) == finest)
-            .count();
-        // Few buckets: store the deltas, for a fold to merge (see
-        // `PostgresStore::fold`).
-        if finest_rows <= super::pending::DEFER_MAX_BUCKETS {
-            insert_deltas(&transaction, rollups, finest).await?;
-        } else {
-            write_rollups(&transaction, rollups).await?;
+        match rollups {
+            RollupRows::Deltas(deltas) => insert_deltas(&transaction, deltas).await?,
+            RollupRows::Rows(rows) => write_rollups(&transaction, rows).await?,
         }
         if let Some(trading) = &trading {
             write_trading(&transaction, trading).await?;
@@ -743,13 +734,34 @@ async fn insert_distinct(
     Ok(())
 }
 
+/// What a commit writes of its rollups, sorted by key.
+enum RollupRows {
+    /// The finest-interval deltas alone, when they touch at most
+    /// [`super::pending::DEFER_MAX_BUCKETS`] buckets: stored in
+    /// `rollup_deltas` for a fold to merge into every interval (see
+    /// [`fold_once`]).
+    Deltas(Vec<(RollupKey, Accumulator)>),
+    /// The rows of every interval, merged into the rollup rows at once.
+    Rows(Vec<(RollupKey, Accumulator)>),
+}
+
+impl RollupRows {
+    fn of(rollups: crate::rollup::RollupBatch) -> RollupRows {
+        if rollups.finest_len() <= super::pending::DEFER_MAX_BUCKETS {
+            RollupRows::Deltas(rollups.into_finest_sorted())
+        } else {
+            RollupRows::Rows(rollups.into_sorted())
+        }
+    }
+}
+
 /// A batch taken apart for committing, so that a retry can reuse it.
 struct CommitInput {
     events: Vec<Event>,
     properties_json: Vec<String>,
     intervals: Vec<Interval>,
-    /// The prepared deltas of all the events, sorted by key.
-    rollups: Vec<(RollupKey, Accumulator)>,
+    /// The prepared rollup rows of all the events.
+    rollups: RollupRows,
     /// Distinct values as column arrays: (dimension, minute, value).
     distinct: (Vec<&'static str>, Vec<i64>, Vec<String>),
     /// The prepared trading changes of all the events, if kept.
@@ -769,7 +781,7 @@ impl CommitInput {
             events: batch.events,
             properties_json: batch.properties_json,
             intervals,
-            rollups: batch.rollups.into_sorted(),
+            rollups: RollupRows::of(batch.rollups),
             distinct,
             trading: batch.trading,
         }
@@ -1393,21 +1405,15 @@ fn bar_of(row: &Row) -> Result<BarDelta, tokio_postgres::Error> {
     })
 }
 
-/// Writes the sorted rollup deltas: count rows by one additive upsert,
-/// value rows by insert-missing, lock in key order, merge, update.
-/// Stores the finest-interval rows of `rollups` as deltas, for a fold to
-/// merge into the rollup rows of every interval.
+/// Stores finest-interval `deltas` in `rollup_deltas`, for a fold to merge
+/// into the rollup rows of every interval.
 async fn insert_deltas(
     transaction: &deadpool_postgres::Transaction<'_>,
-    rollups: &[(RollupKey, Accumulator)],
-    finest: Option<Interval>,
+    deltas: &[(RollupKey, Accumulator)],
 ) -> Result<(), StoreError> {
     let mut keys = KeyColumns::default();
     let mut values = MergedColumns::default();
-    for (key, delta) in rollups
-        .iter()
-        .filter(|(key, _)| Some(key.interval) == finest)
-    {
+    for (key, delta) in deltas {
         keys.push(key);
         values.push(delta);
     }
@@ -1491,6 +1497,8 @@ async fn run_folder(pool: Pool, intervals: Arc<[Interval]>, alive: std::sync::We
     }
 }
 
+/// Writes the sorted rollup deltas: count rows by one additive upsert,
+/// value rows by insert-missing, lock in key order, merge, update.
 async fn write_rollups(
     transaction: &deadpool_postgres::Transaction<'_>,
     rows: &[(RollupKey, Accumulator)],
@@ -1786,26 +1794,12 @@ async fn query_rollup_rows(
             accumulator,
         });
     }
-    if !deltas.is_empty() {
-        let mut index: HashMap<(String, i64), usize> = result
-            .iter()
-            .enumerate()
-            .map(|(at, row)| ((row.dimensions.clone(), row.bucket_start_ms), at))
-            .collect();
-        for (dimensions, bucket_start_ms, delta) in deltas {
-            match index.get(&(dimensions.clone(), bucket_start_ms)) {
-                Some(&at) => result[at].accumulator.merge(&delta),
-                None => {
-                    index.insert((dimensions.clone(), bucket_start_ms), result.len());
-                    result.push(RollupRow {
-                        dimensions,
-                        bucket_start_ms,
-                        accumulator: delta,
-                    });
-                }
-            }
-        }
-    }
+    super::merge_into_rows(
+        &mut result,
+        deltas.iter().map(|(dimensions, bucket_start_ms, delta)| {
+            (dimensions.as_str(), *bucket_start_ms, delta)
+        }),
+    );
     Ok(result)
 }
 

@@ -247,8 +247,15 @@ impl SqliteStore {
             pending: Arc::clone(&pending),
             owner: owner_lock.owner,
         }));
-        let folder = (folding == Folding::Background)
-            .then(|| Folder::start(&writer, path.to_path_buf(), intervals.to_vec()));
+        let folder = if folding == Folding::Background {
+            Some(Folder::start(
+                &writer,
+                path.to_path_buf(),
+                intervals.to_vec(),
+            )?)
+        } else {
+            None
+        };
         Ok(SqliteStore {
             path: path.to_path_buf(),
             wal_to_sync,
@@ -687,7 +694,10 @@ fn recover_deltas(
         );
     }
     for file in abandoned {
-        let _ = std::fs::remove_file(file);
+        // Left behind, it is found abandoned again and removed next time.
+        if let Err(error) = std::fs::remove_file(&file) {
+            tracing::warn!(file = %file.display(), %error, "cannot remove an abandoned owner file");
+        }
     }
     Ok(())
 }
@@ -708,7 +718,11 @@ struct Folder {
 }
 
 impl Folder {
-    fn start(writer: &Arc<Mutex<Writer>>, path: PathBuf, intervals: Vec<Interval>) -> Folder {
+    fn start(
+        writer: &Arc<Mutex<Writer>>,
+        path: PathBuf,
+        intervals: Vec<Interval>,
+    ) -> Result<Folder, StoreError> {
         let writer = Arc::downgrade(writer);
         let mut recovered = Instant::now();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -745,11 +759,13 @@ impl Folder {
                     }
                 }
             })
-            .ok();
-        Folder {
+            .map_err(|error| {
+                StoreError::Unavailable(format!("cannot start the fold thread: {error}"))
+            })?;
+        Ok(Folder {
             stop: Some(stop),
-            thread,
-        }
+            thread: Some(thread),
+        })
     }
 }
 
