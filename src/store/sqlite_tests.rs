@@ -389,3 +389,36 @@ async fn retention_deletes_expired_buckets_still_pending() {
         .unwrap();
     assert!(rows.is_empty(), "{rows:?}");
 }
+
+/// Reader statements are planned once: binding new values does not
+/// compile them again (see `plan_once`). Without the guarantee, binding
+/// `kind` here (a summary kind, 0 or 1) recompiles the statement, since the
+/// planner treats a bound 0 or 1 apart from other values.
+#[test]
+fn reader_statements_are_planned_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("plan.db");
+    drop(SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap());
+    let reader = open_reader(&path).unwrap();
+    let mut statement = reader
+        .prepare_cached(
+            "SELECT start, digest FROM trading_summaries
+             WHERE kind = ?1 AND span_ms = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
+        )
+        .unwrap();
+    for (kind, span, start) in [
+        (0_i64, 60_000_i64, 0_i64),
+        (1, 300_000, 60_000),
+        (0, 60_000, 0),
+    ] {
+        let rows = statement
+            .query_map(params![kind, span, start, start + 60_000], |_| Ok(()))
+            .unwrap()
+            .count();
+        assert_eq!(rows, 0);
+    }
+    assert_eq!(
+        statement.get_status(rusqlite::StatementStatus::RePrepare),
+        0
+    );
+}
