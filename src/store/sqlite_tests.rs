@@ -390,6 +390,79 @@ async fn retention_deletes_expired_buckets_still_pending() {
     assert!(rows.is_empty(), "{rows:?}");
 }
 
+fn fill(timestamp_ms: i64, order_id: &str, quantity: f64) -> Event {
+    let properties = serde_json::json!({
+        "order_id": order_id, "symbol": "BTCUSDT", "side": "buy",
+        "price": 100.0, "quantity": quantity,
+    });
+    Event {
+        id: Uuid::now_v7(),
+        event_type: "order.filled".into(),
+        user_id: None,
+        session_id: None,
+        properties: properties.as_object().cloned().unwrap_or_default(),
+        timestamp_ms,
+        created_at_ms: timestamp_ms,
+    }
+}
+
+/// A report that starts inside a summarised minute takes that minute's
+/// fills from the edge cache, and still sees a fill that reaches the
+/// minute later (the fill's mark, then the summary's new digest).
+#[tokio::test]
+async fn a_range_starting_inside_a_summarised_minute_sees_later_fills_of_it() {
+    use crate::trading::report::Filters;
+    use crate::trading::report::Groups;
+    use crate::trading::summary::{execution_report, refresh_all};
+
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("edge.db");
+    let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
+    let now = crate::model::event::now_ms();
+    let minute = now / 60_000 * 60_000 - 2 * 3_600_000;
+    let commit =
+        |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
+    let report = || async {
+        let range = crate::rollup::TimeRange {
+            start_ms: minute + 20_000,
+            end_ms: minute + 3_600_000,
+        };
+        let report = execution_report(
+            &store,
+            range,
+            Interval::H1,
+            &Filters::default(),
+            Groups::With,
+        )
+        .await
+        .unwrap();
+        (report.summary.fills, report.summary.quantity)
+    };
+    commit(vec![
+        fill(minute + 10_000, "o-1", 1.0),
+        fill(minute + 40_000, "o-2", 2.0),
+        fill(minute + 30 * 60_000, "o-3", 4.0),
+    ])
+    .await
+    .unwrap();
+    refresh_all(&store, 1_000).await.unwrap();
+    assert_eq!(
+        report().await,
+        (2, 6.0),
+        "the fill before the range's start is left out"
+    );
+    assert_eq!(report().await, (2, 6.0), "the same from the cached minute");
+    commit(vec![
+        fill(minute + 50_000, "o-4", 8.0),
+        fill(minute + 5_000, "o-5", 16.0),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(report().await, (3, 14.0), "the marked minute is read raw");
+    refresh_all(&store, 1_000).await.unwrap();
+    assert_eq!(report().await, (3, 14.0), "summarised again: a new digest");
+}
+
 /// Reader statements are planned once: binding new values does not
 /// compile them again (see `plan_once`). Without the guarantee, binding
 /// `kind` here (a summary kind, 0 or 1) recompiles the statement, since the

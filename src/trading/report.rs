@@ -98,7 +98,7 @@ pub struct GroupKey {
 /// summary holds per group, and what a report merges.
 pub trait Tally: Default + Clone + Send + Sync + 'static {
     /// An order or a fill, as read from the trading tables.
-    type Item;
+    type Item: Send + Sync;
     /// The figures a report shows.
     type Figures: Serialize;
     /// When the item counts (placement or fill time); `None`: not reported.
