@@ -29,6 +29,8 @@
 //! - Decoding never panics: bytes are checked against the encoder's grammar
 //!   (see `validate_sketch_bytes`) before the sketch library sees them.
 
+use std::sync::Arc;
+
 use sketches_ddsketch::{Config, DDSketch};
 
 /// Errors rebuilding an accumulator from stored columns.
@@ -46,9 +48,12 @@ pub enum RollupError {
 pub struct Accumulator {
     /// Events counted, with or without a value.
     count: u64,
-    /// `None` for count-only. Boxed: most of a batch's rows may be
-    /// count-only, and a sketch is a few hundred bytes.
-    values: Option<Box<ValueSummary>>,
+    /// `None` for count-only. Behind a pointer: most of a batch's rows may
+    /// be count-only, and a sketch is a few hundred bytes to tens of KiB.
+    /// Shared, copied on the first write: readers clone cached decoded
+    /// rows and then mostly only read or merge them, so a clone costs a
+    /// reference count, not a copy of the sketch's bins.
+    values: Option<Arc<ValueSummary>>,
 }
 
 /// Exact statistics plus the sketch of the recorded values.
@@ -119,7 +124,7 @@ impl Accumulator {
     pub fn new_with_values() -> Self {
         Accumulator {
             count: 0,
-            values: Some(Box::new(ValueSummary::empty())),
+            values: Some(Arc::new(ValueSummary::empty())),
         }
     }
 
@@ -136,9 +141,10 @@ impl Accumulator {
             return;
         }
         self.count = self.count.saturating_add(1);
-        let values = self
-            .values
-            .get_or_insert_with(|| Box::new(ValueSummary::empty()));
+        let values = Arc::make_mut(
+            self.values
+                .get_or_insert_with(|| Arc::new(ValueSummary::empty())),
+        );
         values.value_count = values.value_count.saturating_add(1);
         values.sum += value;
         values.min = values.min.min(value);
@@ -152,8 +158,8 @@ impl Accumulator {
         self.count = self.count.saturating_add(other.count);
         match (&mut self.values, &other.values) {
             (_, None) => {}
-            (None, Some(theirs)) => self.values = Some(theirs.clone()),
-            (Some(ours), Some(theirs)) => ours.merge(theirs),
+            (None, Some(theirs)) => self.values = Some(Arc::clone(theirs)),
+            (Some(ours), Some(theirs)) => Arc::make_mut(ours).merge(theirs),
         }
     }
 
@@ -293,7 +299,7 @@ impl Accumulator {
         }
         Ok(Accumulator {
             count,
-            values: Some(Box::new(values)),
+            values: Some(Arc::new(values)),
         })
     }
 }
