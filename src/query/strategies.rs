@@ -149,9 +149,11 @@ pub async fn strategy_performance(
         let series_pnl = by_strategy_pnl.get(strategy).unwrap_or(&empty);
         let series_wins = by_strategy_wins.get(strategy).unwrap_or(&empty);
         let series_losses = by_strategy_losses.get(strategy).unwrap_or(&empty);
-        let mut total = Accumulator::new_count_only();
-        let mut won = Accumulator::new_count_only();
-        let mut lost = Accumulator::new_count_only();
+        // The summary needs counts, sums and extremes only: the buckets'
+        // sketches are left unmerged.
+        let (mut trades, mut winners, mut losers) = (0_u64, 0_u64, 0_u64);
+        let (mut total_pnl, mut gross_profit, mut lost_sum) = (0.0_f64, 0.0_f64, 0.0_f64);
+        let (mut largest_win, mut largest_loss) = (None::<f64>, None::<f64>);
         let mut series = Vec::with_capacity(buckets as usize);
         let mut cumulative = 0.0;
         let (mut peak, mut drawdown) = (0.0_f64, 0.0_f64);
@@ -161,14 +163,19 @@ pub async fn strategy_performance(
             let bucket_pnl = series_pnl.get(&start);
             let bucket_wins = series_wins.get(&start);
             let bucket_losses = series_losses.get(&start);
-            for (sum, part) in [
-                (&mut total, bucket_pnl),
-                (&mut won, bucket_wins),
-                (&mut lost, bucket_losses),
-            ] {
-                if let Some(part) = part {
-                    sum.merge(part);
-                }
+            if let Some(part) = bucket_pnl {
+                trades += part.value_count();
+                total_pnl += part.sum().unwrap_or(0.0);
+            }
+            if let Some(part) = bucket_wins {
+                winners += part.value_count();
+                gross_profit += part.sum().unwrap_or(0.0);
+                largest_win = extreme(largest_win, part.max(), f64::max);
+            }
+            if let Some(part) = bucket_losses {
+                losers += part.value_count();
+                lost_sum += part.sum().unwrap_or(0.0);
+                largest_loss = extreme(largest_loss, part.min(), f64::min);
             }
             let pnl = bucket_pnl.and_then(Accumulator::sum).unwrap_or(0.0);
             cumulative += pnl;
@@ -184,10 +191,7 @@ pub async fn strategy_performance(
                 cumulative_pnl: cumulative,
             });
         }
-        let trades = total.value_count();
-        let (winners, losers) = (won.value_count(), lost.value_count());
-        let gross_profit = won.sum().unwrap_or(0.0);
-        let gross_loss = -lost.sum().unwrap_or(0.0);
+        let gross_loss = -lost_sum;
         let last_started = started.get(strategy).copied();
         let last_stopped = stopped.get(strategy).copied();
         let summary = StrategySummary {
@@ -195,15 +199,15 @@ pub async fn strategy_performance(
             trades,
             winners,
             losers,
-            total_pnl: total.sum().unwrap_or(0.0),
+            total_pnl,
             gross_profit,
             gross_loss,
             win_rate: (trades > 0).then(|| winners as f64 / trades as f64),
             profit_factor: (gross_loss > 0.0).then(|| gross_profit / gross_loss),
             average_win: (winners > 0).then(|| gross_profit / winners as f64),
             average_loss: (losers > 0).then(|| -gross_loss / losers as f64),
-            largest_win: won.max(),
-            largest_loss: lost.min(),
+            largest_win,
+            largest_loss,
             max_drawdown: drawdown,
             sharpe: sharpe(&per_bucket, interval),
             running: match (last_started, last_stopped) {
@@ -217,6 +221,14 @@ pub async fn strategy_performance(
         answers.push(StrategyPerformance { summary, series });
     }
     Ok(answers)
+}
+
+/// The larger (`f64::max`) or smaller (`f64::min`) of two optional values.
+fn extreme(known: Option<f64>, new: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
+    match (known, new) {
+        (Some(known), Some(new)) => Some(pick(known, new)),
+        (known, new) => known.or(new),
+    }
 }
 
 /// Accumulators by strategy, then bucket start.
