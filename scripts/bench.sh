@@ -23,6 +23,9 @@
 #                   queries, redis, postgresql, streams, trading (default all)
 #   --no-build      use the existing target/release/analytics
 #   --output FILE   write the table into FILE instead of BENCHMARKS.md
+#   --query-rounds N rounds of the query measurements (default 3); with
+#                   --large each round measures the 100 k and the 10 M
+#                   store side by side and gives a ratio of its own
 #
 # Everything runs on loopback, every loop is bounded, and the services the
 # script starts are stopped on exit (trap). Needs curl and jq; the PostgreSQL
@@ -44,6 +47,7 @@ POSTGRES=auto
 SQLITE=1
 PG_EVENTS=500000
 SECTIONS=",ingest,queries,redis,postgresql,streams,trading,"
+QUERY_ROUNDS=3
 REDIS=auto
 REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -65,7 +69,8 @@ while [ $# -gt 0 ]; do
         --postgres-only) POSTGRES=1; SQLITE=0 ;;
         --pg-events) PG_EVENTS="$2"; shift ;;
         --sections) SECTIONS=",$2,"; shift ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        --query-rounds) QUERY_ROUNDS="$2"; shift ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -128,8 +133,22 @@ stop_mock() { # the Kafka mock cluster of the streams section
         MOCK_PID=""
     fi
 }
+# Services parked beside the current one (the 100 k store while the 10 M
+# store is filled and measured), stopped on exit.
+PARKED_PID=""
+PARKED_URL=""
+park_service() { PARKED_PID="$SERVICE_PID" PARKED_URL="$URL" SERVICE_PID=""; }
+stop_parked() {
+    if [ -n "$PARKED_PID" ]; then
+        local current="$SERVICE_PID"
+        SERVICE_PID="$PARKED_PID"
+        stop_service_process
+        SERVICE_PID="$current" PARKED_PID=""
+    fi
+}
 cleanup() {
     stop_service
+    stop_parked
     stop_mock
     for stream in "${NATS_STREAMS[@]}"; do nats_delete_stream "$stream"; done
     for schema in "${PG_SCHEMAS[@]}"; do
@@ -193,7 +212,12 @@ status_kib() { # status_kib FIELD: VmRSS / VmHWM of the service in KiB
 }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
-loadgen() { "$BIN" loadgen --url "$URL" --quiet --json "$@" 2>>"$WORK/loadgen.log"; }
+loadgen_at() { # loadgen_at URL ARGS...: the load generator against the service at URL
+    local url="$1"
+    shift
+    "$BIN" loadgen --url "$url" --quiet --json "$@" 2>>"$WORK/loadgen.log"
+}
+loadgen() { loadgen_at "$URL" "$@"; }
 
 ratio() { # ratio VALUE BASELINE -> percent
     awk -v v="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * v / b; else print "n/a" }'
@@ -289,31 +313,55 @@ QUERIES=(
     "trading-strategies|/api/v1/trading/strategies?interval=1h"
     "trading-strategy|/api/v1/trading/strategies/strat-momentum-00?interval=1h"
 )
-# measure_queries LABEL -> writes $WORK/q.LABEL.NAME (p50 p99 answered):
+# measure_queries LABEL URL [LABEL URL] -> writes $WORK/q.LABEL.NAME (p50
+# p99 answered) and $WORK/rounds.LABEL.NAME (p50 p99 of each round):
 # QUERY_ROUNDS rounds over all the queries (200 requests each after a
 # warm-up), the median p50 and p99 of the rounds, so that a burst of load
-# from elsewhere on the machine moves one round, not the figure.
-QUERY_ROUNDS=3
+# from elsewhere on the machine moves one round, not the figure. With two
+# services (the 100 k and the 10 M store, both running), each round asks
+# every query of both, one right after the other, in an order that
+# alternates between rounds: each round then gives a ratio of its own,
+# measured under the same load.
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 measure_queries() {
-    local label="$1" round entry name path count=200 warm=20 result
-    for entry in "${QUERIES[@]}"; do
-        loadgen --target get --path "${entry#*|}" --concurrency 1 --count "$warm" >/dev/null # warm
+    local round entry name path count=200 warm=20 result label url i
+    local -a labels=() urls=()
+    while [ $# -gt 0 ]; do labels+=("$1"); urls+=("$2"); shift 2; done
+    for i in "${!labels[@]}"; do
+        for entry in "${QUERIES[@]}"; do
+            loadgen_at "${urls[$i]}" --target get --path "${entry#*|}" --concurrency 1 --count "$warm" >/dev/null # warm
+        done
     done
     for round in $(seq 1 "$QUERY_ROUNDS"); do
         for entry in "${QUERIES[@]}"; do
             name="${entry%%|*}" path="${entry#*|}"
-            result="$(loadgen --target get --path "$path" --concurrency 1 --count "$count")"
-            if [ "$(jq -r .requests_acknowledged <<<"$result")" != "$count" ]; then
-                echo "$path: only $(jq -r .requests_acknowledged <<<"$result") of $count requests answered 2xx; its latency is not that of answers" >&2
-                exit 1
-            fi
-            jq -r '"\(.latency_ms.p50) \(.latency_ms.p99)"' <<<"$result" >> "$WORK/rounds.$label.$name"
+            for i in "${!labels[@]}"; do
+                # Odd rounds ask the services in order, even rounds in reverse.
+                [ $((round % 2)) = 1 ] || i=$(( ${#labels[@]} - 1 - i ))
+                label="${labels[$i]}" url="${urls[$i]}"
+                result="$(loadgen_at "$url" --target get --path "$path" --concurrency 1 --count "$count")"
+                if [ "$(jq -r .requests_acknowledged <<<"$result")" != "$count" ]; then
+                    echo "$path ($label): only $(jq -r .requests_acknowledged <<<"$result") of $count requests answered 2xx; its latency is not that of answers" >&2
+                    exit 1
+                fi
+                jq -r '"\(.latency_ms.p50) \(.latency_ms.p99)"' <<<"$result" >> "$WORK/rounds.$label.$name"
+            done
         done
     done
-    for entry in "${QUERIES[@]}"; do
-        name="${entry%%|*}"
-        echo "$(cut -d' ' -f1 "$WORK/rounds.$label.$name" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}') $(cut -d' ' -f2 "$WORK/rounds.$label.$name" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}') $((count * QUERY_ROUNDS))" > "$WORK/q.$label.$name"
+    for label in "${labels[@]}"; do
+        for entry in "${QUERIES[@]}"; do
+            name="${entry%%|*}"
+            echo "$(cut -d' ' -f1 "$WORK/rounds.$label.$name" | median) $(cut -d' ' -f2 "$WORK/rounds.$label.$name" | median) $((count * QUERY_ROUNDS))" > "$WORK/q.$label.$name"
+        done
     done
+}
+# round_ratios SMALL LARGE NAME -> "MEDIAN|R1 / R2 / ...": the p99 ratio
+# large / small of each round of a paired measure_queries, and their median.
+round_ratios() {
+    local ratios
+    ratios="$(paste -d' ' "$WORK/rounds.$1.$3" "$WORK/rounds.$2.$3" |
+        awk '{ if ($2 > 0) printf "%.2f\n", $4 / $2; else print 99 }')"
+    echo "$(median <<<"$ratios")|$(paste -sd'/' <<<"$ratios" | sed 's|/| / |g')"
 }
 # settle_summaries LABEL: waits until the trading summary refresher has
 # caught up with what was ingested (a pass that started after this call found
@@ -342,7 +390,6 @@ if [ "$SQLITE" = 1 ] && section queries; then
     log "filling 100 000 events over 3 days"
     fill 100000 10
     settle_summaries small
-    measure_queries small
     # The same /metrics query over a fixed past range (cacheable) and ending
     # at "now" (every request resolves another millisecond: never cached).
     CACHE_END_MS="$(( $(date +%s) / 60 * 60000 - 60000 ))"
@@ -358,19 +405,29 @@ if [ "$SQLITE" = 1 ] && section queries; then
         "the same query ending at now (never cached): $(jq -r '"\(.latency_ms.p50) / \(.latency_ms.p99)"' <<<"$UNCACHED")" \
         "p99 $(times "$(jq -r .latency_ms.p99 <<<"$UNCACHED")" "$(jq -r .latency_ms.p99 <<<"$CACHED")") faster" "reported" "—"
     if [ "$LARGE" = 1 ]; then
-        log "filling to 10 000 000 events over the same 3 days (takes minutes)"
+        # The 100 k store keeps running beside a second store filled with
+        # the same 100 k and 9.9 M more, so both are measured in the same
+        # rounds.
+        park_service
+        start_service queries-large
+        log "filling a second store with the same 100 000 and 9 900 000 more over the same 3 days (takes minutes)"
+        fill 100000 10
         fill 9900000 11
         settle_summaries large
-        measure_queries large
+        measure_queries small "$PARKED_URL" large "$URL"
+        stop_parked
+    else
+        measure_queries small "$URL"
     fi
     for entry in "${QUERIES[@]}"; do
         name="${entry%%|*}" path="${entry#*|}"
         read -r S50 S99 _ < "$WORK/q.small.$name"
         if [ "$LARGE" = 1 ]; then
             read -r L50 L99 _ < "$WORK/q.large.$name"
-            row "\`GET $path\` p50 / p99 at 10 M events (ms)" "$L50 / $L99" "at 100 k events: $S50 / $S99" \
-                "p50 $(times "$L50" "$S50"), p99 $(times "$L99" "$S99")" "p99 ≤ 2×" \
-                "$(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
+            IFS='|' read -r RATIO RATIOS < <(round_ratios small large "$name")
+            row "\`GET $path\` p50 / p99 at 10 M events (ms, median of $QUERY_ROUNDS rounds)" "$L50 / $L99" "at 100 k events, same rounds: $S50 / $S99" \
+                "p50 $(times "$L50" "$S50"); p99 ${RATIO}× (median of the rounds' ratios: $RATIOS)" "p99 ≤ 2×" \
+                "$(verdict 'v <= 2' "$RATIO")"
         else
             row "\`GET $path\` p50 / p99 at 100 k events (ms)" "$S50 / $S99" "10 M step not run (--large)" "—" "p99 ≤ 2× at 10 M" "not measured"
         fi
@@ -555,16 +612,24 @@ EOF
     log "postgres: filling 100 000 events over 3 days"
     fill 100000 20
     settle_summaries pgsmall
-    measure_queries pgsmall
     log "postgres baseline: raw GROUP BY equivalents at 100 000 events, 30 runs each"
     raw_queries pgsmall 30
     if [ "$LARGE" = 1 ]; then
-        log "postgres: filling to 10 000 000 events over the same 3 days (takes many minutes)"
+        # As on SQLite: a second schema with the same 100 k and 9.9 M more,
+        # both services measured in the same rounds.
+        park_service
+        pg_new_schema queries_large
+        start_service pg-queries-large "$PG_SCHEMA"
+        log "postgres: filling a second schema with the same 100 000 and 9 900 000 more over the same 3 days (takes many minutes)"
+        fill 100000 20
         fill 9900000 21
         settle_summaries pglarge
-        measure_queries pglarge
+        measure_queries pgsmall "$PARKED_URL" pglarge "$URL"
+        stop_parked
         log "postgres baseline: raw GROUP BY equivalents at 10 000 000 events, 5 runs each"
         raw_queries pglarge 5
+    else
+        measure_queries pgsmall "$URL"
     fi
     PG_QUERIES_STORED="$(pg_count "$PG_SCHEMA" events)"
     stop_service
@@ -576,9 +641,10 @@ EOF
             # the 10 M / 100 k ratio is judged.
             if [ "$LARGE" = 1 ]; then
                 read -r L50 L99 _ < "$WORK/q.pglarge.$name"
-                row "PostgreSQL: \`GET $path\` p50 / p99 at 10 M events ($PG_QUERIES_STORED stored) (ms)" "$L50 / $L99" \
-                    "at 100 k events: $S50 / $S99" "p99 $(times "$L99" "$S99") of 100 k" "p99 ≤ 2× of 100 k" \
-                    "$(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
+                IFS='|' read -r RATIO RATIOS < <(round_ratios pgsmall pglarge "$name")
+                row "PostgreSQL: \`GET $path\` p50 / p99 at 10 M events ($PG_QUERIES_STORED stored) (ms, median of $QUERY_ROUNDS rounds)" "$L50 / $L99" \
+                    "at 100 k events, same rounds: $S50 / $S99" "p99 ${RATIO}× of 100 k (median of the rounds' ratios: $RATIOS)" "p99 ≤ 2× of 100 k" \
+                    "$(verdict 'v <= 2' "$RATIO")"
             else
                 row "PostgreSQL: \`GET $path\` p50 / p99 at 100 k events (ms)" "$S50 / $S99" "10 M step not run (--large)" "—" "p99 ≤ 2× at 10 M" "not measured"
             fi
@@ -593,10 +659,11 @@ EOF
         if [ "$LARGE" = 1 ]; then
             read -r L50 L99 _ < "$WORK/q.pglarge.$name"
             read -r RL50 RL99 RLN < "$WORK/r.pglarge.$name"
-            row "PostgreSQL: \`GET $path\` p50 / p99 at 10 M events ($PG_QUERIES_STORED stored) (ms)" "$L50 / $L99" \
-                "raw SQL, same table: $RL50 / $RL99 ($RLN runs); service at 100 k: $S50 / $S99" \
-                "p99 $(times "$RL99" "$L99") faster than raw; $(times "$L99" "$S99") of 100 k" "≥ 10× faster; p99 ≤ 2× of 100 k" \
-                "≥ 10×: $(verdict 'v >= 10' "$(awk -v a="$RL99" -v b="$L99" 'BEGIN{print (b>0)?a/b:0}')"); ≤ 2×: $(verdict 'v <= 2' "$(awk -v a="$L99" -v b="$S99" 'BEGIN{print (b>0)?a/b:99}')")"
+            IFS='|' read -r RATIO RATIOS < <(round_ratios pgsmall pglarge "$name")
+            row "PostgreSQL: \`GET $path\` p50 / p99 at 10 M events ($PG_QUERIES_STORED stored) (ms, median of $QUERY_ROUNDS rounds)" "$L50 / $L99" \
+                "raw SQL, same table: $RL50 / $RL99 ($RLN runs); service at 100 k, same rounds: $S50 / $S99" \
+                "p99 $(times "$RL99" "$L99") faster than raw; ${RATIO}× of 100 k (rounds: $RATIOS)" "≥ 10× faster; p99 ≤ 2× of 100 k" \
+                "≥ 10×: $(verdict 'v >= 10' "$(awk -v a="$RL99" -v b="$L99" 'BEGIN{print (b>0)?a/b:0}')"); ≤ 2×: $(verdict 'v <= 2' "$RATIO")"
         fi
     done
     if [ "$LARGE" != 1 ]; then
