@@ -587,3 +587,51 @@ async fn small_commits_are_read_the_same_before_and_after_their_fold() {
     assert_eq!(before, after, "folding changes no answer");
     assert_eq!(covered().await, 12);
 }
+
+/// The folder vacuums the delta table once at the start and then once it
+/// has folded deltas, and only then: folded deltas are dead rows every read
+/// of the deltas visits.
+#[tokio::test]
+async fn the_folder_vacuums_the_deltas_it_folded() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open_with(false).await;
+    let alive = Arc::new(());
+    tokio::spawn(run_folder(
+        store.pool.clone(),
+        Arc::clone(&store.intervals),
+        Arc::downgrade(&alive),
+        Duration::ZERO,
+    ));
+    let client = store.pool.get().await.expect("connection");
+    let vacuums = || async {
+        client
+            .query_one(
+                "SELECT vacuum_count FROM pg_stat_user_tables
+                 WHERE schemaname = current_schema() AND relname = 'rollup_deltas'",
+                &[],
+            )
+            .await
+            .expect("statistics")
+            .get::<_, i64>(0)
+    };
+    let at_start = vacuums().await;
+    tokio::time::sleep(FOLD_PERIOD * 5 / 2).await;
+    let before = vacuums().await;
+    assert_eq!(before, at_start + 1, "one vacuum at the start");
+    tokio::time::sleep(FOLD_PERIOD * 5 / 2).await;
+    assert_eq!(vacuums().await, before, "nothing folded, nothing vacuumed");
+    let now = crate::model::event::now_ms();
+    commit(&store, vec![order(now, 1.0), order(now + 1, 2.0)]).await;
+    let deltas = "SELECT COUNT(*) FROM {schema}.rollup_deltas";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while schema.count(deltas).await > 0 || vacuums().await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deltas were not folded and vacuumed within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(alive);
+}
