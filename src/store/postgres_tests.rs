@@ -482,20 +482,26 @@ async fn connections_plan_serially_and_the_marks_are_vacuumed() {
         .expect("show")
         .get(0);
     assert_eq!(parallel, "0", "no parallel plans for the service's reads");
-    let vacuums = || async {
-        client
-            .query_one(
-                "SELECT vacuum_count FROM pg_stat_user_tables
-                 WHERE schemaname = current_schema() AND relname = 'trading_marks'",
-                &[],
-            )
-            .await
-            .expect("statistics")
-            .get::<_, i64>(0)
-    };
-    let before = vacuums().await;
+    let before = vacuums(&client, "trading_marks").await;
     store.reclaim_trading_marks().await.expect("vacuum");
-    assert_eq!(vacuums().await, before + 1, "the marks were vacuumed");
+    assert_eq!(
+        vacuums(&client, "trading_marks").await,
+        before + 1,
+        "the marks were vacuumed"
+    );
+}
+
+/// How often `table` of the connection's schema was vacuumed by hand.
+async fn vacuums(client: &deadpool_postgres::Object, table: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT vacuum_count FROM pg_stat_user_tables
+             WHERE schemaname = current_schema() AND relname = $1",
+            &[&table],
+        )
+        .await
+        .expect("statistics")
+        .get::<_, i64>(0)
 }
 
 #[test]
@@ -605,17 +611,7 @@ async fn the_folder_vacuums_the_deltas_it_folded() {
         Duration::ZERO,
     ));
     let client = store.pool.get().await.expect("connection");
-    let vacuums = || async {
-        client
-            .query_one(
-                "SELECT vacuum_count FROM pg_stat_user_tables
-                 WHERE schemaname = current_schema() AND relname = 'rollup_deltas'",
-                &[],
-            )
-            .await
-            .expect("statistics")
-            .get::<_, i64>(0)
-    };
+    let vacuums = || vacuums(&client, "rollup_deltas");
     let at_start = vacuums().await;
     tokio::time::sleep(FOLD_PERIOD * 5 / 2).await;
     let before = vacuums().await;

@@ -578,6 +578,16 @@ impl<T: Tally> Default for BlockCache<T> {
 /// Orders the uses of cache entries (least recently used goes first).
 static CACHE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
+/// Makes room for one more of `entries` (at most `capacity`): drops the
+/// least recently `used` when full.
+fn make_room<E>(entries: &mut Vec<E>, capacity: usize, used: impl Fn(&E) -> u64) {
+    if entries.len() >= capacity
+        && let Some(oldest) = (0..entries.len()).min_by_key(|index| used(&entries[*index]))
+    {
+        entries.swap_remove(oldest);
+    }
+}
+
 impl<T: Tally> BlockCache<T> {
     /// The decoded block `(span, start)` if its stored coarse part has
     /// `digest`.
@@ -603,11 +613,7 @@ impl<T: Tally> BlockCache<T> {
 
     fn keep_run(&self, span: i64, blocks: Vec<(i64, Vec<u8>)>, merged: Arc<Merged<T>>) {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        if runs.len() >= RUN_CACHE_ENTRIES
-            && let Some(oldest) = (0..runs.len()).min_by_key(|index| runs[*index].used)
-        {
-            runs.swap_remove(oldest);
-        }
+        make_room(&mut runs, RUN_CACHE_ENTRIES, |run| run.used);
         runs.push(CachedRun {
             span,
             blocks,
@@ -629,11 +635,7 @@ impl<T: Tally> BlockCache<T> {
     fn keep_minute(&self, minute: i64, digest: Vec<u8>, items: Arc<Vec<T::Item>>) {
         let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
         minutes.retain(|entry| entry.minute != minute);
-        if minutes.len() >= MINUTE_CACHE_ENTRIES
-            && let Some(oldest) = (0..minutes.len()).min_by_key(|index| minutes[*index].used)
-        {
-            minutes.swap_remove(oldest);
-        }
+        make_room(&mut minutes, MINUTE_CACHE_ENTRIES, |entry| entry.used);
         minutes.push(CachedMinute {
             minute,
             digest,
