@@ -406,9 +406,9 @@ fn fill(timestamp_ms: i64, order_id: &str, quantity: f64) -> Event {
     }
 }
 
-/// A report that starts inside a summarised minute takes that minute's
-/// fills from the edge cache, and still sees a fill that reaches the
-/// minute later (the fill's mark, then the summary's new digest).
+/// A report that starts or ends inside a summarised minute takes that
+/// minute's fills from the edge cache, and still sees a fill that reaches
+/// the minute later (the fill's mark, then the summary's new digest).
 #[tokio::test]
 async fn a_range_starting_inside_a_summarised_minute_sees_later_fills_of_it() {
     use crate::trading::report::Filters;
@@ -422,13 +422,22 @@ async fn a_range_starting_inside_a_summarised_minute_sees_later_fills_of_it() {
     let minute = now / 60_000 * 60_000 - 2 * 3_600_000;
     let commit =
         |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
-    let report = || async {
-        let range = crate::rollup::TimeRange {
-            start_ms: minute + 20_000,
-            end_ms: minute + 3_600_000,
+    // Starting inside the minute, or (`ending`) ending inside it.
+    let reader = &store;
+    let report = |ending: bool| async move {
+        let range = if ending {
+            crate::rollup::TimeRange {
+                start_ms: minute - 3_600_000,
+                end_ms: minute + 45_000,
+            }
+        } else {
+            crate::rollup::TimeRange {
+                start_ms: minute + 20_000,
+                end_ms: minute + 3_600_000,
+            }
         };
         let report = execution_report(
-            &store,
+            reader,
             range,
             Interval::H1,
             &Filters::default(),
@@ -446,21 +455,41 @@ async fn a_range_starting_inside_a_summarised_minute_sees_later_fills_of_it() {
     .await
     .unwrap();
     refresh_all(&store, 1_000).await.unwrap();
+    let left_out = "the fill before the range's start is left out";
+    assert_eq!(report(false).await, (2, 6.0), "{left_out}");
     assert_eq!(
-        report().await,
+        report(false).await,
         (2, 6.0),
-        "the fill before the range's start is left out"
+        "the same from the kept minute"
     );
-    assert_eq!(report().await, (2, 6.0), "the same from the cached minute");
+    assert_eq!(report(true).await, (2, 3.0), "ending inside the minute");
     commit(vec![
         fill(minute + 50_000, "o-4", 8.0),
         fill(minute + 5_000, "o-5", 16.0),
     ])
     .await
     .unwrap();
-    assert_eq!(report().await, (3, 14.0), "the marked minute is read raw");
+    assert_eq!(
+        report(false).await,
+        (3, 14.0),
+        "the marked minute is read raw"
+    );
+    assert_eq!(
+        report(true).await,
+        (3, 19.0),
+        "the marked minute is read raw"
+    );
     refresh_all(&store, 1_000).await.unwrap();
-    assert_eq!(report().await, (3, 14.0), "summarised again: a new digest");
+    assert_eq!(
+        report(false).await,
+        (3, 14.0),
+        "summarised again: a new digest"
+    );
+    assert_eq!(
+        report(true).await,
+        (3, 19.0),
+        "summarised again: a new digest"
+    );
 }
 
 /// Reader statements are planned once: binding new values does not
