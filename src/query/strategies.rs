@@ -32,6 +32,7 @@ use crate::model::metric::{
 };
 use crate::rollup::{Accumulator, Interval, TimeRange};
 use crate::store::StoreError;
+use crate::trading::projection::combine_options;
 
 /// Most buckets one answer may hold.
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -170,12 +171,12 @@ pub async fn strategy_performance(
             if let Some(part) = bucket_wins {
                 winners += part.value_count();
                 gross_profit += part.sum().unwrap_or(0.0);
-                largest_win = extreme(largest_win, part.max(), f64::max);
+                largest_win = combine_options(largest_win, part.max(), f64::max);
             }
             if let Some(part) = bucket_losses {
                 losers += part.value_count();
                 lost_sum += part.sum().unwrap_or(0.0);
-                largest_loss = extreme(largest_loss, part.min(), f64::min);
+                largest_loss = combine_options(largest_loss, part.min(), f64::min);
             }
             let pnl = bucket_pnl.and_then(Accumulator::sum).unwrap_or(0.0);
             cumulative += pnl;
@@ -221,14 +222,6 @@ pub async fn strategy_performance(
         answers.push(StrategyPerformance { summary, series });
     }
     Ok(answers)
-}
-
-/// The larger (`f64::max`) or smaller (`f64::min`) of two optional values.
-fn extreme(known: Option<f64>, new: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
-    match (known, new) {
-        (Some(known), Some(new)) => Some(pick(known, new)),
-        (known, new) => known.or(new),
-    }
 }
 
 /// Accumulators by strategy, then bucket start.

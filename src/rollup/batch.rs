@@ -263,12 +263,7 @@ impl RollupBatch {
         let mut rows = Vec::new();
         for (metric, by_dimensions) in self.series {
             for (dimensions, buckets) in by_dimensions {
-                for (bucket_start_ms, accumulator) in buckets {
-                    rows.push((
-                        key(&metric, &dimensions, finest, bucket_start_ms),
-                        accumulator,
-                    ));
-                }
+                push_buckets(&mut rows, &metric, &dimensions, finest, buckets);
             }
         }
         rows.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
@@ -309,16 +304,27 @@ impl RollupBatch {
                         rows.push((key(&metric, &dimensions, interval, done_start), done));
                     }
                 }
-                for (bucket_start_ms, accumulator) in buckets {
-                    rows.push((
-                        key(&metric, &dimensions, finest, bucket_start_ms),
-                        accumulator,
-                    ));
-                }
+                push_buckets(&mut rows, &metric, &dimensions, finest, buckets);
             }
         }
         rows.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
         rows
+    }
+}
+
+/// Appends one row per bucket of `buckets` (of `interval`) to `rows`.
+fn push_buckets(
+    rows: &mut Vec<(RollupKey, Accumulator)>,
+    metric: &str,
+    dimensions: &str,
+    interval: Interval,
+    buckets: impl IntoIterator<Item = (i64, Accumulator)>,
+) {
+    for (bucket_start_ms, accumulator) in buckets {
+        rows.push((
+            key(metric, dimensions, interval, bucket_start_ms),
+            accumulator,
+        ));
     }
 }
 

@@ -583,6 +583,34 @@ pub fn rollups_for<'a>(
 pub(crate) mod conformance {
     use super::*;
 
+    /// Count, sum, min, max and median of the one `orders.latency_ms` row
+    /// of `interval` stored from `start_ms` on (the fold tests).
+    pub(crate) async fn latency_figures(
+        store: &dyn Store,
+        interval: Interval,
+        start_ms: i64,
+    ) -> (u64, Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+        let rows = store
+            .read_rollups(
+                crate::model::metric::ORDERS_LATENCY_MS,
+                Some(""),
+                interval,
+                start_ms,
+                i64::MAX,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{interval:?}");
+        let row = &rows[0].accumulator;
+        (
+            row.count(),
+            row.sum(),
+            row.min(),
+            row.max(),
+            row.quantile(0.5),
+        )
+    }
+
     fn letter(source: &str, partition: i32, offset: i64) -> DeadLetter {
         DeadLetter {
             source: source.into(),

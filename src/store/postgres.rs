@@ -1509,7 +1509,7 @@ async fn run_folder(
     let mut ticks = tokio::time::interval(FOLD_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Once at the start too: the dead rows a previous run left.
-    let mut unreclaimed = 1_u64;
+    let mut unreclaimed = true;
     let mut reclaimed = tokio::time::Instant::now();
     loop {
         ticks.tick().await;
@@ -1517,13 +1517,13 @@ async fn run_folder(
             return;
         }
         match fold_all(&pool, &intervals).await {
-            Ok(folded) => unreclaimed += folded,
+            Ok(folded) => unreclaimed |= folded > 0,
             Err(error) => tracing::warn!(%error, "folding the rollup deltas failed; retrying"),
         }
-        if unreclaimed > 0 && reclaimed.elapsed() >= reclaim_every {
+        if unreclaimed && reclaimed.elapsed() >= reclaim_every {
             reclaimed = tokio::time::Instant::now();
             match reclaim_deltas(&pool).await {
-                Ok(()) => unreclaimed = 0,
+                Ok(()) => unreclaimed = false,
                 Err(error) => tracing::warn!(
                     %error,
                     "vacuuming the folded rollup deltas failed; retrying later"

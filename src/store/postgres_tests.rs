@@ -545,24 +545,7 @@ async fn small_commits_are_read_the_same_before_and_after_their_fold() {
                   WHERE metric = 'orders.latency_ms' AND interval = '1m'";
     assert!(schema.count(deltas).await > 0);
     assert_eq!(schema.count(folded).await, 0);
-    let read = |interval| {
-        let store = &store;
-        async move {
-            let rows = store
-                .read_rollups(ORDERS_LATENCY_MS, Some(""), interval, i64::MIN, i64::MAX)
-                .await
-                .unwrap();
-            assert_eq!(rows.len(), 1, "{interval:?}");
-            let row = &rows[0].accumulator;
-            (
-                row.count(),
-                row.sum(),
-                row.min(),
-                row.max(),
-                row.quantile(0.5),
-            )
-        }
-    };
+    let read = |interval| super::super::conformance::latency_figures(&store, interval, i64::MIN);
     let before = [read(Interval::M1).await, read(Interval::D1).await];
     for figures in &before {
         assert_eq!(

@@ -265,21 +265,7 @@ async fn small_commits_are_read_the_same_before_and_after_their_fold() {
     assert!(rows_of(&path, DELTA_ROWS) > 0);
     assert_eq!(rows_of(&path, LATENCY_ROWS), 0);
     let store = &store;
-    let read = |interval| async move {
-        let rows = store
-            .read_rollups(ORDERS_LATENCY_MS, Some(""), interval, 0, i64::MAX)
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), 1, "{interval:?}");
-        let row = &rows[0].accumulator;
-        (
-            row.count(),
-            row.sum(),
-            row.min(),
-            row.max(),
-            row.quantile(0.5),
-        )
-    };
+    let read = |interval| super::super::conformance::latency_figures(store, interval, 0);
     let expected = (12, Some(66.0), Some(0.0), Some(11.0));
     let before: Vec<_> = futures_util::future::join_all(Interval::ALL.map(read)).await;
     for figures in &before {

@@ -573,8 +573,18 @@ fn keep_first(slot: &mut Option<String>, value: Option<&str>) {
 }
 
 fn min_option(current: Option<i64>, candidate: Option<i64>) -> Option<i64> {
+    combine_options(current, candidate, i64::min)
+}
+
+/// `pick` of the two values when both are there, else whichever is (the
+/// earlier of two times, the larger of two extremes).
+pub(crate) fn combine_options<T>(
+    current: Option<T>,
+    candidate: Option<T>,
+    pick: impl FnOnce(T, T) -> T,
+) -> Option<T> {
     match (current, candidate) {
-        (Some(a), Some(b)) => Some(a.min(b)),
+        (Some(a), Some(b)) => Some(pick(a, b)),
         (a, b) => a.or(b),
     }
 }

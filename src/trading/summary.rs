@@ -862,8 +862,7 @@ async fn raw_items<T: Source>(
     dirty: &BTreeSet<i64>,
 ) -> Result<Arc<Vec<T::Item>>, StoreError> {
     let minute = minute_of(start);
-    let part_of_clean_minute =
-        end - start < MINUTE_MS && end <= minute + MINUTE_MS && !dirty.contains(&minute);
+    let part_of_clean_minute = end <= minute + MINUTE_MS && !dirty.contains(&minute);
     if !part_of_clean_minute {
         return Ok(Arc::new(T::read_raw(store, start, end).await?));
     }
