@@ -789,8 +789,10 @@ impl Folder {
 impl Drop for Folder {
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the rollup fold thread panicked; pending deltas stay stored");
         }
     }
 }
@@ -874,7 +876,11 @@ impl OwnerLock {
 
 impl Drop for OwnerLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Left behind, the file is only taken for a stopped instance's by
+        // the next one (its lock is free), which removes it.
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove this instance's owner file");
+        }
     }
 }
 
