@@ -51,7 +51,6 @@ pub const NOT_HONOURED: &[&str] = &[
     "realtime",
     "health",
     "analytics.aggregation.workers",
-    "analytics.ingestion.workers",
 ];
 
 /// The old service's environment variables and the keys they set. They are
@@ -682,11 +681,15 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<LoadedConfi
     // no effect either: say so rather than let an old deployment believe
     // its Redis is used.
     let redis_off = !config.redis.is_enabled();
+    // The embedded store has one writer: it commits one batch at a time
+    // whatever the number of ingestion workers.
+    let single_writer = config.database.driver == StoreDriver::Sqlite;
     let unhonoured_keys = set_by
         .into_keys()
         .filter(|key| {
             NOT_HONOURED.iter().any(|entry| covers(entry, key))
                 || (redis_off && covers("redis", key) && key != "redis.enabled")
+                || (single_writer && key == "analytics.ingestion.workers")
         })
         .collect();
     Ok(LoadedConfig {
@@ -1853,6 +1856,21 @@ mod tests {
         assert!(!message.contains("987654"), "{message}");
         let loaded = load(None, &env(&[("ANALYTICS_DATABASE__URL", "")])).expect("loads");
         assert_eq!(loaded.config.database.url, None);
+    }
+
+    /// The ingestion workers are commits in flight on PostgreSQL; the
+    /// embedded store has one writer, so there they are reported unused.
+    #[test]
+    fn ingestion_workers_are_honoured_on_postgresql_only() {
+        let text = "analytics:\n  ingestion:\n    workers: 8\n";
+        let reported = |driver: &str| {
+            load_text(text, &[("ANALYTICS_DATABASE__DRIVER", driver)])
+                .expect("loads")
+                .unhonoured_keys
+                .contains(&"analytics.ingestion.workers".to_string())
+        };
+        assert!(reported("sqlite"));
+        assert!(!reported("postgres"));
     }
 
     #[test]

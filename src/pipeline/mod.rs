@@ -8,6 +8,11 @@
 //! back to each submitter only after the commit, which is when a source may
 //! acknowledge (answer HTTP, store a Kafka offset, ack a NATS message).
 //!
+//! Up to `commits_in_flight` transactions run at once (PostgreSQL, where
+//! several connections commit in parallel); the embedded store has one
+//! writer and commits one at a time, so it runs with one: a second commit
+//! prepared while the first runs would only split the next group.
+//!
 //! A committed batch is answered only after [`Store::sync`] made it durable.
 //! A separate syncer task runs the syncs, so one fsync covers every batch
 //! committed while the previous one ran and the committer never waits for
@@ -23,6 +28,8 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -59,6 +66,8 @@ pub enum Refused {
 pub struct PipelineSettings {
     /// Most events committed in one transaction.
     pub batch_size: usize,
+    /// Most transactions committing at once (at least one).
+    pub commits_in_flight: usize,
     /// Most events queued (waiting or being committed) at once.
     pub buffer_size: usize,
     /// The rollup intervals of the store.
@@ -128,7 +137,10 @@ impl Pipeline {
         let committer = tokio::spawn(run_committer(
             receiver,
             store,
-            settings.batch_size.max(1),
+            CommitterSettings {
+                batch_size: settings.batch_size.max(1),
+                in_flight: settings.commits_in_flight.max(1),
+            },
             Arc::clone(&telemetry),
             settings.on_commit.clone(),
         ));
@@ -220,41 +232,76 @@ struct AwaitingSync {
 /// Committed batches in flight between the committer and the syncer.
 const SYNC_QUEUE_BATCHES: usize = 64;
 
+/// How the committer groups and overlaps its transactions.
+struct CommitterSettings {
+    batch_size: usize,
+    in_flight: usize,
+}
+
 async fn run_committer(
     mut receiver: mpsc::Receiver<Submission>,
     store: Arc<dyn Store>,
-    batch_size: usize,
+    settings: CommitterSettings,
     telemetry: Arc<Telemetry>,
     on_commit: Option<Arc<dyn CommitListener>>,
 ) {
     let (to_syncer, syncer_queue) = mpsc::channel(SYNC_QUEUE_BATCHES);
     let syncer = tokio::spawn(run_syncer(syncer_queue, Arc::clone(&store)));
-    while let Some(first) = receiver.recv().await {
-        let mut total = first.batch.len();
-        let mut submissions = vec![first];
-        // Take what is already waiting; never wait for more. Under load the
-        // queue refills while a commit runs, so batches grow by themselves;
-        // when idle, a lone event commits at once.
-        while total < batch_size {
-            match receiver.try_recv() {
-                Ok(submission) => {
-                    total += submission.batch.len();
-                    submissions.push(submission);
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(committed) = commit(
-            &*store,
-            submissions,
-            total,
-            &telemetry,
-            on_commit.as_deref(),
-        )
-        .await
-            && to_syncer.send(committed).await.is_err()
+    let mut committing = FuturesUnordered::new();
+    // Submissions taken from the queue for the next commit.
+    let mut waiting: Vec<Submission> = Vec::new();
+    let mut waiting_events = 0;
+    let mut open = true;
+    loop {
+        // A commit starts at once when none runs: when idle, a lone event
+        // commits at once; under load the queue refills while a commit
+        // runs, so groups grow by themselves. Beside a running commit one
+        // starts only with a full batch waiting: small groups (single
+        // events) gain more from growing than from overlapping.
+        if !waiting.is_empty()
+            && (committing.is_empty()
+                || (committing.len() < settings.in_flight && waiting_events >= settings.batch_size))
         {
-            tracing::error!("syncer stopped early; committed events left unanswered");
+            committing.push(commit(
+                &*store,
+                std::mem::take(&mut waiting),
+                std::mem::take(&mut waiting_events),
+                &telemetry,
+                on_commit.as_deref(),
+            ));
+            continue;
+        }
+        if !open && waiting.is_empty() && committing.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            // Finished commits first: they free a slot and are answered.
+            Some(committed) = committing.next(), if !committing.is_empty() => {
+                if let Some(committed) = committed
+                    && to_syncer.send(committed).await.is_err()
+                {
+                    tracing::error!("syncer stopped early; committed events left unanswered");
+                }
+            }
+            next = receiver.recv(), if open && waiting_events < settings.batch_size => {
+                let Some(submission) = next else {
+                    open = false;
+                    continue;
+                };
+                waiting_events += submission.batch.len();
+                waiting.push(submission);
+                // Take what is already waiting; never wait for more.
+                while waiting_events < settings.batch_size {
+                    match receiver.try_recv() {
+                        Ok(submission) => {
+                            waiting_events += submission.batch.len();
+                            waiting.push(submission);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
         }
     }
     drop(to_syncer);

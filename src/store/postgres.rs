@@ -625,12 +625,17 @@ impl PostgresStore {
     async fn commit_once(&self, batch: &CommitInput) -> Result<Vec<bool>, StoreError> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
-        let ids: Vec<Uuid> = batch.events.iter().map(|event| event.id).collect();
-        let timestamps: Vec<i64> = batch
+        // Registered in id order: two transactions registering some of the
+        // same ids (a retry sent to another instance while the first send
+        // still commits, or two batches of one instance in flight) wait for
+        // each other in one order and cannot deadlock.
+        let mut registered: Vec<(Uuid, i64)> = batch
             .events
             .iter()
-            .map(|event| event.timestamp_ms)
+            .map(|event| (event.id, event.timestamp_ms))
             .collect();
+        registered.sort_unstable();
+        let (ids, timestamps): (Vec<Uuid>, Vec<i64>) = registered.into_iter().unzip();
         let register = transaction
             .prepare_cached(
                 "INSERT INTO event_ids (id, ts) SELECT * FROM unnest($1::uuid[], $2::int8[])
@@ -645,9 +650,10 @@ impl PostgresStore {
             .collect::<Result<_, _>>()?;
         // An id repeated within the batch counts once: its first occurrence.
         let mut seen = HashSet::with_capacity(new_ids.len());
-        let inserted: Vec<bool> = ids
+        let inserted: Vec<bool> = batch
+            .events
             .iter()
-            .map(|id| new_ids.contains(id) && seen.insert(*id))
+            .map(|event| new_ids.contains(&event.id) && seen.insert(event.id))
             .collect();
         // One statement after the other, in the same order in every writer
         // (events, rollups, trading tables, distinct values), rows sorted

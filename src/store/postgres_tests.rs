@@ -367,6 +367,61 @@ async fn concurrent_writers_to_one_bucket_lose_nothing() {
     assert_eq!(counted(&second, Interval::D1).await, expected as u64);
 }
 
+/// Four writers on two pools send the same events at once (a client's
+/// retries reaching several instances), in opposite orders: no deadlock,
+/// and each event is stored and counted once.
+#[tokio::test]
+async fn concurrent_writers_of_the_same_events_store_each_once() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let first = Arc::new(schema.open().await);
+    let second = Arc::new(schema.open().await);
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    const ROUNDS: usize = 10;
+    const PER_BATCH: usize = 200;
+    let events: Arc<Vec<Vec<Event>>> = Arc::new(
+        (0..ROUNDS)
+            .map(|round| {
+                (0..PER_BATCH)
+                    .map(|index| order(minute + (round * PER_BATCH + index) as i64, 1.0))
+                    .collect()
+            })
+            .collect(),
+    );
+    let mut tasks = Vec::new();
+    for (writer, store) in [&first, &second, &first, &second].into_iter().enumerate() {
+        let (store, events) = (Arc::clone(store), Arc::clone(&events));
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0;
+            for round in &*events {
+                let mut batch = round.clone();
+                if writer % 2 == 1 {
+                    batch.reverse();
+                }
+                let inserted = store
+                    .commit_batch(PreparedBatch::prepare(batch, &INTERVALS))
+                    .await
+                    .expect("no deadlock, no failure");
+                stored += inserted.iter().filter(|new| **new).count();
+            }
+            stored
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await.unwrap();
+    }
+    let expected = ROUNDS * PER_BATCH;
+    assert_eq!(stored, expected, "each event answered new exactly once");
+    assert_eq!(
+        schema.count("SELECT COUNT(*) FROM {schema}.events").await,
+        expected as i64
+    );
+    assert_eq!(counted(&first, Interval::M1).await, expected as u64);
+    assert_eq!(counted(&second, Interval::D1).await, expected as u64);
+}
+
 /// Four writers on two pools fill the same orders and the same bars at once,
 /// each batch touching the orders in another order: no deadlock, and every
 /// fill is counted once in its order's row and its bar.
@@ -613,4 +668,87 @@ async fn the_folder_vacuums_the_deltas_it_folded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(alive);
+}
+
+/// The pipeline on PostgreSQL: two full batches commit side by side on two
+/// connections, while a lone event waits for a commit to finish rather than
+/// start a third (small groups grow instead). Shown by holding a lock that
+/// every commit's first statement needs and counting who waits for it.
+#[tokio::test]
+async fn full_batches_commit_side_by_side_and_lone_events_wait() {
+    use crate::pipeline::{Pipeline, PipelineSettings};
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(schema.open().await);
+    let (pipeline, committer) = Pipeline::start(
+        Arc::clone(&store),
+        PipelineSettings {
+            batch_size: 50,
+            commits_in_flight: 2,
+            buffer_size: 1_000,
+            intervals: INTERVALS.to_vec(),
+            trading: false,
+            on_commit: None,
+        },
+        Arc::new(crate::telemetry::Telemetry::new()),
+    );
+    let (locker, driver) = schema.connection.connect(NoTls).await.expect("connect");
+    tokio::spawn(driver);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.event_ids IN SHARE MODE",
+            schema.name
+        ))
+        .await
+        .expect("lock");
+    let waiting = "SELECT COUNT(*) FROM pg_locks
+                   WHERE relation = '{schema}.event_ids'::regclass AND NOT granted";
+    let waiters = |expected: i64| {
+        let schema = &schema;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = schema.count(waiting).await;
+                if now == expected || std::time::Instant::now() > deadline {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let now = crate::model::event::now_ms();
+    let submit = |events: Vec<Event>| {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.submit(events).await })
+    };
+    let full = |offset: i64| -> Vec<Event> {
+        (0..50)
+            .map(|index| order(now - 60_000 + offset + index, 1.0))
+            .collect()
+    };
+    let first = submit(full(0));
+    assert_eq!(waiters(1).await, 1, "the first batch commits");
+    let second = submit(full(100));
+    assert_eq!(waiters(2).await, 2, "a second full batch commits beside it");
+    let lone = submit(vec![order(now - 30_000, 1.0)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        schema.count(waiting).await,
+        2,
+        "a lone event does not start a commit beside running ones"
+    );
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    for task in [first, second, lone] {
+        let inserted = task.await.expect("task").expect("committed");
+        assert!(inserted.iter().all(|new| *new));
+    }
+    assert_eq!(
+        schema.count("SELECT COUNT(*) FROM {schema}.events").await,
+        101
+    );
+    drop(pipeline);
+    committer
+        .await
+        .expect("committer stops once the handles are gone");
 }
