@@ -752,3 +752,52 @@ async fn full_batches_commit_side_by_side_and_lone_events_wait() {
         .await
         .expect("committer stops once the handles are gone");
 }
+
+/// Large batches register their ids with a plain insert first; when one is
+/// already stored, or repeated within the batch, the batch falls back to
+/// registering only the new ones: the flags, rows and rollups count each
+/// event once.
+#[tokio::test]
+async fn a_large_batch_with_stored_or_repeated_ids_stores_only_the_new_ones() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    let size = OPTIMISTIC_REGISTER_MIN + 10;
+    let events: Vec<Event> = (0..size)
+        .map(|index| order(minute + index as i64, 1.0))
+        .collect();
+    // All new: the plain insert.
+    assert!(
+        commit(&store, events[..size - 10].to_vec())
+            .await
+            .iter()
+            .all(|new| *new)
+    );
+    // The same batch and ten more: only the ten are new.
+    let inserted = commit(&store, events.clone()).await;
+    assert_eq!(inserted.iter().filter(|new| **new).count(), 10);
+    assert!(inserted[size - 10..].iter().all(|new| *new));
+    // New events, one of them twice: counted at its first occurrence.
+    let mut repeated: Vec<Event> = (0..size)
+        .map(|index| order(minute + 30_000 + index as i64, 1.0))
+        .collect();
+    repeated.push(repeated[3].clone());
+    let inserted = commit(&store, repeated).await;
+    assert_eq!(inserted.iter().filter(|new| **new).count(), size);
+    assert!(!inserted[size], "the repeat is not new");
+    let stored = 2 * size as i64;
+    assert_eq!(
+        schema.count("SELECT COUNT(*) FROM {schema}.events").await,
+        stored
+    );
+    assert_eq!(
+        schema
+            .count("SELECT COUNT(*) FROM {schema}.event_ids")
+            .await,
+        stored
+    );
+    assert_eq!(counted(&store, Interval::M1).await, stored as u64);
+    assert_eq!(counted(&store, Interval::D1).await, stored as u64);
+}
