@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::event::Event;
+use super::event::{Event, number_of};
 
 /// Count of events, dimension = event type.
 pub const EVENTS_COUNT: &str = "events.count";
@@ -59,6 +59,21 @@ pub const NUMERIC_PROPERTIES: [&str; 8] = [
     "volume",
 ];
 
+/// The index of `name` in [`NUMERIC_PROPERTIES`].
+fn numeric_property_index(name: &str) -> Option<usize> {
+    match name {
+        "price" => Some(0),
+        "quantity" => Some(1),
+        "latency_ms" => Some(2),
+        "commission" => Some(3),
+        "pnl" => Some(4),
+        "bid" => Some(5),
+        "ask" => Some(6),
+        "volume" => Some(7),
+        _ => None,
+    }
+}
+
 /// One contribution of an event to a stored metric: a count (`value` None) or
 /// a value.
 pub struct Contribution<'a> {
@@ -74,8 +89,14 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
         dimensions: Cow::Borrowed(&event.event_type),
         value: None,
     });
-    for (index, name) in NUMERIC_PROPERTIES.iter().enumerate() {
-        if let Some(value) = event.number(name) {
+    // One pass over the properties rather than a lookup per summarised
+    // name: this runs for every event ingested.
+    let mut numbers = [None; NUMERIC_PROPERTIES.len()];
+    for (name, value) in &event.properties {
+        if let Some(index) = numeric_property_index(name)
+            && let Some(value) = number_of(value)
+        {
+            numbers[index] = Some(value);
             sink(Contribution {
                 metric: PROPERTY_METRICS[index],
                 dimensions: Cow::Borrowed(&event.event_type),
@@ -83,8 +104,9 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
             });
         }
     }
+    let [price, quantity, latency_ms, ..] = numbers;
     if event.event_type.starts_with("order.")
-        && let Some(latency) = event.number("latency_ms")
+        && let Some(latency) = latency_ms
     {
         sink(Contribution {
             metric: ORDERS_LATENCY_MS,
@@ -93,7 +115,7 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
         });
     }
     if event.event_type == "order.filled"
-        && let (Some(price), Some(quantity)) = (event.number("price"), event.number("quantity"))
+        && let (Some(price), Some(quantity)) = (price, quantity)
     {
         let notional = price * quantity;
         sink(Contribution {
@@ -297,6 +319,18 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    /// The one-pass lookup knows every summarised name at its index (and
+    /// `for_each_contribution` reads price, quantity and latency from the
+    /// first three).
+    #[test]
+    fn numeric_property_indexes_follow_the_list() {
+        for (index, name) in NUMERIC_PROPERTIES.iter().enumerate() {
+            assert_eq!(numeric_property_index(name), Some(index), "{name}");
+        }
+        assert_eq!(NUMERIC_PROPERTIES[..3], ["price", "quantity", "latency_ms"]);
+        assert_eq!(numeric_property_index("prices"), None);
+    }
 
     /// `sole_source` must name the only type whose events contribute to
     /// each metric it names, or raw query edges would miss events.
