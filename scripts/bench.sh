@@ -23,6 +23,11 @@
 #                   queries, redis, postgresql, streams, trading (default all)
 #   --no-build      use the existing target/release/analytics
 #   --output FILE   write the table into FILE instead of BENCHMARKS.md
+#   --ratio-rounds N rounds of the same-run ratios that sit near their
+#                   targets (default 3): single-event POST vs GET /health,
+#                   PostgreSQL batch ingest vs COPY, Kafka and NATS vs batch
+#                   HTTP; each round gives its own ratio and the verdict is
+#                   on their median
 #   --query-rounds N rounds of the query measurements (default 3); with
 #                   --large each round measures the 100 k and the 10 M
 #                   store side by side and gives a ratio of its own
@@ -48,6 +53,7 @@ SQLITE=1
 PG_EVENTS=500000
 SECTIONS=",ingest,queries,redis,postgresql,streams,trading,"
 QUERY_ROUNDS=3
+RATIO_ROUNDS=3
 REDIS=auto
 REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -70,7 +76,8 @@ while [ $# -gt 0 ]; do
         --pg-events) PG_EVENTS="$2"; shift ;;
         --sections) SECTIONS=",$2,"; shift ;;
         --query-rounds) QUERY_ROUNDS="$2"; shift ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        --ratio-rounds) RATIO_ROUNDS="$2"; shift ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -229,6 +236,16 @@ verdict() { # verdict CONDITION-TEXT (awk expression on v) VALUE
     awk -v v="$2" "BEGIN { if ($1) print \"met\"; else print \"**missed**\" }"
 }
 
+# median_of FILE COLUMN -> the median of a column of FILE (one line per round)
+median_of() { awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# round_percents FILE -> "MEDIAN|R1 / R2 / ...": 100 × column 2 / column 1
+# of each round (value over its same-round baseline), and their median.
+round_percents() {
+    local percents
+    percents="$(awk '{if ($1 > 0) printf "%.1f\n", 100 * $2 / $1; else print 0}' "$1")"
+    echo "$(sort -g <<<"$percents" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')|$(paste -sd'/' <<<"$percents" | sed 's|/| / |g')"
+}
+
 ROWS="$WORK/rows.md"
 : > "$ROWS"
 row() { echo "| $1 | $2 | $3 | $4 | $5 | $6 |" >> "$ROWS"; }
@@ -237,20 +254,33 @@ row() { echo "| $1 | $2 | $3 | $4 | $5 | $6 |" >> "$ROWS"; }
 if [ "$SQLITE" = 1 ] && section ingest; then
     start_service ingest
 
-    log "baseline: GET /health, 64 connections, ${DURATION}s"
-    HEALTH="$(loadgen --target get --path /health --concurrency 64 --duration "${DURATION}s")"
-    HEALTH_RPS="$(jq -r .acknowledged_requests_per_second <<<"$HEALTH")"
-
-    log "single-event POST /api/v1/events, 64 connections, ${DURATION}s"
-    SINGLE="$(loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 1)"
-    SINGLE_RPS="$(jq -r .acknowledged_requests_per_second <<<"$SINGLE")"
-    SINGLE_P99="$(jq -r .latency_ms.p99 <<<"$SINGLE")"
-    SINGLE_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$SINGLE")"
-    row "single-event POST, 64 connections (events/s acknowledged)" \
+    # Rounds of both loads, in an order that alternates, so that drift of
+    # the shared machine hits both sides alike; one ratio per round.
+    : > "$WORK/single.rounds"
+    for round in $(seq 1 "$RATIO_ROUNDS"); do
+        for load in health single; do
+            if [ $((round % 2)) = 0 ]; then load="$([ "$load" = health ] && echo single || echo health)"; fi
+            if [ "$load" = health ]; then
+                log "round $round/$RATIO_ROUNDS, baseline: GET /health, 64 connections, ${DURATION}s"
+                HEALTH="$(loadgen --target get --path /health --concurrency 64 --duration "${DURATION}s")"
+            else
+                log "round $round/$RATIO_ROUNDS: single-event POST /api/v1/events, 64 connections, ${DURATION}s"
+                SINGLE="$(loadgen --target http-single --concurrency 64 --duration "${DURATION}s" --seed 1)"
+            fi
+        done
+        echo "$(jq -r .acknowledged_requests_per_second <<<"$HEALTH") $(jq -r .acknowledged_requests_per_second <<<"$SINGLE")" \
+            "$(jq -r .latency_ms.p99 <<<"$SINGLE") $(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$SINGLE")" \
+            >> "$WORK/single.rounds"
+    done
+    HEALTH_RPS="$(median_of "$WORK/single.rounds" 1)"
+    SINGLE_RPS="$(median_of "$WORK/single.rounds" 2)"
+    SINGLE_P99="$(median_of "$WORK/single.rounds" 3)"
+    SINGLE_FAILED="$(awk '{n += $4} END {print n + 0}' "$WORK/single.rounds")"
+    IFS='|' read -r SINGLE_PCT SINGLE_PCTS < <(round_percents "$WORK/single.rounds")
+    row "single-event POST, 64 connections (events/s acknowledged, median of $RATIO_ROUNDS rounds)" \
         "$(printf %.0f "$SINGLE_RPS") (p99 ${SINGLE_P99} ms, ${SINGLE_FAILED} not acked)" \
-        "GET /health same load: $(printf %.0f "$HEALTH_RPS") req/s" \
-        "$(ratio "$SINGLE_RPS" "$HEALTH_RPS")" "≥ 50 %" \
-        "$(verdict 'v >= 50' "$(awk -v a="$SINGLE_RPS" -v b="$HEALTH_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+        "GET /health same load, same rounds: $(printf %.0f "$HEALTH_RPS") req/s" \
+        "$SINGLE_PCT % (rounds: $SINGLE_PCTS)" "≥ 50 %" "$(verdict 'v >= 50' "$SINGLE_PCT")"
 
     log "batch ingest over HTTP: 500 000 events in 10 000-event batches, 2 connections"
     BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count 500000 --seed 2)"
@@ -547,40 +577,54 @@ raw_queries() {
 }
 
 if [ "$POSTGRES" = 1 ]; then
-    # 1. Batch ingest through the service vs a plain COPY of the same rows.
-    pg_new_schema batch
-    start_service pg-batch "$PG_SCHEMA"
-    log "postgres: batch ingest over HTTP, $PG_EVENTS events in 10 000-event batches, 2 connections"
-    PG_BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$PG_EVENTS" --seed 2)"
-    PG_BATCH_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$PG_BATCH")"
-    PG_BATCH_FAILED="$(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$PG_BATCH")"
-    stop_service
-    PG_BATCH_STORED="$(pg_count "$PG_SCHEMA" events)"
+    # 1. Batch ingest through the service vs a plain COPY of the same rows,
+    # in rounds (fresh schemas each): one COPY is a single timing, and a
+    # checkpoint falling inside it moves it by a quarter.
+    "$BIN" loadgen --target ndjson --count "$PG_EVENTS" --seed 2 --quiet -o "$WORK/pg-events.ndjson" 2>>"$WORK/loadgen.log"
+    python3 "$ROOT/scripts/pg_ndjson_to_tsv.py" "$WORK/pg-events.ndjson" \
+        "$WORK/pg-events.tsv" "$WORK/pg-event_ids.tsv"
+    : > "$WORK/pg-batch.rounds"
+    for round in $(seq 1 "$RATIO_ROUNDS"); do
+        pg_new_schema "batch$round"
+        start_service "pg-batch$round" "$PG_SCHEMA"
+        log "round $round/$RATIO_ROUNDS, postgres: batch ingest over HTTP, $PG_EVENTS events in 10 000-event batches, 2 connections"
+        PG_BATCH="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$PG_EVENTS" --seed 2)"
+        stop_service
+        PG_BATCH_STORED="$(pg_count "$PG_SCHEMA" events)"
 
-    log "postgres baseline: COPY of the same $PG_EVENTS rows into a second schema made by analytics migrate"
-    pg_new_schema copy
-    pg_migrate pg-copy "$PG_SCHEMA"
-    "$BIN" loadgen --target ndjson --count "$PG_EVENTS" --seed 2 --quiet -o "$WORK/pg-copy/events.ndjson" 2>>"$WORK/loadgen.log"
-    python3 "$ROOT/scripts/pg_ndjson_to_tsv.py" "$WORK/pg-copy/events.ndjson" \
-        "$WORK/pg-copy/events.tsv" "$WORK/pg-copy/event_ids.tsv"
-    COPY_START="$(date +%s%N)"
-    PGOPTIONS="-c search_path=$PG_SCHEMA" pg_psql > "$WORK/pg-copy/copy.out" <<EOF
+        log "round $round/$RATIO_ROUNDS, postgres baseline: COPY of the same $PG_EVENTS rows into a second schema made by analytics migrate"
+        pg_new_schema "copy$round"
+        pg_migrate "pg-copy$round" "$PG_SCHEMA"
+        COPY_START="$(date +%s%N)"
+        PGOPTIONS="-c search_path=$PG_SCHEMA" pg_psql > "$WORK/pg-copy$round/copy.out" <<EOF
 \timing on
 BEGIN;
-\copy event_ids (id, ts) FROM '$WORK/pg-copy/event_ids.tsv'
-\copy events (id, ts, event_type, user_id, session_id, properties, created_at) FROM '$WORK/pg-copy/events.tsv'
+\copy event_ids (id, ts) FROM '$WORK/pg-event_ids.tsv'
+\copy events (id, ts, event_type, user_id, session_id, properties, created_at) FROM '$WORK/pg-events.tsv'
 COMMIT;
 EOF
-    COPY_END="$(date +%s%N)"
-    COPY_STORED="$(pg_count "$PG_SCHEMA" events)"
-    mapfile -t COPY_MS < <(pg_time_ms "$WORK/pg-copy/copy.out") # BEGIN, ids, events, COMMIT
-    COPY_RPS="$(awk -v n="$COPY_STORED" -v ns="$((COPY_END - COPY_START))" 'BEGIN {printf "%.0f", n / (ns / 1e9)}')"
-    COPY_EVENTS_ONLY_RPS="$(awk -v n="$COPY_STORED" -v ms="${COPY_MS[2]:-0}" 'BEGIN {if (ms > 0) printf "%.0f", n / (ms / 1000); else print 0}')"
-    row "PostgreSQL: batch ingest over HTTP, 10 000-event batches, rollups included (events/s stored)" \
-        "$(printf %.0f "$PG_BATCH_EPS") ($PG_BATCH_STORED stored, ${PG_BATCH_FAILED} batches not acked)" \
-        "plain COPY of the same $COPY_STORED rows into \`events\` + \`event_ids\` of the same schema, one transaction: $COPY_RPS rows/s (the \`events\` COPY alone: $COPY_EVENTS_ONLY_RPS rows/s)" \
-        "$(ratio "$PG_BATCH_EPS" "$COPY_RPS")" "≥ 60 %" \
-        "$(verdict 'v >= 60' "$(awk -v a="$PG_BATCH_EPS" -v b="$COPY_RPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+        COPY_END="$(date +%s%N)"
+        COPY_STORED="$(pg_count "$PG_SCHEMA" events)"
+        mapfile -t COPY_MS < <(pg_time_ms "$WORK/pg-copy$round/copy.out") # BEGIN, ids, events, COMMIT
+        # One line per round: COPY rows/s, service events/s, the events
+        # COPY alone, rows stored by each side, batches not acked.
+        echo "$(awk -v n="$COPY_STORED" -v ns="$((COPY_END - COPY_START))" 'BEGIN {printf "%.0f", n / (ns / 1e9)}')" \
+            "$(jq -r '.events_accepted / .elapsed_seconds' <<<"$PG_BATCH")" \
+            "$(awk -v n="$COPY_STORED" -v ms="${COPY_MS[2]:-0}" 'BEGIN {if (ms > 0) printf "%.0f", n / (ms / 1000); else print 0}')" \
+            "$COPY_STORED $PG_BATCH_STORED $(jq -r '.requests_failed + .transport_errors + .requests_rejected' <<<"$PG_BATCH")" \
+            >> "$WORK/pg-batch.rounds"
+    done
+    COPY_RPS="$(median_of "$WORK/pg-batch.rounds" 1)"
+    PG_BATCH_EPS="$(median_of "$WORK/pg-batch.rounds" 2)"
+    COPY_EVENTS_ONLY_RPS="$(median_of "$WORK/pg-batch.rounds" 3)"
+    COPY_STORED="$(median_of "$WORK/pg-batch.rounds" 4)"
+    PG_BATCH_STORED="$(median_of "$WORK/pg-batch.rounds" 5)"
+    PG_BATCH_FAILED="$(awk '{n += $6} END {print n + 0}' "$WORK/pg-batch.rounds")"
+    IFS='|' read -r PG_BATCH_PCT PG_BATCH_PCTS < <(round_percents "$WORK/pg-batch.rounds")
+    row "PostgreSQL: batch ingest over HTTP, 10 000-event batches, rollups included (events/s stored, median of $RATIO_ROUNDS rounds)" \
+        "$(printf %.0f "$PG_BATCH_EPS") ($PG_BATCH_STORED stored per round, ${PG_BATCH_FAILED} batches not acked)" \
+        "plain COPY of the same $COPY_STORED rows into \`events\` + \`event_ids\` of a schema made the same way, one transaction, same rounds: $(printf %.0f "$COPY_RPS") rows/s (the \`events\` COPY alone: $(printf %.0f "$COPY_EVENTS_ONLY_RPS") rows/s)" \
+        "$PG_BATCH_PCT % (rounds: $PG_BATCH_PCTS)" "≥ 60 %" "$(verdict 'v >= 60' "$PG_BATCH_PCT")"
 
     # 2. Single-event POSTs vs one INSERT per transaction (the old service).
     pg_new_schema single
@@ -681,11 +725,12 @@ fi
 # --------------------------------------------------------------- streams ---
 # Kafka (librdkafka's mock cluster: the real protocol on loopback, started by
 # `analytics kafka-mock`) and NATS JetStream (the server on $NATS_URL) into
-# the embedded store, against the batch HTTP figure of the ingest section
-# (same generator, seed and count). The stream is loaded first; then the
-# service starts and consumes it: the rate is the events committed over
-# the time from the service's start to its last commit. Then the latency
-# from produce/publish to visible, at a steady 5 000 events/s.
+# the embedded store, against batch HTTP of the same events (same
+# generator, seed and count) measured in the same rounds. Each stream is
+# loaded once; in each round a fresh service consumes all of it (a consumer
+# group or durable of the round's own): the rate is the events committed
+# from the first commit seen to the last. Then the latency from
+# produce/publish to visible, at a steady 5 000 events/s.
 STREAM_EVENTS=200000 # the mock cluster keeps about 5 MB per partition
 # consume_rate SOURCE COUNT: waits until the running service has committed
 # COUNT events from SOURCE (bounded: 600 s); prints the events/s from the
@@ -716,21 +761,18 @@ wait_assigned() {
     done
     echo "$1 did not connect within 30 s" >&2
 }
-stream_rows() { # stream_rows NAME RATE VISIBLE_JSON
-    row "$1 ingest into the embedded store, $STREAM_EVENTS events loaded beforehand (events/s committed)" \
-        "$2" "batch HTTP of the same events (10 000-event batches, 2 connections), this section: $(printf %.0f "$STREAM_BASELINE_EPS") events/s" \
-        "$(ratio "$2" "$STREAM_BASELINE_EPS")" "≥ 70 %" \
-        "$(verdict 'v >= 70' "$(awk -v a="$2" -v b="$STREAM_BASELINE_EPS" 'BEGIN{print (b>0)?100*a/b:0}')")"
+stream_rows() { # stream_rows NAME ROUNDS_FILE VISIBLE_JSON
+    local rate pct pcts
+    rate="$(median_of "$2" 2)"
+    IFS='|' read -r pct pcts < <(round_percents "$2")
+    row "$1 ingest into the embedded store, $STREAM_EVENTS events loaded beforehand (events/s committed, median of $RATIO_ROUNDS rounds)" \
+        "$(printf %.0f "$rate")" "batch HTTP of the same events (10 000-event batches, 2 connections), same rounds: $(printf %.0f "$(median_of "$2" 1)") events/s" \
+        "$pct % (rounds: $pcts)" "≥ 70 %" "$(verdict 'v >= 70' "$pct")"
     row "$1: produce → visible in /api/v1/events at a steady 5 000 events/s (ms)" \
         "$(jq -r '"p50 \(.latency_ms.p50), p99 \(.latency_ms.p99) (\(.requests_acknowledged) probes)"' <<<"$3")" \
         "—" "—" "reported" "—"
 }
 if [ "$SQLITE" = 1 ] && section streams; then
-    log "streams baseline: batch HTTP of the same $STREAM_EVENTS events"
-    start_service stream-baseline
-    STREAM_BASELINE="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$STREAM_EVENTS" --seed 2)"
-    STREAM_BASELINE_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$STREAM_BASELINE")"
-    stop_service
     log "kafka: mock cluster, $STREAM_EVENTS events loaded"
     # The mock keeps about 5 MB per partition and drops older messages:
     # enough partitions that the whole stream stays.
@@ -740,17 +782,50 @@ if [ "$SQLITE" = 1 ] && section streams; then
     BROKERS="$(head -1 "$WORK/kafka.out")"
     "$BIN" loadgen --url http://127.0.0.1:1 --quiet --json --target kafka --brokers "$BROKERS" --topic trading.events \
         --count "$STREAM_EVENTS" --seed 2 > "$WORK/kafka.load.json" 2>>"$WORK/loadgen.log"
-    # The mock broker holds every fetch for fetch.wait.max.ms even when data
-    # waits (a real broker answers at once): 10 ms instead of 500.
-    KAFKA_CONFIG="kafka:
+    NATS_HOST_PORT="${NATS_URL#nats://}"
+    NATS_UP=0
+    if (exec 3<>"/dev/tcp/${NATS_HOST_PORT%:*}/${NATS_HOST_PORT#*:}") 2>/dev/null; then
+        NATS_UP=1
+        log "nats: $STREAM_EVENTS events published to a stream of this run"
+        NATS_STREAM="BENCH_$$"
+        NATS_SUBJECT="bench$$"
+        NATS_STREAMS+=("$NATS_STREAM" "${NATS_STREAM}_L")
+        "$BIN" loadgen --url http://127.0.0.1:1 --quiet --json --target nats --nats-url "$NATS_URL" \
+            --nats-stream "$NATS_STREAM" --nats-subjects "$NATS_SUBJECT.>" --subject "$NATS_SUBJECT.events" \
+            --count "$STREAM_EVENTS" --seed 2 > "$WORK/nats.load.json" 2>>"$WORK/loadgen.log"
+    fi
+    # Rounds: the batch-HTTP baseline, then Kafka (a consumer group of the
+    # round's own) and NATS (a durable of the round's own) each consuming
+    # the whole loaded stream into a fresh store; one ratio per round.
+    : > "$WORK/kafka.rounds"
+    : > "$WORK/nats.rounds"
+    for round in $(seq 1 "$RATIO_ROUNDS"); do
+        log "round $round/$RATIO_ROUNDS, streams baseline: batch HTTP of the same $STREAM_EVENTS events"
+        start_service "stream-baseline$round"
+        STREAM_BASELINE="$(loadgen --target http-batch --batch-size 10000 --concurrency 2 --count "$STREAM_EVENTS" --seed 2)"
+        STREAM_BASELINE_EPS="$(jq -r '.events_accepted / .elapsed_seconds' <<<"$STREAM_BASELINE")"
+        stop_service
+        log "round $round/$RATIO_ROUNDS, kafka: consuming the $STREAM_EVENTS events"
+        # The mock broker holds every fetch for fetch.wait.max.ms even when
+        # data waits (a real broker answers at once): 10 ms instead of 500.
+        EXTRA_CONFIG="kafka:
   brokers: [\"$BROKERS\"]
   topics: [\"trading.events\"]
-  consumer_group: \"bench-$$\"
-  properties: {fetch.wait.max.ms: \"10\"}"
-    START_NS="$(date +%s%N)"
-    EXTRA_CONFIG="$KAFKA_CONFIG" start_service kafka-ingest
-    KAFKA_EPS="$(consume_rate kafka "$STREAM_EVENTS")"
-    stop_service
+  consumer_group: \"bench-$$-$round\"
+  properties: {fetch.wait.max.ms: \"10\"}" start_service "kafka-ingest$round"
+        echo "$STREAM_BASELINE_EPS $(consume_rate kafka "$STREAM_EVENTS")" >> "$WORK/kafka.rounds"
+        stop_service
+        if [ "$NATS_UP" = 1 ]; then
+            log "round $round/$RATIO_ROUNDS, nats: consuming the $STREAM_EVENTS events"
+            EXTRA_CONFIG="nats:
+  servers: [\"$NATS_URL\"]
+  stream: \"$NATS_STREAM\"
+  subjects: [\"$NATS_SUBJECT.>\"]
+  durable: \"bench$round\"" start_service "nats-ingest$round"
+            echo "$STREAM_BASELINE_EPS $(consume_rate nats "$STREAM_EVENTS")" >> "$WORK/nats.rounds"
+            stop_service
+        fi
+    done
     log "kafka: produce → visible at 5 000 events/s for ${DURATION}s"
     EXTRA_CONFIG="kafka:
   brokers: [\"$BROKERS\"]
@@ -766,26 +841,9 @@ if [ "$SQLITE" = 1 ] && section streams; then
         --duration "${DURATION}s" --seed 4 --probe-visible | jq -c 'select(.target | endswith("-visible"))')"
     stop_service
     stop_mock
-    stream_rows "Kafka" "$KAFKA_EPS" "$KAFKA_VISIBLE"
+    stream_rows "Kafka" "$WORK/kafka.rounds" "$KAFKA_VISIBLE"
 
-    NATS_HOST_PORT="${NATS_URL#nats://}"
-    if (exec 3<>"/dev/tcp/${NATS_HOST_PORT%:*}/${NATS_HOST_PORT#*:}") 2>/dev/null; then
-        log "nats: $STREAM_EVENTS events published to a stream of this run"
-        NATS_STREAM="BENCH_$$"
-        NATS_SUBJECT="bench$$"
-        NATS_STREAMS+=("$NATS_STREAM" "${NATS_STREAM}_L")
-        "$BIN" loadgen --url http://127.0.0.1:1 --quiet --json --target nats --nats-url "$NATS_URL" \
-            --nats-stream "$NATS_STREAM" --nats-subjects "$NATS_SUBJECT.>" --subject "$NATS_SUBJECT.events" \
-            --count "$STREAM_EVENTS" --seed 2 > "$WORK/nats.load.json" 2>>"$WORK/loadgen.log"
-        NATS_CONFIG="nats:
-  servers: [\"$NATS_URL\"]
-  stream: \"$NATS_STREAM\"
-  subjects: [\"$NATS_SUBJECT.>\"]
-  durable: \"bench\""
-        START_NS="$(date +%s%N)"
-        EXTRA_CONFIG="$NATS_CONFIG" start_service nats-ingest
-        NATS_EPS="$(consume_rate nats "$STREAM_EVENTS")"
-        stop_service
+    if [ "$NATS_UP" = 1 ]; then
         log "nats: publish → visible at 5 000 events/s for ${DURATION}s"
         EXTRA_CONFIG="nats:
   servers: [\"$NATS_URL\"]
@@ -800,7 +858,7 @@ if [ "$SQLITE" = 1 ] && section streams; then
             --nats-subjects "${NATS_SUBJECT}l.>" --subject "${NATS_SUBJECT}l.events" --rate 5000 \
             --duration "${DURATION}s" --seed 4 --probe-visible | jq -c 'select(.target | endswith("-visible"))')"
         stop_service
-        stream_rows "NATS JetStream" "$NATS_EPS" "$NATS_VISIBLE"
+        stream_rows "NATS JetStream" "$WORK/nats.rounds" "$NATS_VISIBLE"
     else
         row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
     fi
