@@ -9,9 +9,11 @@
 //! acknowledge (answer HTTP, store a Kafka offset, ack a NATS message).
 //!
 //! Up to `commits_in_flight` transactions run at once (PostgreSQL, where
-//! several connections commit in parallel); the embedded store has one
-//! writer and commits one at a time, so it runs with one: a second commit
-//! prepared while the first runs would only split the next group.
+//! several connections commit in parallel), but one starts beside running
+//! ones only when a full `batch_size` is waiting: smaller groups keep
+//! growing instead. The embedded store has one writer and commits one at a
+//! time, so it runs with one: a second commit prepared while the first
+//! runs would only split the next group.
 //!
 //! A committed batch is answered only after [`Store::sync`] made it durable.
 //! A separate syncer task runs the syncs, so one fsync covers every batch
