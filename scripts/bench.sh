@@ -236,14 +236,16 @@ verdict() { # verdict CONDITION-TEXT (awk expression on v) VALUE
     awk -v v="$2" "BEGIN { if ($1) print \"met\"; else print \"**missed**\" }"
 }
 
+# median: the median of the numbers on stdin, one per line.
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 # median_of FILE COLUMN -> the median of a column of FILE (one line per round)
-median_of() { awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+median_of() { awk -v c="$2" '{print $c}' "$1" | median; }
 # round_percents FILE -> "MEDIAN|R1 / R2 / ...": 100 × column 2 / column 1
 # of each round (value over its same-round baseline), and their median.
 round_percents() {
     local percents
     percents="$(awk '{if ($1 > 0) printf "%.1f\n", 100 * $2 / $1; else print 0}' "$1")"
-    echo "$(sort -g <<<"$percents" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')|$(paste -sd'/' <<<"$percents" | sed 's|/| / |g')"
+    echo "$(median <<<"$percents")|$(paste -sd'/' <<<"$percents" | sed 's|/| / |g')"
 }
 
 ROWS="$WORK/rows.md"
@@ -352,7 +354,6 @@ QUERIES=(
 # every query of both, one right after the other, in an order that
 # alternates between rounds: each round then gives a ratio of its own,
 # measured under the same load.
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 measure_queries() {
     local round entry name path count=200 warm=20 result label url i
     local -a labels=() urls=()

@@ -121,6 +121,15 @@ pub enum StoreDriver {
     Postgres,
 }
 
+impl StoreDriver {
+    /// Whether the store commits several transactions at once
+    /// (`analytics.ingestion.workers` of them); the embedded store has one
+    /// writer and commits one at a time.
+    pub fn commits_in_parallel(self) -> bool {
+        self == StoreDriver::Postgres
+    }
+}
+
 /// SQLite `PRAGMA synchronous`: `Full` survives power loss, `Normal` only a
 /// process crash (in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -681,9 +690,7 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<LoadedConfi
     // no effect either: say so rather than let an old deployment believe
     // its Redis is used.
     let redis_off = !config.redis.is_enabled();
-    // The embedded store has one writer: it commits one batch at a time
-    // whatever the number of ingestion workers.
-    let single_writer = config.database.driver == StoreDriver::Sqlite;
+    let single_writer = !config.database.driver.commits_in_parallel();
     let unhonoured_keys = set_by
         .into_keys()
         .filter(|key| {

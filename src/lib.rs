@@ -76,11 +76,10 @@ pub fn pipeline_settings(
 ) -> anyhow::Result<PipelineSettings> {
     Ok(PipelineSettings {
         batch_size: config.analytics.ingestion.batch_size,
-        // PostgreSQL commits on several connections at once; the embedded
-        // store has one writer (see `pipeline`).
-        commits_in_flight: match config.database.driver {
-            StoreDriver::Postgres => config.analytics.ingestion.workers,
-            StoreDriver::Sqlite => 1,
+        commits_in_flight: if config.database.driver.commits_in_parallel() {
+            config.analytics.ingestion.workers
+        } else {
+            1
         },
         buffer_size: config.analytics.ingestion.buffer_size,
         intervals: configured_intervals(config)?,

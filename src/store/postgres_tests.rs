@@ -298,28 +298,33 @@ async fn retention_drops_whole_partitions_and_keeps_counts_right() {
 
 /// Four writers at once, two on each store (pool): writer `w` commits
 /// `batch(w, round)` for each of `rounds` rounds; any failure (a deadlock
-/// included) fails the test.
+/// included) fails the test. Returns how many events were answered new.
 async fn four_writers(
     first: &Arc<PostgresStore>,
     second: &Arc<PostgresStore>,
     rounds: usize,
-    batch: impl Fn(usize, usize) -> Vec<Event> + Send + Sync + Copy + 'static,
-) {
+    batch: impl Fn(usize, usize) -> Vec<Event> + Send + Sync + Clone + 'static,
+) -> usize {
     let mut tasks = Vec::new();
     for (writer, store) in [first, second, first, second].into_iter().enumerate() {
-        let store = Arc::clone(store);
+        let (store, batch) = (Arc::clone(store), batch.clone());
         tasks.push(tokio::spawn(async move {
+            let mut stored = 0;
             for round in 0..rounds {
-                store
+                let inserted = store
                     .commit_batch(PreparedBatch::prepare(batch(writer, round), &INTERVALS))
                     .await
                     .expect("no deadlock, no failure");
+                stored += inserted.iter().filter(|new| **new).count();
             }
+            stored
         }));
     }
+    let mut stored = 0;
     for task in tasks {
-        task.await.unwrap();
+        stored += task.await.unwrap();
     }
+    stored
 }
 
 #[tokio::test]
@@ -389,29 +394,14 @@ async fn concurrent_writers_of_the_same_events_store_each_once() {
             })
             .collect(),
     );
-    let mut tasks = Vec::new();
-    for (writer, store) in [&first, &second, &first, &second].into_iter().enumerate() {
-        let (store, events) = (Arc::clone(store), Arc::clone(&events));
-        tasks.push(tokio::spawn(async move {
-            let mut stored = 0;
-            for round in &*events {
-                let mut batch = round.clone();
-                if writer % 2 == 1 {
-                    batch.reverse();
-                }
-                let inserted = store
-                    .commit_batch(PreparedBatch::prepare(batch, &INTERVALS))
-                    .await
-                    .expect("no deadlock, no failure");
-                stored += inserted.iter().filter(|new| **new).count();
-            }
-            stored
-        }));
-    }
-    let mut stored = 0;
-    for task in tasks {
-        stored += task.await.unwrap();
-    }
+    let stored = four_writers(&first, &second, ROUNDS, move |writer, round| {
+        let mut batch = events[round].clone();
+        if writer % 2 == 1 {
+            batch.reverse();
+        }
+        batch
+    })
+    .await;
     let expected = ROUNDS * PER_BATCH;
     assert_eq!(stored, expected, "each event answered new exactly once");
     assert_eq!(
