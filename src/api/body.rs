@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::ApiError;
 
@@ -62,7 +62,7 @@ pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
     })
 }
 
-pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 

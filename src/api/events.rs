@@ -18,6 +18,7 @@ use super::error::ApiError;
 use super::params::RequestedRange;
 use crate::model::Event;
 use crate::model::event::{format_timestamp, now_ms};
+use crate::model::wire::{WireBatch, WireEvent};
 use crate::pipeline::validate::Rejection;
 use crate::store::EventQuery;
 
@@ -41,11 +42,11 @@ pub async fn track_event(
 ) -> Result<Response, ApiError> {
     body_kind(&headers, false)?;
     let bytes = read_body(body, state.settings.max_body_bytes)?;
-    let value = parse_json(&bytes).map_err(|error| malformed(&error))?;
+    let wire: WireEvent = parse_json(&bytes).map_err(|error| malformed(&error))?;
     state.http_source.record_received(1);
     let event = state
         .validator
-        .validate(value, now_ms(), Uuid::now_v7)
+        .validate(wire, now_ms(), Uuid::now_v7)
         .map_err(|rejection| {
             state.telemetry.record_rejected(&rejection.field());
             rejection_error(&rejection)
@@ -84,28 +85,14 @@ struct RejectedItem {
 /// Splits a batch body into its items: a JSON array, `{"events": [...]}`,
 /// or NDJSON (one event per non-blank line). NDJSON lines that are not JSON
 /// become per-item errors rather than failing the batch.
-fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<Value, String>>, ApiError> {
+fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<WireEvent, String>>, ApiError> {
     match kind {
-        BodyKind::Json => {
-            let value = parse_json(bytes).map_err(|error| malformed(&error))?;
-            let items = match value {
-                Value::Array(items) => items,
-                Value::Object(mut object) => match object.remove("events") {
-                    Some(Value::Array(items)) => items,
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            "batch must be a JSON array of events or an object {\"events\": [...]}",
-                        ));
-                    }
-                },
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "batch must be a JSON array of events or an object {\"events\": [...]}",
-                    ));
-                }
-            };
-            Ok(items.into_iter().map(Ok).collect())
-        }
+        BodyKind::Json => match parse_json(bytes).map_err(|error| malformed(&error))? {
+            WireBatch::Events(events) => Ok(events.into_iter().map(Ok).collect()),
+            WireBatch::NotABatch => Err(ApiError::bad_request(
+                "batch must be a JSON array of events or an object {\"events\": [...]}",
+            )),
+        },
         BodyKind::Ndjson => Ok(bytes
             .split(|byte| *byte == b'\n')
             .filter(|line| line.iter().any(|byte| !byte.is_ascii_whitespace()))
@@ -147,10 +134,10 @@ pub async fn track_batch(
                 field: String::new(),
                 details: None,
             })
-            .and_then(|value| {
+            .and_then(|wire| {
                 state
                     .validator
-                    .validate(value, now, Uuid::now_v7)
+                    .validate(wire, now, Uuid::now_v7)
                     .map_err(|rejection| {
                         state.telemetry.record_rejected(&rejection.field());
                         RejectedItem {

@@ -1,7 +1,8 @@
 //! Events: the wire form clients send, and the validated form the rest of the
 //! service works with.
 //!
-//! Parsing happens once, at the edge: [`parse_event`] turns a JSON value into an
+//! Parsing happens once, at the edge: [`parse_event`] turns a wire event (read
+//! straight from JSON as a [`WireEvent`], or from a JSON value) into an
 //! [`Event`] or an [`EventError`] that names the offending field. Everything
 //! past this point may rely on the invariants of `Event`: the type is a
 //! non-empty bounded string, `properties` is an object within the configured
@@ -9,6 +10,8 @@
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use super::wire::WireEvent;
 
 /// Longest accepted `event_type`, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
@@ -139,29 +142,29 @@ impl EventError {
 /// without `id` gets `default_id()` (a time-ordered UUIDv7 for HTTP, a
 /// deterministic UUIDv5 for stream and file sources).
 pub fn parse_event(
-    value: Value,
+    wire: impl Into<WireEvent>,
     limits: &EventLimits,
     now_ms: i64,
     default_id: impl FnOnce() -> Uuid,
 ) -> Result<Event, EventError> {
-    let Value::Object(mut object) = value else {
+    let WireEvent::Object(fields) = wire.into() else {
         return Err(EventError::NotAnObject);
     };
-    let event_type = parse_event_type(object.remove("event_type"))?;
-    let user_id = parse_optional_string(object.remove("user_id"), "user_id")?;
-    let session_id = parse_optional_string(object.remove("session_id"), "session_id")?;
-    let id = match object.remove("id") {
+    let event_type = parse_event_type(fields.event_type)?;
+    let user_id = parse_optional_string(fields.user_id, "user_id")?;
+    let session_id = parse_optional_string(fields.session_id, "session_id")?;
+    let id = match fields.id {
         None | Some(Value::Null) => default_id(),
         Some(Value::String(text)) => Uuid::parse_str(&text).map_err(|_| EventError::InvalidId)?,
         Some(_) => return Err(EventError::InvalidId),
     };
-    let properties = match object.remove("properties") {
+    let properties = match fields.properties {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(properties)) => properties,
         Some(_) => return Err(EventError::PropertiesNotObject),
     };
     check_property_limits(&properties, limits)?;
-    let timestamp_ms = match object.remove("timestamp") {
+    let timestamp_ms = match fields.timestamp {
         None | Some(Value::Null) => now_ms,
         Some(value) => parse_timestamp_value(&value).ok_or(EventError::InvalidTimestamp)?,
     };

@@ -4,6 +4,7 @@
 pub mod custom_event;
 pub mod event;
 pub mod metric;
+pub mod wire;
 
 pub use custom_event::{
     CompiledDefinition, CustomEventDefinition, DefinitionError, SchemaViolation,

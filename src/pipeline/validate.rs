@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::model::event::parse_event;
+use crate::model::wire::WireEvent;
 use crate::model::{CompiledDefinition, Event, EventError, EventLimits, SchemaViolation};
 
 /// Why an event was refused.
@@ -54,11 +54,11 @@ impl EventValidator {
     /// Parses one wire event and checks it against its custom definition.
     pub fn validate(
         &self,
-        value: Value,
+        wire: impl Into<WireEvent>,
         now_ms: i64,
         default_id: impl FnOnce() -> Uuid,
     ) -> Result<Event, Rejection> {
-        let event = parse_event(value, &self.limits, now_ms, default_id)?;
+        let event = parse_event(wire, &self.limits, now_ms, default_id)?;
         if let Some(definition) = self.active_definition(&event.event_type)
             && let Err(violations) = definition.check(&event.properties)
         {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::model::Event;
 use crate::model::event::now_ms;
+use crate::model::wire::WireEvent;
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, Refused, SubmitError};
 use crate::store::{DeadLetter, Store};
@@ -212,17 +213,18 @@ pub fn decode_events(
     validator: &EventValidator,
     message: &Message<'_>,
 ) -> Result<Vec<Event>, String> {
-    let value: Value = serde_json::from_slice(message.payload)
-        .map_err(|error| format!("payload is not valid JSON: {error}"))?;
+    let not_json = |error: serde_json::Error| format!("payload is not valid JSON: {error}");
     let now = now_ms();
     match message.kind {
         PayloadKind::Event => {
+            let wire: WireEvent = serde_json::from_slice(message.payload).map_err(not_json)?;
             let event = validator
-                .validate(value, now, || message.default_id.get())
+                .validate(wire, now, || message.default_id.get())
                 .map_err(|rejection| rejection.to_string())?;
             Ok(vec![event])
         }
         PayloadKind::OrderUpdate => {
+            let value: Value = serde_json::from_slice(message.payload).map_err(not_json)?;
             let wire = order_updates::to_wire_events(&value)?;
             wire.into_iter()
                 .map(|event| {
