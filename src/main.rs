@@ -9,12 +9,6 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Events are many small allocations (property keys and values, rollup
-/// keys) freed a batch at a time; mimalloc serves them with less work than
-/// glibc's allocator (BENCHMARKS.md, session 9).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "analytics", version, about = "B25 event analytics service")]
 struct Cli {
