@@ -89,6 +89,36 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
+/// The `visit_*` methods of a visitor for every JSON scalar (boolean,
+/// number, string, null), each giving `$outcome`.
+macro_rules! scalars_are {
+    ($outcome:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($outcome)
+        }
+    };
+}
+
 /// Accepts any JSON value; objects become [`WireEvent::Object`], the rest
 /// [`WireEvent::NotAnObject`] (after reading it through).
 struct WireEventVisitor;
@@ -125,29 +155,7 @@ impl<'de> Visitor<'de> for WireEventVisitor {
         Ok(WireEvent::NotAnObject)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<WireEvent, E> {
-        Ok(WireEvent::NotAnObject)
-    }
+    scalars_are!(WireEvent::NotAnObject);
 }
 
 impl<'de> Deserialize<'de> for WireEvent {
@@ -215,29 +223,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
         Ok(events.map_or(WireBatch::NotABatch, WireBatch::Events))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<WireBatch, E> {
-        Ok(WireBatch::NotABatch)
-    }
+    scalars_are!(WireBatch::NotABatch);
 }
 
 impl<'de> Deserialize<'de> for WireBatch {
