@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::model::Event;
 use crate::model::event::now_ms;
+use crate::model::wire::WireEvent;
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, SubmitError};
 use crate::telemetry::Telemetry;
@@ -378,7 +379,7 @@ impl Reader {
     /// Validates one record and adds it to the chunk, or records why not.
     fn accept(
         &self,
-        value: Value,
+        wire: impl Into<WireEvent>,
         content: &[u8],
         line: u64,
         now: i64,
@@ -387,7 +388,7 @@ impl Reader {
     ) {
         match self
             .validator
-            .validate(value, now, || Uuid::new_v5(&IMPORT_NAMESPACE, content))
+            .validate(wire, now, || Uuid::new_v5(&IMPORT_NAMESPACE, content))
         {
             Ok(event) => {
                 if chunk.events.is_empty() {
@@ -453,9 +454,9 @@ impl Reader {
                         continue;
                     }
                     outcome.records += 1;
-                    match serde_json::from_slice::<Value>(&buffer) {
-                        Ok(value) => {
-                            self.accept(value, &buffer, line_number, now, &mut chunk, &mut outcome)
+                    match serde_json::from_slice::<WireEvent>(&buffer) {
+                        Ok(wire) => {
+                            self.accept(wire, &buffer, line_number, now, &mut chunk, &mut outcome)
                         }
                         Err(error) => outcome.reject(
                             line_number,
