@@ -5,8 +5,9 @@
 //! the command line and calls it; tests call it with listeners bound to
 //! port 0.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod allocator;
 pub mod api;
 pub mod cache;
 pub mod config;

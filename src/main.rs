@@ -220,7 +220,16 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Generate { name, scopes },
         } => generate_key(&name, &scopes),
-        Command::Serve => with_runtime(&loaded, serve(loaded.clone())),
+        Command::Serve => {
+            // A long-running process: freed heap memory goes back to the
+            // system instead of staying resident (see `allocator`).
+            if let Err(error) =
+                analytics::allocator::start_trimming(analytics::allocator::TRIM_INTERVAL)
+            {
+                eprintln!("warning: cannot start the memory trimming thread: {error}");
+            }
+            with_runtime(&loaded, serve(loaded.clone()))
+        }
         Command::Retention {
             command: RetentionCommand::Run,
         } => with_runtime(&loaded, async {
