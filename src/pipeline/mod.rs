@@ -352,7 +352,7 @@ async fn commit(
     // The batches go to the store as one; each submitter keeps its reply,
     // its permits and how many of the events were its own.
     let mut waiters = Vec::with_capacity(submissions.len());
-    let mut combined: Option<PreparedBatch> = None;
+    let mut batches = Vec::with_capacity(submissions.len());
     for Submission {
         batch,
         reply,
@@ -360,11 +360,9 @@ async fn commit(
     } in submissions
     {
         waiters.push((reply, _permits, batch.len()));
-        match &mut combined {
-            None => combined = Some(batch),
-            Some(combined) => combined.append(batch),
-        }
+        batches.push(batch);
     }
+    let combined = PreparedBatch::combine(batches);
     let Some(combined) = combined else {
         return Some(Vec::new());
     };

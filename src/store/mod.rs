@@ -102,17 +102,24 @@ impl PreparedBatch {
         }
     }
 
-    /// Moves `other`'s events and deltas into this batch.
-    pub fn append(&mut self, other: PreparedBatch) {
-        self.events.extend(other.events);
-        self.properties_json.extend(other.properties_json);
-        self.rollups.merge(other.rollups);
-        self.distinct.extend(other.distinct);
-        match (&mut self.trading, other.trading) {
-            (Some(ours), Some(theirs)) => ours.merge(theirs),
-            (ours @ None, theirs) => *ours = theirs,
-            (Some(_), None) => {}
+    /// The batches as one, each batch's events after the previous one's
+    /// (`None` for none). The trading changes are merged in one pass (see
+    /// [`TradingBatch::merge_all`]).
+    pub fn combine(batches: Vec<PreparedBatch>) -> Option<PreparedBatch> {
+        let mut batches = batches.into_iter();
+        let mut combined = batches.next()?;
+        let mut trading: Vec<TradingBatch> = combined.trading.take().into_iter().collect();
+        for batch in batches {
+            combined.events.extend(batch.events);
+            combined.properties_json.extend(batch.properties_json);
+            combined.rollups.merge(batch.rollups);
+            combined.distinct.extend(batch.distinct);
+            trading.extend(batch.trading);
         }
+        // Every submission of a pipeline prepares the trading changes, or
+        // none does.
+        combined.trading = (!trading.is_empty()).then(|| TradingBatch::merge_all(trading));
+        Some(combined)
     }
 
     pub fn len(&self) -> usize {

@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde_json::Value;
 
@@ -356,42 +357,46 @@ impl TradingBatch {
     /// Adds `other`'s changes (of events after this batch's): the changes of
     /// both batches' events together.
     pub fn merge(&mut self, other: TradingBatch) {
-        if other.is_empty() {
-            return;
-        }
-        if self.is_empty() {
-            *self = other;
-            return;
-        }
-        let mut orders: BTreeMap<String, OrderDelta> = std::mem::take(&mut self.orders)
-            .into_iter()
-            .map(|order| (order.order_id.clone(), order))
-            .collect();
-        for order in other.orders {
-            match orders.get_mut(&order.order_id) {
-                Some(existing) => existing.merge(order),
-                None => {
-                    orders.insert(order.order_id.clone(), order);
+        *self = TradingBatch::merge_all([std::mem::take(self), other]);
+    }
+
+    /// The changes of all `batches`' events together, the batches in the
+    /// order of their events. One pass over them all: merging them one by
+    /// one would re-sort the orders gathered so far at every step.
+    pub fn merge_all(batches: impl IntoIterator<Item = TradingBatch>) -> TradingBatch {
+        let mut batches = batches.into_iter().filter(|batch| !batch.is_empty());
+        let Some(first) = batches.next() else {
+            return TradingBatch::default();
+        };
+        let Some(second) = batches.next() else {
+            return first;
+        };
+        let mut orders: BTreeMap<String, OrderDelta> = BTreeMap::new();
+        let mut bars: BTreeMap<(String, &'static str, i64), BarDelta> = BTreeMap::new();
+        let mut merged = TradingBatch::default();
+        for batch in [first, second].into_iter().chain(batches) {
+            for order in batch.orders {
+                match orders.entry(order.order_id.clone()) {
+                    Entry::Occupied(mut existing) => existing.get_mut().merge(order),
+                    Entry::Vacant(slot) => {
+                        slot.insert(order);
+                    }
                 }
             }
-        }
-        self.orders = orders.into_values().collect();
-        let mut bars: BTreeMap<(String, &'static str, i64), BarDelta> =
-            std::mem::take(&mut self.bars)
-                .into_iter()
-                .map(|bar| ((bar.symbol.clone(), bar.source, bar.minute), bar))
-                .collect();
-        for bar in other.bars {
-            match bars.get_mut(&(bar.symbol.clone(), bar.source, bar.minute)) {
-                Some(existing) => existing.merge(bar),
-                None => {
-                    bars.insert((bar.symbol.clone(), bar.source, bar.minute), bar);
+            for bar in batch.bars {
+                match bars.entry((bar.symbol.clone(), bar.source, bar.minute)) {
+                    Entry::Occupied(mut existing) => existing.get_mut().merge(bar),
+                    Entry::Vacant(slot) => {
+                        slot.insert(bar);
+                    }
                 }
             }
+            merged.fills.extend(batch.fills);
+            merged.quotes.extend(batch.quotes);
         }
-        self.bars = bars.into_values().collect();
-        self.fills.extend(other.fills);
-        self.quotes.extend(other.quotes);
+        merged.orders = orders.into_values().collect();
+        merged.bars = bars.into_values().collect();
+        merged
     }
 
     pub fn is_empty(&self) -> bool {
@@ -689,6 +694,17 @@ mod tests {
             assert_eq!(merged.fills, all.fills);
             assert_eq!(merged.quotes, all.quotes);
         }
+        // One batch per event, merged in one pass, as the committer does.
+        let all = TradingBatch::of(&events);
+        let merged = TradingBatch::merge_all(
+            events
+                .iter()
+                .map(|event| TradingBatch::of(std::slice::from_ref(event))),
+        );
+        assert_eq!(merged.orders, all.orders);
+        assert_eq!(merged.bars, all.bars);
+        assert_eq!(merged.fills, all.fills);
+        assert_eq!(merged.quotes, all.quotes);
         // The earliest placement's figures win whichever batch brings it.
         events.swap(1, 2);
         let mut merged = TradingBatch::of(&events[..2]);
