@@ -23,9 +23,10 @@
 
 use std::time::Duration;
 
-/// How often the trimming thread releases freed memory. A trim of a heap of
-/// a few hundred MiB takes about a millisecond; what costs more is faulting
-/// the released pages in again, so not more often than this.
+/// How often the trimming thread releases freed memory. A trim takes 0.7 to
+/// 3.4 ms under a 20 000 events/s soak (measured in session 10), holding
+/// each arena's lock in turn, and released pages cost a fault when they are
+/// used again: so not more often than this.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Releases the free memory of every malloc arena to the operating system.
