@@ -443,6 +443,19 @@ where
     T::Item: 'a,
 {
     let mut minutes: BTreeMap<i64, Slice<T>> = BTreeMap::new();
+    add_to_minute_slices::<T>(&mut minutes, items);
+    minutes
+}
+
+/// Adds `items` to the one-minute slices in `minutes` (what
+/// [`minute_slices`] returns for all the items added so far), so items can
+/// be read and tallied a piece at a time.
+pub fn add_to_minute_slices<'a, T: Tally>(
+    minutes: &mut BTreeMap<i64, Slice<T>>,
+    items: impl IntoIterator<Item = &'a T::Item>,
+) where
+    T::Item: 'a,
+{
     for item in items {
         let Some(at) = T::at(item) else { continue };
         minutes
@@ -452,7 +465,6 @@ where
             .or_default()
             .add(item);
     }
-    minutes
 }
 
 impl Filters {

@@ -38,8 +38,8 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::report::{
-    Coarse, Filters, Groups, Merged, Piece, Report, Slice, Tally, minute_coarse, minute_slices,
-    report as assemble,
+    Coarse, Filters, Groups, Merged, Piece, Report, Slice, Tally, add_to_minute_slices,
+    minute_coarse, report as assemble,
 };
 use super::report::{ExecutionTally, GroupKey, OrderTally};
 use super::{OrderDelta, TradingBatch};
@@ -1029,6 +1029,11 @@ impl Settling {
     }
 }
 
+/// The time span of the rows [`refresh_kind`] reads at once. Summaries are
+/// per minute, so any part of a minute works; a sixth keeps a pass's
+/// memory to a sixth of its busiest minute's rows.
+const READ_PIECE_MS: i64 = 10_000;
+
 /// Recomputes the earliest marked hour of `T`'s kind in `marks` (the
 /// marks a pass takes up), up to the current minute. Returns the marks it
 /// wrote for what lies past that hour (the rest of longer marks).
@@ -1060,11 +1065,22 @@ async fn refresh_kind<T: Source>(
             remainders.push((T::KIND, limit, mark.last_minute));
         }
     }
-    let (Some(&first), Some(&last)) = (minutes.first(), minutes.last()) else {
+    if minutes.is_empty() {
         return Ok(Vec::new());
-    };
-    let items = T::read_raw(store, first, last + MINUTE_MS).await?;
-    let mut computed = minute_slices::<T>(&items);
+    }
+    // The rows are read and tallied a piece at a time, each piece dropped
+    // before the next is read: a busy minute holds some hundred thousand
+    // orders or fills, and a pass after a backlog takes up to an hour.
+    let mut computed = BTreeMap::new();
+    for &minute in &minutes {
+        let mut from = minute;
+        while from < minute + MINUTE_MS {
+            let to = (from + READ_PIECE_MS).min(minute + MINUTE_MS);
+            let items = T::read_raw(store, from, to).await?;
+            add_to_minute_slices::<T>(&mut computed, &items);
+            from = to;
+        }
+    }
     let writes: Vec<(i64, Option<SummaryBody>)> = minutes
         .iter()
         .map(|minute| {
@@ -1182,6 +1198,7 @@ pub async fn run_refresher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trading::report::minute_slices;
 
     const T0: i64 = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
 
@@ -1277,6 +1294,42 @@ mod tests {
         assert_eq!(usable_levels(Interval::M5), 2);
         assert_eq!(usable_levels(Interval::M15), 3);
         assert_eq!(usable_levels(Interval::H4), 4);
+    }
+
+    #[test]
+    fn tallying_the_rows_a_piece_at_a_time_encodes_the_same_minutes() {
+        // Fills over three minutes, across symbols and sides, some minutes
+        // split over several pieces as `refresh_kind` reads them.
+        let views: Vec<crate::trading::FillView> = (0..240)
+            .map(|i| crate::trading::FillView {
+                fill: crate::trading::FillRow {
+                    event_id: uuid::Uuid::from_u128(i),
+                    order_id: Some(format!("o-{}", i % 17)),
+                    symbol: Some(["BTCUSDT", "ETHUSDT"][(i % 2) as usize].into()),
+                    side: Some(["buy", "sell"][(i % 3 % 2) as usize].into()),
+                    strategy_id: (i % 5 == 0).then(|| "s-1".into()),
+                    timestamp_ms: T0 + i as i64 * 750,
+                    price: 100.0 + (i % 13) as f64,
+                    quantity: 0.5 + (i % 7) as f64,
+                    is_maker: Some(i % 4 == 0),
+                    commission: Some(0.01 * i as f64),
+                },
+                mid: Some(100.5),
+            })
+            .collect();
+        let whole = minute_slices::<ExecutionTally>(&views);
+        assert_eq!(whole.len(), 3);
+        let mut pieces = BTreeMap::new();
+        for piece in views.chunks(7) {
+            add_to_minute_slices::<ExecutionTally>(&mut pieces, piece);
+        }
+        let encoded = |slices: &BTreeMap<i64, Slice<ExecutionTally>>| -> Vec<(i64, Vec<u8>)> {
+            slices
+                .iter()
+                .map(|(minute, slice)| (*minute, encode_slice(slice).fine))
+                .collect()
+        };
+        assert_eq!(encoded(&pieces), encoded(&whole));
     }
 
     #[test]
