@@ -362,8 +362,7 @@ async fn commit(
         waiters.push((reply, _permits, batch.len()));
         batches.push(batch);
     }
-    let combined = PreparedBatch::combine(batches);
-    let Some(combined) = combined else {
+    let Some(combined) = PreparedBatch::combine(batches) else {
         return Some(Vec::new());
     };
     let touched = combined

@@ -354,12 +354,6 @@ impl TradingBatch {
         batch
     }
 
-    /// Adds `other`'s changes (of events after this batch's): the changes of
-    /// both batches' events together.
-    pub fn merge(&mut self, other: TradingBatch) {
-        *self = TradingBatch::merge_all([std::mem::take(self), other]);
-    }
-
     /// The changes of all `batches`' events together, the batches in the
     /// order of their events. One pass over them all: merging them one by
     /// one would re-sort the orders gathered so far at every step.
@@ -687,8 +681,10 @@ mod tests {
         ];
         for split in 0..=events.len() {
             let all = TradingBatch::of(&events);
-            let mut merged = TradingBatch::of(&events[..split]);
-            merged.merge(TradingBatch::of(&events[split..]));
+            let merged = TradingBatch::merge_all([
+                TradingBatch::of(&events[..split]),
+                TradingBatch::of(&events[split..]),
+            ]);
             assert_eq!(merged.orders, all.orders, "split at {split}");
             assert_eq!(merged.bars, all.bars, "split at {split}");
             assert_eq!(merged.fills, all.fills);
@@ -707,8 +703,10 @@ mod tests {
         assert_eq!(merged.quotes, all.quotes);
         // The earliest placement's figures win whichever batch brings it.
         events.swap(1, 2);
-        let mut merged = TradingBatch::of(&events[..2]);
-        merged.merge(TradingBatch::of(&events[2..]));
+        let merged = TradingBatch::merge_all([
+            TradingBatch::of(&events[..2]),
+            TradingBatch::of(&events[2..]),
+        ]);
         assert_eq!(merged.orders[0].quantity, Some(2.0));
         assert_eq!(merged.orders[0].latency_ms, Some(4.0));
     }

@@ -1202,6 +1202,26 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
 
+    /// A fill of one BTCUSDT buy at `price`, quantity 1, mid 100, with the
+    /// event id `i`; tests change what they need.
+    fn fill_view(i: u128, timestamp_ms: i64, price: f64) -> crate::trading::FillView {
+        crate::trading::FillView {
+            fill: crate::trading::FillRow {
+                event_id: uuid::Uuid::from_u128(i),
+                order_id: None,
+                symbol: Some("BTCUSDT".into()),
+                side: Some("buy".into()),
+                strategy_id: None,
+                timestamp_ms,
+                price,
+                quantity: 1.0,
+                is_maker: None,
+                commission: None,
+            },
+            mid: Some(100.0),
+        }
+    }
+
     #[test]
     fn marks_of_the_last_minutes_wait_until_they_stop_changing() {
         let now_minute = T0 + 10 * HOUR_MS;
@@ -1301,20 +1321,18 @@ mod tests {
         // Fills over three minutes, across symbols and sides, some minutes
         // split over several pieces as `refresh_kind` reads them.
         let views: Vec<crate::trading::FillView> = (0..240)
-            .map(|i| crate::trading::FillView {
-                fill: crate::trading::FillRow {
-                    event_id: uuid::Uuid::from_u128(i),
-                    order_id: Some(format!("o-{}", i % 17)),
-                    symbol: Some(["BTCUSDT", "ETHUSDT"][(i % 2) as usize].into()),
-                    side: Some(["buy", "sell"][(i % 3 % 2) as usize].into()),
-                    strategy_id: (i % 5 == 0).then(|| "s-1".into()),
-                    timestamp_ms: T0 + i as i64 * 750,
-                    price: 100.0 + (i % 13) as f64,
-                    quantity: 0.5 + (i % 7) as f64,
-                    is_maker: Some(i % 4 == 0),
-                    commission: Some(0.01 * i as f64),
-                },
-                mid: Some(100.5),
+            .map(|i| {
+                let mut view = fill_view(i, T0 + i as i64 * 750, 100.0 + (i % 13) as f64);
+                let fill = &mut view.fill;
+                fill.order_id = Some(format!("o-{}", i % 17));
+                fill.symbol = Some(["BTCUSDT", "ETHUSDT"][(i % 2) as usize].into());
+                fill.side = Some(["buy", "sell"][(i % 3 % 2) as usize].into());
+                fill.strategy_id = (i % 5 == 0).then(|| "s-1".into());
+                fill.quantity = 0.5 + (i % 7) as f64;
+                fill.is_maker = Some(i % 4 == 0);
+                fill.commission = Some(0.01 * i as f64);
+                view.mid = Some(100.5);
+                view
             })
             .collect();
         let whole = minute_slices::<ExecutionTally>(&views);
@@ -1335,21 +1353,7 @@ mod tests {
     #[test]
     fn the_block_cache_serves_only_the_bytes_it_decoded() {
         let views: Vec<crate::trading::FillView> = (0..3)
-            .map(|i| crate::trading::FillView {
-                fill: crate::trading::FillRow {
-                    event_id: uuid::Uuid::from_u128(i),
-                    order_id: None,
-                    symbol: Some("BTCUSDT".into()),
-                    side: Some("buy".into()),
-                    strategy_id: None,
-                    timestamp_ms: T0 + i as i64,
-                    price: 100.0 + i as f64,
-                    quantity: 1.0,
-                    is_maker: None,
-                    commission: None,
-                },
-                mid: Some(100.0),
-            })
+            .map(|i| fill_view(i, T0 + i as i64, 100.0 + i as f64))
             .collect();
         let one = encode_slice(&minute_slices::<ExecutionTally>(&views[..1])[&T0]);
         let three = encode_slice(&minute_slices::<ExecutionTally>(&views)[&T0]);
