@@ -9,16 +9,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
 use super::body::{BodyKind, body_kind, malformed, parse_json, read_body};
 use super::error::ApiError;
 use super::params::RequestedRange;
-use crate::model::Event;
 use crate::model::event::{format_timestamp, now_ms};
 use crate::model::wire::{WireBatch, WireEvent};
+use crate::model::{Event, Properties};
 use crate::pipeline::validate::Rejection;
 use crate::store::EventQuery;
 
@@ -186,7 +186,7 @@ pub struct EventOut {
     event_type: String,
     user_id: Option<String>,
     session_id: Option<String>,
-    properties: Map<String, Value>,
+    properties: Properties,
     timestamp: String,
     created_at: String,
 }

@@ -120,18 +120,14 @@ pub fn raw_insert(connection: &mut Connection, events: &[Event]) -> anyhow::Resu
     let transaction = connection.transaction()?;
     {
         let mut insert = transaction.prepare_cached(RAW_INSERT)?;
-        let mut properties_json = Vec::with_capacity(256);
         for event in events {
-            properties_json.clear();
-            serde_json::to_writer(&mut properties_json, &event.properties)?;
-            let properties_text = std::str::from_utf8(&properties_json)?;
             insert.execute(params![
                 event.id.as_bytes().as_slice(),
                 event.timestamp_ms,
                 event.event_type,
                 event.user_id,
                 event.session_id,
-                properties_text,
+                event.properties.as_json(),
                 event.created_at_ms,
             ])?;
         }

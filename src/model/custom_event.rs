@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::event::{format_timestamp, validate_event_type};
+use super::properties::Properties;
 
 /// A stored custom event definition (wire shape of the old service).
 #[derive(Debug, Clone, PartialEq)]
@@ -100,10 +101,10 @@ impl CompiledDefinition {
     }
 
     /// Checks an event's properties; lists every failing path.
-    pub fn check(&self, properties: &Map<String, Value>) -> Result<(), Vec<SchemaViolation>> {
+    pub fn check(&self, properties: &Properties) -> Result<(), Vec<SchemaViolation>> {
         // The validator works on a Value; properties are validated as the
         // object they are, and paths are reported relative to the event.
-        let instance = Value::Object(properties.clone());
+        let instance = Value::Object(properties.to_map());
         let violations: Vec<SchemaViolation> = self
             .validator
             .iter_errors(&instance)
@@ -189,11 +190,11 @@ mod tests {
         let Value::Object(good) = json!({"price": 1.5, "side": "BUY"}) else {
             unreachable!()
         };
-        assert!(compiled.check(&good).is_ok());
+        assert!(compiled.check(&good.into()).is_ok());
         let Value::Object(bad) = json!({"price": "x", "side": "UP"}) else {
             unreachable!()
         };
-        let violations = compiled.check(&bad).unwrap_err();
+        let violations = compiled.check(&bad.into()).unwrap_err();
         let paths: Vec<_> = violations
             .iter()
             .map(|violation| violation.path.as_str())

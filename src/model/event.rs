@@ -8,9 +8,10 @@
 //! non-empty bounded string, `properties` is an object within the configured
 //! limits, and the timestamp lies inside the accepted window.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
+use super::properties::{Properties, PropertiesField, Scalar};
 use super::wire::WireEvent;
 
 /// Longest accepted `event_type`, in bytes.
@@ -25,7 +26,7 @@ pub struct Event {
     pub event_type: String,
     pub user_id: Option<String>,
     pub session_id: Option<String>,
-    pub properties: Map<String, Value>,
+    pub properties: Properties,
     /// Event time, epoch milliseconds UTC.
     pub timestamp_ms: i64,
     /// Ingestion time, epoch milliseconds UTC.
@@ -36,26 +37,16 @@ impl Event {
     /// A numeric property, accepting JSON numbers and numeric strings (as
     /// exchanges send them). Non-finite values are treated as absent.
     pub fn number(&self, name: &str) -> Option<f64> {
-        number_of(self.properties.get(name)?)
+        self.properties.get(name)?.number()
     }
 
     /// A string property (numbers are not coerced).
     pub fn string(&self, name: &str) -> Option<&str> {
         match self.properties.get(name)? {
-            Value::String(text) if !text.is_empty() => Some(text),
+            Scalar::String(text) if !text.is_empty() => Some(text),
             _ => None,
         }
     }
-}
-
-/// Reads a JSON number or a numeric string as `f64`.
-pub fn number_of(value: &Value) -> Option<f64> {
-    let number = match value {
-        Value::Number(number) => number.as_f64()?,
-        Value::String(text) => text.trim().parse::<f64>().ok()?,
-        _ => return None,
-    };
-    number.is_finite().then_some(number)
 }
 
 /// What limits an event must respect; built from the configuration.
@@ -159,11 +150,11 @@ pub fn parse_event(
         Some(_) => return Err(EventError::InvalidId),
     };
     let properties = match fields.properties {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(properties)) => properties,
-        Some(_) => return Err(EventError::PropertiesNotObject),
+        None | Some(PropertiesField::Null) => Properties::default(),
+        Some(PropertiesField::Object(properties)) => properties,
+        Some(PropertiesField::NotAnObject) => return Err(EventError::PropertiesNotObject),
     };
-    check_property_limits(&properties, limits)?;
+    properties.check(limits)?;
     let timestamp_ms = match fields.timestamp {
         None | Some(Value::Null) => now_ms,
         Some(value) => parse_timestamp_value(&value).ok_or(EventError::InvalidTimestamp)?,
@@ -228,53 +219,6 @@ fn parse_optional_string(
         Some(Value::String(text)) if text.contains('\0') => Err(EventError::NulCharacter(field)),
         Some(Value::String(text)) => Ok(Some(text)),
         Some(_) => Err(EventError::FieldNotString(field)),
-    }
-}
-
-fn check_property_limits(
-    properties: &Map<String, Value>,
-    limits: &EventLimits,
-) -> Result<(), EventError> {
-    if properties.len() > limits.max_properties {
-        return Err(EventError::TooManyProperties {
-            count: properties.len(),
-            limit: limits.max_properties,
-        });
-    }
-    for (key, value) in properties {
-        // Property strings become dimension values (symbol, strategy id),
-        // stored as text, which cannot hold NUL.
-        if key.contains('\0') || contains_nul(value) {
-            return Err(EventError::NulInProperty(key.replace('\0', "\\0")));
-        }
-        // Scalars are cheap to size without serialising; only nested values pay
-        // for a serialisation.
-        let size = match value {
-            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-            Value::String(text) => text.len() + 2,
-            nested => serde_json::to_vec(nested)
-                .map(|bytes| bytes.len())
-                .unwrap_or(usize::MAX),
-        };
-        if size > limits.max_property_size {
-            return Err(EventError::PropertyTooLarge {
-                key: key.clone(),
-                size,
-                limit: limits.max_property_size,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn contains_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(object) => object
-            .iter()
-            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

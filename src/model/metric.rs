@@ -9,9 +9,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
-use super::event::{Event, number_of};
+use super::event::Event;
 
 /// Count of events, dimension = event type.
 pub const EVENTS_COUNT: &str = "events.count";
@@ -92,9 +90,9 @@ pub fn for_each_contribution<'a>(event: &'a Event, mut sink: impl FnMut(Contribu
     // One pass over the properties rather than a lookup per summarised
     // name: this runs for every event ingested.
     let mut numbers = [None; NUMERIC_PROPERTIES.len()];
-    for (name, value) in &event.properties {
+    for (name, value) in event.properties.scalars() {
         if let Some(index) = numeric_property_index(name)
-            && let Some(value) = number_of(value)
+            && let Some(value) = value.number()
         {
             numbers[index] = Some(value);
             sink(Contribution {
@@ -181,11 +179,7 @@ fn strategy_contributions<'a>(event: &'a Event, sink: &mut impl FnMut(Contributi
 
 /// An event's `strategy_id` property as text (a string, or a number).
 pub fn strategy_id(event: &Event) -> Option<Cow<'_, str>> {
-    match event.properties.get("strategy_id")? {
-        Value::String(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
-        Value::Number(number) => Some(Cow::Owned(number.to_string())),
-        _ => None,
-    }
+    event.properties.get("strategy_id")?.text()
 }
 
 /// Stored metric names of [`NUMERIC_PROPERTIES`], index for index.
@@ -357,7 +351,7 @@ mod tests {
                     event_type: event_type.into(),
                     user_id: None,
                     session_id: None,
-                    properties: properties.as_object().cloned().unwrap_or_default(),
+                    properties: properties.as_object().cloned().unwrap_or_default().into(),
                     timestamp_ms: 1_700_000_000_000,
                     created_at_ms: 1_700_000_000_000,
                 };

@@ -17,8 +17,13 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::properties::PropertiesField;
+
 /// One event as sent: its known top-level fields, or the news that it is not
 /// a JSON object.
+// Unboxed: a batch reads its events into one Vec of these, and a box per
+// event would cost an allocation where the refused kind saves only space.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum WireEvent {
     Object(WireFields),
@@ -27,7 +32,10 @@ pub enum WireEvent {
 }
 
 /// The top-level fields of a wire event that the service reads; `None` when
-/// absent (a JSON `null` is kept as `Some(Value::Null)`).
+/// absent (a JSON `null` is kept as `Some(Value::Null)`). The properties are
+/// read into their stored form at once (see [`Properties`]).
+///
+/// [`Properties`]: super::properties::Properties
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WireFields {
     pub id: Option<Value>,
@@ -35,7 +43,7 @@ pub struct WireFields {
     pub user_id: Option<Value>,
     pub session_id: Option<Value>,
     pub timestamp: Option<Value>,
-    pub properties: Option<Value>,
+    pub properties: Option<PropertiesField>,
 }
 
 impl From<Value> for WireEvent {
@@ -47,7 +55,7 @@ impl From<Value> for WireEvent {
                 user_id: object.remove("user_id"),
                 session_id: object.remove("session_id"),
                 timestamp: object.remove("timestamp"),
-                properties: object.remove("properties"),
+                properties: object.remove("properties").map(PropertiesField::from),
             }),
             _ => WireEvent::NotAnObject,
         }
@@ -139,7 +147,10 @@ impl<'de> Visitor<'de> for WireEventVisitor {
                 Field::UserId => &mut fields.user_id,
                 Field::SessionId => &mut fields.session_id,
                 Field::Timestamp => &mut fields.timestamp,
-                Field::Properties => &mut fields.properties,
+                Field::Properties => {
+                    fields.properties = Some(map.next_value()?);
+                    continue;
+                }
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;

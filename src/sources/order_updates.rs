@@ -23,7 +23,7 @@
 use serde_json::{Map, Value, json};
 
 use super::derived_id;
-use crate::model::event::number_of;
+use crate::model::properties::Scalar;
 
 /// The wire events of one order update (possibly none); `Err` names what
 /// is wrong with it.
@@ -51,7 +51,8 @@ pub fn to_wire_events(update: &Value) -> Result<Vec<Value>, String> {
         .ok_or("order update has no timestamp (nor order.updated_at)")?;
     let filled = order
         .get("filled_quantity")
-        .and_then(number_of)
+        .and_then(Scalar::of)
+        .and_then(Scalar::number)
         .unwrap_or(0.0);
 
     let event = |event_type: &str, properties: Map<String, Value>| -> Value {

@@ -45,14 +45,14 @@ pub enum StoreError {
 
 /// Events ready to commit, with the work that does not need the database
 /// done beforehand (by the submitting task, in parallel with other
-/// submissions): each event's properties as JSON text, and the rollup deltas
-/// of all the events. The store uses those deltas when every event turns out
+/// submissions): the rollup deltas of all the events, their distinct values
+/// and their trading changes. (Each event's properties come as the JSON
+/// text the stores keep: see [`crate::model::Properties`].) The store uses those deltas when every event turns out
 /// new, and recomputes them from the inserted events when some were
 /// duplicates, so rollups always count exactly the inserted events.
 #[derive(Debug)]
 pub struct PreparedBatch {
     pub events: Vec<Event>,
-    pub properties_json: Vec<String>,
     pub rollups: RollupBatch,
     /// Distinct values per minute: (dimension, minute start, value).
     pub distinct: BTreeSet<(&'static str, i64, String)>,
@@ -77,14 +77,6 @@ impl PreparedBatch {
         intervals: &[Interval],
         trading: bool,
     ) -> PreparedBatch {
-        let properties_json = events
-            .iter()
-            .map(|event| {
-                // A map with string keys and JSON values cannot fail to
-                // serialise (serde_json fails only on non-string map keys).
-                serde_json::to_string(&event.properties).expect("a JSON object always serialises")
-            })
-            .collect();
         let rollups = rollups_for(events.iter(), intervals);
         let mut distinct = BTreeSet::new();
         for event in &events {
@@ -96,7 +88,6 @@ impl PreparedBatch {
         PreparedBatch {
             trading: trading.then(|| TradingBatch::of(&events)),
             events,
-            properties_json,
             rollups,
             distinct,
         }
@@ -111,7 +102,6 @@ impl PreparedBatch {
         let mut trading: Vec<TradingBatch> = combined.trading.take().into_iter().collect();
         for batch in batches {
             combined.events.extend(batch.events);
-            combined.properties_json.extend(batch.properties_json);
             combined.rollups.merge(batch.rollups);
             combined.distinct.extend(batch.distinct);
             trading.extend(batch.trading);
@@ -140,7 +130,6 @@ impl PreparedBatch {
     ) -> (RollupBatch, BTreeSet<(&'static str, i64, String)>) {
         let PreparedBatch {
             events,
-            properties_json,
             rollups,
             distinct,
             trading,
@@ -157,7 +146,7 @@ impl PreparedBatch {
                 rollups.intervals(),
             )
         };
-        dispose((events, properties_json, trading));
+        dispose((events, trading));
         (rollups, distinct)
     }
 }

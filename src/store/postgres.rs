@@ -28,11 +28,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::model::Properties;
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
 };
-use serde_json::{Map, Value};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
@@ -670,7 +670,7 @@ impl PostgresStore {
             .trading
             .as_ref()
             .map(|prepared| TradingBatch::of_inserted_given(prepared, &batch.events, &inserted));
-        let rows = EventColumns::of_inserted(&batch.events, &batch.properties_json, &inserted);
+        let rows = EventColumns::of_inserted(&batch.events, &inserted);
         insert_events(&transaction, &rows).await?;
         match rollups {
             RollupRows::Deltas(deltas) => insert_deltas(&transaction, deltas).await?,
@@ -822,7 +822,6 @@ impl RollupRows {
 /// A batch taken apart for committing, so that a retry can reuse it.
 struct CommitInput {
     events: Vec<Event>,
-    properties_json: Vec<String>,
     intervals: Vec<Interval>,
     /// The prepared rollup rows of all the events.
     rollups: RollupRows,
@@ -843,7 +842,6 @@ impl CommitInput {
         }
         CommitInput {
             events: batch.events,
-            properties_json: batch.properties_json,
             intervals,
             rollups: RollupRows::of(batch.rollups),
             distinct,
@@ -902,7 +900,7 @@ struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
-    fn of_inserted(events: &'a [Event], properties_json: &'a [String], inserted: &[bool]) -> Self {
+    fn of_inserted(events: &'a [Event], inserted: &[bool]) -> Self {
         let count = inserted.iter().filter(|flag| **flag).count();
         let mut columns = EventColumns {
             ids: Vec::with_capacity(count),
@@ -913,9 +911,8 @@ impl<'a> EventColumns<'a> {
             properties: Vec::with_capacity(count),
             created_at: Vec::with_capacity(count),
         };
-        for ((event, properties), _) in events
+        for (event, _) in events
             .iter()
-            .zip(properties_json)
             .zip(inserted)
             .filter(|(_, was_inserted)| **was_inserted)
         {
@@ -924,7 +921,7 @@ impl<'a> EventColumns<'a> {
             columns.event_types.push(&event.event_type);
             columns.user_ids.push(event.user_id.as_deref());
             columns.session_ids.push(event.session_id.as_deref());
-            columns.properties.push(properties);
+            columns.properties.push(event.properties.as_json());
             columns.created_at.push(event.created_at_ms);
         }
         columns
@@ -1787,7 +1784,7 @@ const EVENT_COLUMNS: &str = "id, ts, event_type, user_id, session_id, properties
 fn event_of(row: &Row) -> Result<Event, StoreError> {
     let id: Uuid = row.try_get(0)?;
     let properties: String = row.try_get(5)?;
-    let properties: Map<String, Value> = serde_json::from_str(&properties)
+    let properties = Properties::from_json(&properties)
         .map_err(|error| StoreError::Corrupt(format!("event {id} properties: {error}")))?;
     Ok(Event {
         id,

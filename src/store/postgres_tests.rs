@@ -135,7 +135,7 @@ fn order(timestamp_ms: i64, latency_ms: f64) -> Event {
         event_type: "order.placed".into(),
         user_id: Some("trader-1".into()),
         session_id: None,
-        properties,
+        properties: properties.into(),
         timestamp_ms,
         created_at_ms: timestamp_ms,
     }
@@ -436,7 +436,7 @@ async fn concurrent_writers_to_the_same_orders_and_bars_lose_nothing() {
             event_type: "order.filled".into(),
             user_id: None,
             session_id: None,
-            properties,
+            properties: properties.into(),
             timestamp_ms: at,
             created_at_ms: at,
         }

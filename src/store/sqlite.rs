@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::model::Properties;
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::checkpoint::{self, Checkpointer};
@@ -500,14 +500,14 @@ fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<b
     let mut inserted = Vec::with_capacity(batch.len());
     {
         let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
-        for (event, properties_json) in batch.events.iter().zip(&batch.properties_json) {
+        for event in &batch.events {
             let changed = insert.execute(params![
                 event.id.as_bytes().as_slice(),
                 event.timestamp_ms,
                 event.event_type,
                 event.user_id,
                 event.session_id,
-                properties_json,
+                event.properties.as_json(),
                 event.created_at_ms,
             ])?;
             inserted.push(changed == 1);
@@ -1349,7 +1349,7 @@ impl EventColumns {
     fn into_event(self) -> Result<Event, StoreError> {
         let id =
             Uuid::from_slice(&self.id).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let properties: Map<String, Value> = serde_json::from_str(&self.properties)
+        let properties = Properties::from_json(&self.properties)
             .map_err(|error| StoreError::Corrupt(format!("event {id} properties: {error}")))?;
         Ok(Event {
             id,

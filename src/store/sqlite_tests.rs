@@ -17,7 +17,7 @@ fn order(timestamp_ms: i64, latency_ms: f64) -> Event {
         event_type: "order.placed".into(),
         user_id: None,
         session_id: None,
-        properties,
+        properties: properties.into(),
         timestamp_ms,
         created_at_ms: timestamp_ms,
     }
@@ -386,7 +386,7 @@ fn fill(timestamp_ms: i64, order_id: &str, quantity: f64) -> Event {
         event_type: "order.filled".into(),
         user_id: None,
         session_id: None,
-        properties: properties.as_object().cloned().unwrap_or_default(),
+        properties: properties.as_object().cloned().unwrap_or_default().into(),
         timestamp_ms,
         created_at_ms: timestamp_ms,
     }

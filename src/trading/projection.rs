@@ -24,10 +24,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use serde_json::Value;
-
 use crate::model::Event;
 use crate::model::metric::strategy_id;
+use crate::model::properties::Scalar;
 use crate::rollup::Interval;
 
 /// `market_bars.source` of bars built from `market.data.update`.
@@ -529,7 +528,7 @@ impl Fill {
         Some(Fill {
             price,
             quantity,
-            is_maker: event.properties.get("is_maker").and_then(bool_of),
+            is_maker: event.properties.get("is_maker").and_then(Scalar::flag),
             commission: event.number("commission"),
         })
     }
@@ -542,25 +541,7 @@ fn side_of(event: &Event) -> Option<String> {
 
 /// A string or numeric property as text (borrowed when it is a string).
 fn text_of<'a>(event: &'a Event, name: &str) -> Option<Cow<'a, str>> {
-    match event.properties.get(name)? {
-        Value::String(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
-        Value::Number(number) => Some(Cow::Owned(number.to_string())),
-        _ => None,
-    }
-}
-
-/// `true`/`false`, `"true"`/`"false"` or `1`/`0`.
-fn bool_of(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(flag) => Some(*flag),
-        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Some(true),
-            "false" | "0" | "no" => Some(false),
-            _ => None,
-        },
-        Value::Number(number) => number.as_f64().map(|number| number != 0.0),
-        _ => None,
-    }
+    event.properties.get(name)?.text()
 }
 
 fn keep_first(slot: &mut Option<String>, value: Option<&str>) {
@@ -591,7 +572,7 @@ pub(crate) fn combine_options<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn event(event_type: &str, at: i64, properties: Value) -> Event {
         Event {
@@ -599,7 +580,7 @@ mod tests {
             event_type: event_type.into(),
             user_id: None,
             session_id: None,
-            properties: properties.as_object().cloned().unwrap_or_default(),
+            properties: properties.as_object().cloned().unwrap_or_default().into(),
             timestamp_ms: at,
             created_at_ms: at,
         }
