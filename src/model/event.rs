@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::properties::{Properties, PropertiesField, Scalar};
-use super::wire::WireEvent;
+use super::wire::{Parsed, WireEvent};
 
 /// Longest accepted `event_type`, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
@@ -145,9 +145,9 @@ pub fn parse_event(
     let user_id = parse_optional_string(fields.user_id, "user_id")?;
     let session_id = parse_optional_string(fields.session_id, "session_id")?;
     let id = match fields.id {
-        None | Some(Value::Null) => default_id(),
-        Some(Value::String(text)) => Uuid::parse_str(&text).map_err(|_| EventError::InvalidId)?,
-        Some(_) => return Err(EventError::InvalidId),
+        None | Some(Parsed::Null) => default_id(),
+        Some(Parsed::Valid(id)) => id,
+        Some(Parsed::Invalid) => return Err(EventError::InvalidId),
     };
     let properties = match fields.properties {
         None | Some(PropertiesField::Null) => Properties::default(),
@@ -156,8 +156,9 @@ pub fn parse_event(
     };
     properties.check(limits)?;
     let timestamp_ms = match fields.timestamp {
-        None | Some(Value::Null) => now_ms,
-        Some(value) => parse_timestamp_value(&value).ok_or(EventError::InvalidTimestamp)?,
+        None | Some(Parsed::Null) => now_ms,
+        Some(Parsed::Valid(millis)) => millis,
+        Some(Parsed::Invalid) => return Err(EventError::InvalidTimestamp),
     };
     if timestamp_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
         return Err(EventError::TimestampInFuture {
@@ -219,15 +220,6 @@ fn parse_optional_string(
         Some(Value::String(text)) if text.contains('\0') => Err(EventError::NulCharacter(field)),
         Some(Value::String(text)) => Ok(Some(text)),
         Some(_) => Err(EventError::FieldNotString(field)),
-    }
-}
-
-/// Parses a timestamp given as RFC 3339 text or integer epoch milliseconds.
-pub fn parse_timestamp_value(value: &Value) -> Option<i64> {
-    match value {
-        Value::String(text) => parse_timestamp_text(text),
-        Value::Number(number) => number.as_i64(),
-        _ => None,
     }
 }
 

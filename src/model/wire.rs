@@ -17,6 +17,9 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use uuid::Uuid;
+
+use super::event::parse_timestamp_text;
 use super::properties::PropertiesField;
 
 /// One event as sent: its known top-level fields, or the news that it is not
@@ -33,28 +36,138 @@ pub enum WireEvent {
 
 /// The top-level fields of a wire event that the service reads; `None` when
 /// absent (a JSON `null` is kept as `Some(Value::Null)`). The properties are
-/// read into their stored form at once (see [`Properties`]).
+/// read into their stored form at once (see [`Properties`]), the id and the
+/// timestamp into what they say (see [`Parsed`]).
 ///
 /// [`Properties`]: super::properties::Properties
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WireFields {
-    pub id: Option<Value>,
+    pub id: Option<Parsed<Uuid>>,
     pub event_type: Option<Value>,
     pub user_id: Option<Value>,
     pub session_id: Option<Value>,
-    pub timestamp: Option<Value>,
+    /// Epoch milliseconds.
+    pub timestamp: Option<Parsed<i64>>,
     pub properties: Option<PropertiesField>,
+}
+
+/// A top-level field read straight into what it says, without keeping the
+/// text: `Null` for a JSON null, `Invalid` for a value that does not read
+/// as a `T`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Parsed<T> {
+    Null,
+    Valid(T),
+    Invalid,
+}
+
+/// What a JSON scalar reads as.
+pub trait FromScalar: Sized {
+    fn from_text(text: &str) -> Option<Self>;
+    fn from_integer(number: i64) -> Option<Self>;
+}
+
+/// An event id: a UUID in text.
+impl FromScalar for Uuid {
+    fn from_text(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok()
+    }
+
+    fn from_integer(_: i64) -> Option<Self> {
+        None
+    }
+}
+
+/// A timestamp in epoch milliseconds: RFC 3339 text, integer milliseconds,
+/// or integer milliseconds in text.
+impl FromScalar for i64 {
+    fn from_text(text: &str) -> Option<Self> {
+        parse_timestamp_text(text)
+    }
+
+    fn from_integer(number: i64) -> Option<Self> {
+        Some(number)
+    }
+}
+
+impl<T: FromScalar> Parsed<T> {
+    fn of(read: Option<T>) -> Self {
+        read.map_or(Parsed::Invalid, Parsed::Valid)
+    }
+}
+
+impl<T: FromScalar> From<Value> for Parsed<T> {
+    fn from(value: Value) -> Self {
+        match value {
+            Value::Null => Parsed::Null,
+            Value::String(text) => Parsed::of(T::from_text(&text)),
+            Value::Number(number) => Parsed::of(number.as_i64().and_then(T::from_integer)),
+            _ => Parsed::Invalid,
+        }
+    }
+}
+
+impl<'de, T: FromScalar> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParsedVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ParsedVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: FromScalar> Visitor<'de> for ParsedVisitor<T> {
+    type Value = Parsed<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Null)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Parsed<T>, E> {
+        Ok(Parsed::of(T::from_text(text)))
+    }
+
+    fn visit_i64<E: de::Error>(self, number: i64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::of(T::from_integer(number)))
+    }
+
+    fn visit_u64<E: de::Error>(self, number: u64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::of(
+            i64::try_from(number).ok().and_then(T::from_integer),
+        ))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Invalid)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed<T>, A::Error> {
+        IgnoredAny.visit_seq(seq)?;
+        Ok(Parsed::Invalid)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parsed<T>, A::Error> {
+        IgnoredAny.visit_map(map)?;
+        Ok(Parsed::Invalid)
+    }
 }
 
 impl From<Value> for WireEvent {
     fn from(value: Value) -> Self {
         match value {
             Value::Object(mut object) => WireEvent::Object(WireFields {
-                id: object.remove("id"),
+                id: object.remove("id").map(Parsed::from),
                 event_type: object.remove("event_type"),
                 user_id: object.remove("user_id"),
                 session_id: object.remove("session_id"),
-                timestamp: object.remove("timestamp"),
+                timestamp: object.remove("timestamp").map(Parsed::from),
                 properties: object.remove("properties").map(PropertiesField::from),
             }),
             _ => WireEvent::NotAnObject,
@@ -142,11 +255,17 @@ impl<'de> Visitor<'de> for WireEventVisitor {
         let mut fields = WireFields::default();
         while let Some(field) = map.next_key::<Field>()? {
             let slot = match field {
-                Field::Id => &mut fields.id,
                 Field::EventType => &mut fields.event_type,
                 Field::UserId => &mut fields.user_id,
                 Field::SessionId => &mut fields.session_id,
-                Field::Timestamp => &mut fields.timestamp,
+                Field::Id => {
+                    fields.id = Some(map.next_value()?);
+                    continue;
+                }
+                Field::Timestamp => {
+                    fields.timestamp = Some(map.next_value()?);
+                    continue;
+                }
                 Field::Properties => {
                     fields.properties = Some(map.next_value()?);
                     continue;
@@ -259,6 +378,15 @@ mod tests {
             r#"{"event_type":"a","event_type":"b","user_id":"u","session_id":7}"#,
             r#"{"timestamp":"2026-01-01T00:00:00Z","properties":[],"id":"x"}"#,
             r#"{"event\u005ftype":"escaped key"}"#,
+            r#"{"id":"0192f3a4-5b6c-7d8e-9f00-112233445566","timestamp":1759492800000}"#,
+            r#"{"id":"0192F3A4-5B6C-7D8E-9F00-112233445566","timestamp":"1759492800000"}"#,
+            r#"{"id":5,"timestamp":-5}"#,
+            r#"{"id":{"a":1},"timestamp":18446744073709551615}"#,
+            r#"{"id":[1],"timestamp":1.5}"#,
+            r#"{"id":true,"timestamp":"2025-10-03T12:00:00.123+02:00"}"#,
+            r#"{"timestamp":"yesterday","timestamp":null}"#,
+            r#"{"timestamp":[1],"id":"x"}"#,
+            r#"{"timestamp":{"t":1}}"#,
             r#"{}"#,
             r#"[1,2,{"event_type":"a"}]"#,
             r#""event""#,
@@ -277,6 +405,43 @@ mod tests {
             panic!("an object")
         };
         assert_eq!(fields.event_type, Some(json!("b")));
+    }
+
+    /// The id and the timestamp are read into what they say.
+    #[test]
+    fn ids_and_timestamps_are_read_into_their_values() {
+        let read = |text: &str| match serde_json::from_str::<WireEvent>(text).unwrap() {
+            WireEvent::Object(fields) => (fields.id, fields.timestamp),
+            WireEvent::NotAnObject => panic!("{text}"),
+        };
+        let id = Uuid::parse_str("0192f3a4-5b6c-7d8e-9f00-112233445566").unwrap();
+        assert_eq!(
+            read(r#"{"id":"0192f3a4-5b6c-7d8e-9f00-112233445566","timestamp":1759492800000}"#),
+            (
+                Some(Parsed::Valid(id)),
+                Some(Parsed::Valid(1_759_492_800_000))
+            )
+        );
+        assert_eq!(
+            read(r#"{"timestamp":"2025-10-03T14:00:00.5+02:00","id":null}"#),
+            (Some(Parsed::Null), Some(Parsed::Valid(1_759_492_800_500)))
+        );
+        assert_eq!(
+            read(r#"{"timestamp":"-7"}"#),
+            (None, Some(Parsed::Valid(-7)))
+        );
+        for text in [
+            r#"{"id":"nope","timestamp":1.5}"#,
+            r#"{"id":7,"timestamp":18446744073709551615}"#,
+            r#"{"id":[],"timestamp":"tomorrow"}"#,
+            r#"{"id":{},"timestamp":true}"#,
+        ] {
+            assert_eq!(
+                read(text),
+                (Some(Parsed::Invalid), Some(Parsed::Invalid)),
+                "{text}"
+            );
+        }
     }
 
     #[test]
