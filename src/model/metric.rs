@@ -203,14 +203,14 @@ pub const DISTINCT_STRATEGIES: &str = "strategy_id";
 /// Calls `sink(dimension, value)` for every distinct-value set `event`
 /// belongs to. Sets are kept per minute; adding a value twice changes
 /// nothing, so redelivered events need no special care.
-pub fn for_each_distinct(event: &Event, mut sink: impl FnMut(&'static str, String)) {
+pub fn for_each_distinct(event: &Event, mut sink: impl FnMut(&'static str, &str)) {
     if let Some(user_id) = &event.user_id {
-        sink(DISTINCT_USERS, user_id.clone());
+        sink(DISTINCT_USERS, user_id);
     }
     if event.event_type.starts_with("strategy.")
         && let Some(strategy) = strategy_id(event)
     {
-        sink(DISTINCT_STRATEGIES, strategy.into_owned());
+        sink(DISTINCT_STRATEGIES, &strategy);
     }
 }
 

@@ -20,7 +20,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
@@ -55,7 +55,7 @@ pub struct PreparedBatch {
     pub events: Vec<Event>,
     pub rollups: RollupBatch,
     /// Distinct values per minute: (dimension, minute start, value).
-    pub distinct: BTreeSet<(&'static str, i64, String)>,
+    pub distinct: DistinctValues,
     /// The trading tables' changes (orders, fills, quotes, bars) of all the
     /// events, when the store keeps them (`analytics.aggregation.trading`);
     /// like `rollups`, recomputed from the inserted events when some were
@@ -78,11 +78,11 @@ impl PreparedBatch {
         trading: bool,
     ) -> PreparedBatch {
         let rollups = rollups_for(events.iter(), intervals);
-        let mut distinct = BTreeSet::new();
+        let mut distinct = DistinctValues::default();
         for event in &events {
             let minute = Interval::M1.bucket_start(event.timestamp_ms);
             for_each_distinct(event, |dimension, value| {
-                distinct.insert((dimension, minute, value));
+                distinct.insert(dimension, minute, value);
             });
         }
         PreparedBatch {
@@ -124,10 +124,7 @@ impl PreparedBatch {
     /// for index with `events`), and the distinct values (idempotent, so
     /// those of duplicates change nothing). The events themselves are
     /// [`dispose`]d of.
-    pub fn into_rollups_of_inserted(
-        self,
-        inserted: &[bool],
-    ) -> (RollupBatch, BTreeSet<(&'static str, i64, String)>) {
+    pub fn into_rollups_of_inserted(self, inserted: &[bool]) -> (RollupBatch, DistinctValues) {
         let PreparedBatch {
             events,
             rollups,
@@ -148,6 +145,64 @@ impl PreparedBatch {
         };
         dispose((events, trading));
         (rollups, distinct)
+    }
+}
+
+/// The distinct values of a batch (see
+/// [`crate::model::metric::for_each_distinct`]): each (dimension, minute,
+/// value) once, in that order.
+#[derive(Debug, Default)]
+pub struct DistinctValues(BTreeMap<(&'static str, i64), BTreeSet<String>>);
+
+impl DistinctValues {
+    /// Adds `value`; copies it only when it is new.
+    pub fn insert(&mut self, dimension: &'static str, minute: i64, value: &str) {
+        let values = self.0.entry((dimension, minute)).or_default();
+        if !values.contains(value) {
+            values.insert(value.to_owned());
+        }
+    }
+
+    /// Adds every value of `other`.
+    pub fn extend(&mut self, other: DistinctValues) {
+        for (key, mut values) in other.0 {
+            self.0.entry(key).or_default().append(&mut values);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(BTreeSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (dimension, minute, value) in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, i64, &str)> {
+        self.0.iter().flat_map(|((dimension, minute), values)| {
+            values
+                .iter()
+                .map(|value| (*dimension, *minute, value.as_str()))
+        })
+    }
+}
+
+impl IntoIterator for DistinctValues {
+    type Item = (&'static str, i64, String);
+    type IntoIter = Box<dyn Iterator<Item = Self::Item> + Send>;
+
+    /// (dimension, minute, value) in order.
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(
+            self.0
+                .into_iter()
+                .flat_map(|((dimension, minute), values)| {
+                    values
+                        .into_iter()
+                        .map(move |value| (dimension, minute, value))
+                }),
+        )
     }
 }
 
@@ -677,6 +732,48 @@ pub(crate) mod conformance {
         assert_eq!(
             (left[0].attempts, left[0].letter.error.as_str()),
             (1, "still bad")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However the values come, the set holds each (dimension, minute,
+    /// value) once, in the order of a set of triples.
+    #[test]
+    fn distinct_values_are_a_set_of_triples() {
+        let triples = [
+            ("user_id", 60_000, "u2"),
+            ("user_id", 0, "u1"),
+            ("strategy_id", 60_000, "s1"),
+            ("user_id", 0, "u1"),
+            ("user_id", 60_000, "u1"),
+            ("user_id", 0, "u0"),
+            ("strategy_id", 60_000, "s1"),
+        ];
+        let (first, second) = triples.split_at(4);
+        let mut values = DistinctValues::default();
+        let mut other = DistinctValues::default();
+        for (dimension, minute, value) in first {
+            values.insert(dimension, *minute, value);
+        }
+        for (dimension, minute, value) in second {
+            other.insert(dimension, *minute, value);
+        }
+        values.extend(other);
+        let expected: BTreeSet<(&str, i64, &str)> = triples.into_iter().collect();
+        let listed: Vec<(&str, i64, &str)> = values.iter().collect();
+        assert_eq!(listed, expected.iter().copied().collect::<Vec<_>>());
+        assert_eq!(values.len(), 5);
+        let owned: Vec<(&str, i64, String)> = values.into_iter().collect();
+        assert_eq!(
+            owned,
+            expected
+                .iter()
+                .map(|(dimension, minute, value)| (*dimension, *minute, value.to_string()))
+                .collect::<Vec<_>>()
         );
     }
 }

@@ -520,7 +520,7 @@ fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<b
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
-        for (dimension, minute, value) in &distinct {
+        for (dimension, minute, value) in distinct.iter() {
             insert_distinct.execute(params![dimension, minute, value])?;
         }
     }
