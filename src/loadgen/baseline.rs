@@ -7,8 +7,9 @@
 //! a fresh database file created by the store's own migrations, and the
 //! store's pragmas (WAL, the configured `synchronous`, 64 MiB page cache).
 //! The raw side runs one prepared `INSERT` per row in one transaction per
-//! batch and nothing else: no rollups. Both sides serialise `properties` to
-//! JSON text inside the timed region, as the store must.
+//! batch and nothing else: no rollups. Both sides insert `properties` as
+//! the JSON text the service keeps, read when the events were validated
+//! (outside the timed region; see [`crate::model::Properties`]).
 //!
 //! Used by `analytics bench-baseline` (hidden; `scripts/bench.sh` calls it)
 //! and by `benches/ingest.rs`.
