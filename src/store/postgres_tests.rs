@@ -743,7 +743,7 @@ async fn full_batches_commit_side_by_side_and_lone_events_wait() {
         .expect("committer stops once the handles are gone");
 }
 
-/// Large batches register their ids with a plain insert first; when one is
+/// Large batches register their ids with a `COPY` first; when one is
 /// already stored, or repeated within the batch, the batch falls back to
 /// registering only the new ones: the flags, rows and rollups count each
 /// event once.
@@ -754,11 +754,11 @@ async fn a_large_batch_with_stored_or_repeated_ids_stores_only_the_new_ones() {
     };
     let store = schema.open().await;
     let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
-    let size = OPTIMISTIC_REGISTER_MIN + 10;
+    let size = LARGE_BATCH_MIN + 10;
     let events: Vec<Event> = (0..size)
         .map(|index| order(minute + index as i64, 1.0))
         .collect();
-    // All new: the plain insert.
+    // All new: the `COPY`.
     assert!(
         commit(&store, events[..size - 10].to_vec())
             .await

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::model::Properties;
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -24,7 +23,7 @@ use super::{
     DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
     RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter, TradingCutoff,
 };
-use crate::model::{CustomEventDefinition, Event};
+use crate::model::{CustomEventDefinition, Event, Properties};
 use crate::rollup::{Accumulator, Interval, RollupBatch, RollupKey};
 use crate::trading::summary::{
     self, Mark, MarkSpans, MergeSlices, SummaryBody, SummaryKind, SummaryPart,
