@@ -678,7 +678,7 @@ impl PostgresStore {
             RollupRows::Rows(rows) => write_rollups(&transaction, rows).await?,
         }
         if let Some(trading) = &trading {
-            write_trading(&transaction, trading).await?;
+            write_trading(&mut transaction, trading, true).await?;
         }
         insert_distinct(&transaction, &batch.distinct).await?;
         transaction.commit().await?;
@@ -980,15 +980,17 @@ impl<'a> EventColumns<'a> {
 
 /// Writes a batch's trading changes (see [`crate::trading::projection`]):
 /// one statement per table, rows in key order so concurrent writers lock
-/// them in the same order.
+/// them in the same order. `fresh`: every change comes from events this
+/// transaction inserted (see [`write_trading_quotes`]).
 async fn write_trading(
-    transaction: &deadpool_postgres::Transaction<'_>,
+    transaction: &mut deadpool_postgres::Transaction<'_>,
     trading: &TradingBatch,
+    fresh: bool,
 ) -> Result<(), StoreError> {
     let mut spans = MarkSpans::new();
     write_trading_orders(transaction, &trading.orders, &mut spans).await?;
     write_trading_fills(transaction, &trading.fills).await?;
-    write_trading_quotes(transaction, &trading.quotes).await?;
+    write_trading_quotes(transaction, &trading.quotes, fresh).await?;
     write_trading_bars(transaction, &trading.bars).await?;
     summary::fill_spans(trading, &mut spans);
     let ranges = summary::quote_ranges(trading);
@@ -1323,12 +1325,60 @@ async fn write_trading_fills(
     Ok(())
 }
 
+/// Quotes of at least this many fresh events are written with a `COPY`.
+const QUOTE_COPY_MIN: usize = 256;
+
+/// Adds quotes (a quote already stored stays as it is). When `fresh` (the
+/// quotes of events this transaction inserted, whose event ids nobody else
+/// can have registered) and there are many, they go in with a binary `COPY`
+/// in a savepoint, which costs PostgreSQL less than the `ON CONFLICT`
+/// insert (a tenth of its CPU for batch ingest); should one be there after
+/// all, the savepoint is rolled back and the insert does it.
 async fn write_trading_quotes(
-    transaction: &deadpool_postgres::Transaction<'_>,
+    transaction: &mut deadpool_postgres::Transaction<'_>,
     quotes: &[crate::trading::QuoteRow],
+    fresh: bool,
 ) -> Result<(), StoreError> {
     if quotes.is_empty() {
         return Ok(());
+    }
+    if fresh && quotes.len() >= QUOTE_COPY_MIN {
+        let savepoint = transaction.savepoint("copy_quotes").await?;
+        let copied = async {
+            let copy = savepoint
+                .prepare_cached(
+                    "COPY market_quotes (symbol, ts, event_id, mid) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let writer = BinaryCopyInWriter::new(
+                savepoint.copy_in(&copy).await?,
+                &[Type::TEXT, Type::INT8, Type::TEXT, Type::FLOAT8],
+            );
+            let mut writer = std::pin::pin!(writer);
+            for quote in quotes {
+                writer
+                    .as_mut()
+                    .write(&[
+                        &quote.symbol,
+                        &quote.timestamp_ms,
+                        &quote.event_id,
+                        &quote.mid,
+                    ])
+                    .await?;
+            }
+            writer.finish().await
+        };
+        match copied.await {
+            Ok(_) => {
+                savepoint.commit().await?;
+                return Ok(());
+            }
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tracing::warn!("a fresh batch's quote was stored already; inserting the others");
+                savepoint.rollback().await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     let symbols: Vec<&str> = quotes.iter().map(|quote| quote.symbol.as_str()).collect();
     let timestamps: Vec<i64> = quotes.iter().map(|quote| quote.timestamp_ms).collect();
@@ -2104,8 +2154,8 @@ impl Store for PostgresStore {
 
     async fn write_trading(&self, trading: TradingBatch) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
-        let transaction = client.transaction().await?;
-        write_trading(&transaction, &trading).await?;
+        let mut transaction = client.transaction().await?;
+        write_trading(&mut transaction, &trading, false).await?;
         transaction.commit().await?;
         Ok(())
     }

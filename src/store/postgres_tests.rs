@@ -791,3 +791,69 @@ async fn a_large_batch_with_stored_or_repeated_ids_stores_only_the_new_ones() {
     assert_eq!(counted(&store, Interval::M1).await, stored as u64);
     assert_eq!(counted(&store, Interval::D1).await, stored as u64);
 }
+
+/// A `market.data.update` of BTCUSDT with this mid, at `timestamp_ms`.
+fn quote(timestamp_ms: i64, mid: f64) -> Event {
+    let properties = serde_json::json!({"symbol": "BTCUSDT", "bid": mid - 0.5, "ask": mid + 0.5});
+    Event {
+        id: Uuid::now_v7(),
+        event_type: "market.data.update".into(),
+        user_id: None,
+        session_id: None,
+        properties: properties.as_object().cloned().expect("an object").into(),
+        timestamp_ms,
+        created_at_ms: timestamp_ms,
+    }
+}
+
+/// A fresh batch's quotes go in with a `COPY`. A quote stored already
+/// (which ingest never leaves behind, but a trading rebuild racing it
+/// could) makes the batch fall back to the insert that keeps the stored
+/// row, and the batch commits.
+#[tokio::test]
+async fn a_fresh_batch_whose_quote_is_stored_already_still_commits() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let start = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    let batch = |from: usize| -> Vec<Event> {
+        (from..from + QUOTE_COPY_MIN + 10)
+            .map(|index| quote(start + index as i64 * 10, 100.0 + index as f64))
+            .collect()
+    };
+    let first = batch(0);
+    assert!(commit(&store, first.clone()).await.iter().all(|new| *new));
+    let quotes = "SELECT COUNT(*) FROM {schema}.market_quotes";
+    assert_eq!(schema.count(quotes).await, first.len() as i64);
+
+    let second = batch(first.len());
+    let taken = &second[5];
+    schema
+        .count(&format!(
+            "WITH stored AS (INSERT INTO {{schema}}.market_quotes (symbol, ts, event_id, mid)
+                 VALUES ('BTCUSDT', {}, '{}', -1) RETURNING 1)
+             SELECT COUNT(*) FROM stored",
+            taken.timestamp_ms, taken.id
+        ))
+        .await;
+    assert!(commit(&store, second.clone()).await.iter().all(|new| *new));
+    assert_eq!(
+        schema.count(quotes).await,
+        (first.len() + second.len()) as i64
+    );
+    assert_eq!(
+        schema
+            .count(&format!(
+                "SELECT COUNT(*) FROM {{schema}}.market_quotes WHERE event_id = '{}' AND mid = -1",
+                taken.id
+            ))
+            .await,
+        1,
+        "the stored quote stays as it was"
+    );
+    assert_eq!(
+        schema.count("SELECT COUNT(*) FROM {schema}.events").await,
+        (first.len() + second.len()) as i64
+    );
+}
