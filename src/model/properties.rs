@@ -24,6 +24,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use super::event::{EventError, EventLimits};
+use super::wire::scalars_are;
 
 /// The properties of an event (see the module documentation).
 #[derive(Debug, Clone)]
@@ -202,6 +203,22 @@ impl Properties {
         serde_json::from_str(&self.json).expect("the properties text is a JSON object")
     }
 
+    /// Whether a key occurs twice (the builder writes every key it reads).
+    fn repeats_a_key(&self) -> bool {
+        let entries = &self.entries;
+        if entries.len() <= 16 {
+            return entries.iter().enumerate().any(|(index, entry)| {
+                let key = self.text(&entry.key);
+                entries[..index]
+                    .iter()
+                    .any(|seen| self.text(&seen.key) == key)
+            });
+        }
+        let mut keys: Vec<&str> = entries.iter().map(|entry| self.text(&entry.key)).collect();
+        keys.sort_unstable();
+        keys.windows(2).any(|pair| pair[0] == pair[1])
+    }
+
     fn text<'a>(&'a self, text: &'a Text) -> &'a str {
         match text {
             Text::InJson(range) => &self.json[range.clone()],
@@ -312,26 +329,23 @@ impl Builder {
     }
 
     fn push_value(&mut self, value: &Value) {
-        let slot = match value {
-            Value::Null => self.write_scalar(value, Slot::Null),
-            Value::Bool(flag) => self.write_scalar(value, Slot::Bool(*flag)),
-            Value::Number(number) => self.write_scalar(value, Slot::Number(number.clone())),
-            Value::String(text) => Slot::String(self.push_text(text)),
-            Value::Array(_) | Value::Object(_) => {
-                let start = self.json.len();
-                write_json(&mut self.json, value);
-                Slot::Nested {
+        let slot = if let Value::String(text) = value {
+            Slot::String(self.push_text(text))
+        } else {
+            let start = self.json.len();
+            write_json(&mut self.json, value);
+            match value {
+                Value::Null => Slot::Null,
+                Value::Bool(flag) => Slot::Bool(*flag),
+                Value::Number(number) => Slot::Number(number.clone()),
+                // Arrays and objects (strings took the branch above).
+                _ => Slot::Nested {
                     size: self.json.len() - start,
                     nul: contains_nul(value),
-                }
+                },
             }
         };
         self.push_slot(slot);
-    }
-
-    fn write_scalar<T: Serialize + ?Sized>(&mut self, value: &T, slot: Slot) -> Slot {
-        write_json(&mut self.json, value);
-        slot
     }
 
     /// The properties, the last of repeated keys winning.
@@ -355,23 +369,6 @@ impl Builder {
             json: String::from_utf8(self.json).expect("serde_json writes UTF-8"),
             entries: self.entries,
         }
-    }
-}
-
-impl Properties {
-    fn repeats_a_key(&self) -> bool {
-        let entries = &self.entries;
-        if entries.len() <= 16 {
-            return entries.iter().enumerate().any(|(index, entry)| {
-                let key = self.text(&entry.key);
-                entries[..index]
-                    .iter()
-                    .any(|seen| self.text(&seen.key) == key)
-            });
-        }
-        let mut keys: Vec<&str> = entries.iter().map(|entry| self.text(&entry.key)).collect();
-        keys.sort_unstable();
-        keys.windows(2).any(|pair| pair[0] == pair[1])
     }
 }
 
@@ -442,29 +439,7 @@ impl<'de> Visitor<'de> for PropertiesVisitor {
         Ok(PropertiesField::NotAnObject)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::Null)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::NotAnObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::NotAnObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::NotAnObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::NotAnObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<PropertiesField, E> {
-        Ok(PropertiesField::NotAnObject)
-    }
+    scalars_are!(PropertiesField::NotAnObject, null: PropertiesField::Null);
 }
 
 /// Reads a key of the properties into the builder.

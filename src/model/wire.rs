@@ -211,9 +211,13 @@ impl<'de> Deserialize<'de> for Field {
 }
 
 /// The `visit_*` methods of a visitor for every JSON scalar (boolean,
-/// number, string, null), each giving `$outcome`.
+/// number, string, null), each giving `$outcome`; with `null: $null`, a
+/// null gives `$null` instead.
 macro_rules! scalars_are {
     ($outcome:expr) => {
+        $crate::model::wire::scalars_are!($outcome, null: $outcome);
+    };
+    ($outcome:expr, null: $null:expr) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             Ok($outcome)
         }
@@ -235,10 +239,11 @@ macro_rules! scalars_are {
         }
 
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok($outcome)
+            Ok($null)
         }
     };
 }
+pub(crate) use scalars_are;
 
 /// Accepts any JSON value; objects become [`WireEvent::Object`], the rest
 /// [`WireEvent::NotAnObject`] (after reading it through).

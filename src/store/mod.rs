@@ -47,9 +47,10 @@ pub enum StoreError {
 /// done beforehand (by the submitting task, in parallel with other
 /// submissions): the rollup deltas of all the events, their distinct values
 /// and their trading changes. (Each event's properties come as the JSON
-/// text the stores keep: see [`crate::model::Properties`].) The store uses those deltas when every event turns out
-/// new, and recomputes them from the inserted events when some were
-/// duplicates, so rollups always count exactly the inserted events.
+/// text the stores keep: see [`crate::model::Properties`].) The store uses
+/// those deltas when every event turns out new, and recomputes them from
+/// the inserted events when some were duplicates, so rollups always count
+/// exactly the inserted events.
 #[derive(Debug)]
 pub struct PreparedBatch {
     pub events: Vec<Event>,
@@ -168,14 +169,6 @@ impl DistinctValues {
         for (key, mut values) in other.0 {
             self.0.entry(key).or_default().append(&mut values);
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.values().map(BTreeSet::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// (dimension, minute, value) in order.
@@ -766,7 +759,7 @@ mod tests {
         let expected: BTreeSet<(&str, i64, &str)> = triples.into_iter().collect();
         let listed: Vec<(&str, i64, &str)> = values.iter().collect();
         assert_eq!(listed, expected.iter().copied().collect::<Vec<_>>());
-        assert_eq!(values.len(), 5);
+        assert_eq!(values.iter().count(), 5);
         let owned: Vec<(&str, i64, String)> = values.into_iter().collect();
         assert_eq!(
             owned,

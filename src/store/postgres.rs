@@ -25,6 +25,7 @@
 //! [`validate_schema_name`] restricted to `[a-z_][a-z0-9_]*`.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -686,6 +687,21 @@ impl PostgresStore {
     }
 }
 
+/// Starts the binary `COPY … FROM STDIN` statement `copy`, whose columns
+/// have `types` (prepared once per connection, like the other statements);
+/// the caller writes the rows and finishes it.
+async fn start_copy(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    copy: &str,
+    types: &[Type],
+) -> Result<Pin<Box<BinaryCopyInWriter>>, tokio_postgres::Error> {
+    let copy = transaction.prepare_cached(copy).await?;
+    Ok(Box::pin(BinaryCopyInWriter::new(
+        transaction.copy_in(&copy).await?,
+        types,
+    )))
+}
+
 /// Batches at least this large first try to register their ids with a
 /// `COPY` (see [`register_all_new`]), and insert their events with one
 /// (see [`insert_events`]).
@@ -703,16 +719,16 @@ async fn register_all_new(
 ) -> Result<bool, StoreError> {
     let savepoint = transaction.savepoint("register_ids").await?;
     let copied = async {
-        let copy = savepoint
-            .prepare_cached("COPY event_ids (id, ts) FROM STDIN (FORMAT binary)")
-            .await?;
-        let writer =
-            BinaryCopyInWriter::new(savepoint.copy_in(&copy).await?, &[Type::UUID, Type::INT8]);
-        let mut writer = std::pin::pin!(writer);
+        let mut writer = start_copy(
+            &savepoint,
+            "COPY event_ids (id, ts) FROM STDIN (FORMAT binary)",
+            &[Type::UUID, Type::INT8],
+        )
+        .await?;
         for (id, timestamp) in ids.iter().zip(timestamps) {
             writer.as_mut().write(&[id, timestamp]).await?;
         }
-        writer.finish().await
+        writer.as_mut().finish().await
     };
     match copied.await {
         Ok(_) => {
@@ -790,14 +806,10 @@ async fn insert_events(
             .await?;
         return Ok(());
     }
-    let copy = transaction
-        .prepare_cached(
-            "COPY events (id, ts, event_type, user_id, session_id, properties, created_at)
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        transaction.copy_in(&copy).await?,
+    let mut writer = start_copy(
+        transaction,
+        "COPY events (id, ts, event_type, user_id, session_id, properties, created_at)
+         FROM STDIN (FORMAT binary)",
         &[
             Type::UUID,
             Type::INT8,
@@ -807,8 +819,8 @@ async fn insert_events(
             Type::TEXT,
             Type::INT8,
         ],
-    );
-    let mut writer = std::pin::pin!(writer);
+    )
+    .await?;
     for index in 0..rows.ids.len() {
         writer
             .as_mut()
@@ -823,7 +835,7 @@ async fn insert_events(
             ])
             .await?;
     }
-    writer.finish().await?;
+    writer.as_mut().finish().await?;
     Ok(())
 }
 
@@ -1345,16 +1357,12 @@ async fn write_trading_quotes(
     if fresh && quotes.len() >= QUOTE_COPY_MIN {
         let savepoint = transaction.savepoint("copy_quotes").await?;
         let copied = async {
-            let copy = savepoint
-                .prepare_cached(
-                    "COPY market_quotes (symbol, ts, event_id, mid) FROM STDIN (FORMAT binary)",
-                )
-                .await?;
-            let writer = BinaryCopyInWriter::new(
-                savepoint.copy_in(&copy).await?,
+            let mut writer = start_copy(
+                &savepoint,
+                "COPY market_quotes (symbol, ts, event_id, mid) FROM STDIN (FORMAT binary)",
                 &[Type::TEXT, Type::INT8, Type::TEXT, Type::FLOAT8],
-            );
-            let mut writer = std::pin::pin!(writer);
+            )
+            .await?;
             for quote in quotes {
                 writer
                     .as_mut()
@@ -1366,7 +1374,7 @@ async fn write_trading_quotes(
                     ])
                     .await?;
             }
-            writer.finish().await
+            writer.as_mut().finish().await
         };
         match copied.await {
             Ok(_) => {
