@@ -354,6 +354,12 @@ pub async fn run(
         Ok(joined) => joined.context("ingest committer failed")?,
         Err(_) => anyhow::bail!("ingest queue not drained within server.shutdown_timeout"),
     }
+    // Nothing commits any more: the rollup deltas still pending become
+    // rollup rows now, so the store is complete without this instance
+    // (otherwise the next one to open it folds them).
+    if let Err(error) = store.fold_pending().await {
+        tracing::warn!(%error, "folding the pending rollup deltas at shutdown failed; the next start folds them");
+    }
     // The committer is done: no more invalidations; the bump task lands
     // what is pending (one attempt) and stops.
     bumps_stop.cancel();

@@ -411,6 +411,11 @@ pub trait Store: Send + Sync + 'static {
     /// Backends whose commit is already durable return at once.
     async fn sync(&self) -> Result<(), StoreError>;
 
+    /// Folds this instance's pending rollup deltas into the rollup rows now
+    /// (see `pending`), so that a stopped instance leaves none for the next
+    /// one to recover.
+    async fn fold_pending(&self) -> Result<(), StoreError>;
+
     /// Events in `[start_ms, end_ms)`, newest first.
     async fn list_events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError>;
 

@@ -304,13 +304,6 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Folds every stored rollup delta now (the folder task does it every
-    /// second).
-    #[cfg(test)]
-    pub(crate) async fn fold(&self) -> Result<(), StoreError> {
-        fold_all(&self.pool, &self.intervals).await.map(|_| ())
-    }
-
     /// Connects (retrying with backoff while the database is unreachable, up
     /// to `settings.startup_timeout`), creates the schema if needed, applies
     /// pending migrations and creates the partitions of the coming days.
@@ -2049,6 +2042,12 @@ impl Store for PostgresStore {
         };
         super::dispose(input);
         result
+    }
+
+    async fn fold_pending(&self) -> Result<(), StoreError> {
+        // Every instance folds every stored delta (the folder task does
+        // it every second).
+        fold_all(&self.pool, &self.intervals).await.map(|_| ())
     }
 
     async fn sync(&self) -> Result<(), StoreError> {

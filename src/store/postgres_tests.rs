@@ -614,7 +614,7 @@ async fn small_commits_are_read_the_same_before_and_after_their_fold() {
     };
     assert_eq!(covered().await, 12);
 
-    store.fold().await.unwrap();
+    store.fold_pending().await.unwrap();
     assert_eq!(schema.count(deltas).await, 0);
     assert_eq!(schema.count(folded).await, 1);
     let after = [read(Interval::M1).await, read(Interval::D1).await];

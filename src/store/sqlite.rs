@@ -272,11 +272,6 @@ impl SqliteStore {
         })
     }
 
-    /// Folds the pending rollup deltas now.
-    pub(crate) async fn fold_now(&self) -> Result<(), StoreError> {
-        self.with_writer(fold).await
-    }
-
     /// Runs `work` on the writer connection on the blocking pool.
     async fn with_writer<T: Send + 'static>(
         &self,
@@ -1423,6 +1418,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn fold_pending(&self) -> Result<(), StoreError> {
+        self.with_writer(fold).await
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         let Some(wal) = self.wal_to_sync.clone() else {
             return Ok(());
@@ -1804,7 +1803,7 @@ impl Store for SqliteStore {
     ) -> Result<RetentionReport, StoreError> {
         // Pending deltas of expired buckets are rows like any other: fold
         // them first, so that they are deleted too.
-        self.fold_now().await?;
+        self.fold_pending().await?;
         let mut report = RetentionReport {
             events_deleted: self
                 .delete_in_chunks(

@@ -48,7 +48,7 @@ async fn cached_rows_are_dropped_when_another_connection_writes() {
         |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
     commit(vec![order(minute + 1, 10.0)]).await.unwrap();
     assert_eq!(latency_row(&store, minute).await.count(), 1);
-    store.fold_now().await.unwrap();
+    store.fold_pending().await.unwrap();
     // Another connection changes the stored row behind the writer's back.
     let other = Connection::open(&path).unwrap();
     other
@@ -58,7 +58,7 @@ async fn cached_rows_are_dropped_when_another_connection_writes() {
         )
         .unwrap();
     commit(vec![order(minute + 2, 20.0)]).await.unwrap();
-    store.fold_now().await.unwrap();
+    store.fold_pending().await.unwrap();
     let row = latency_row(&store, minute).await;
     assert_eq!(
         row.count(),
@@ -285,7 +285,7 @@ async fn small_commits_are_read_the_same_before_and_after_their_fold() {
         .expect("every event lies in the covered part");
     assert_eq!(bucket[0][0].accumulator.count(), 12);
 
-    store.fold_now().await.unwrap();
+    store.fold_pending().await.unwrap();
     assert_eq!(rows_of(&path, DELTA_ROWS), 0);
     assert_eq!(rows_of(&path, LATENCY_ROWS), 1);
     let after: Vec<_> = futures_util::future::join_all(Interval::ALL.map(read)).await;
