@@ -1030,9 +1030,13 @@ impl Settling {
 }
 
 /// The time span of the rows [`refresh_kind`] reads at once. Summaries are
-/// per minute, so any part of a minute works; a sixth keeps a pass's
-/// memory to a sixth of its busiest minute's rows.
-const READ_PIECE_MS: i64 = 10_000;
+/// per minute, so any part of a minute works; a thirtieth keeps a pass's
+/// memory to a thirtieth of its busiest minute's rows. Under a sustained
+/// 20 000 events/s, 10-second pieces (some 36 000 orders each) raised the
+/// service's RSS by 60-90 MiB after every minute, settling higher each
+/// time; 2-second pieces keep it flat (BENCHMARKS, session 12). The cost
+/// is more, smaller range reads: 30 per minute and kind.
+const READ_PIECE_MS: i64 = 2_000;
 
 /// Recomputes the earliest marked hour of `T`'s kind in `marks` (the
 /// marks a pass takes up), up to the current minute. Returns the marks it
