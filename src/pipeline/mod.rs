@@ -8,6 +8,11 @@
 //! back to each submitter only after the commit, which is when a source may
 //! acknowledge (answer HTTP, store a Kafka offset, ack a NATS message).
 //!
+//! The work that needs no database (rollup deltas, distinct values, trading
+//! changes) is prepared by each submitter, in parallel, for submissions of
+//! more than a few events; small ones (single-event POSTs) are prepared by
+//! the committer, all of a group's in one pass (see [`Work`]).
+//!
 //! Up to `commits_in_flight` transactions run at once (PostgreSQL, where
 //! several connections commit in parallel), but one starts beside running
 //! ones only when a full `batch_size` is waiting: smaller groups keep
@@ -107,8 +112,33 @@ pub trait CommitListener: Send + Sync {
 /// 10 000-event batch never stalls an async worker.
 const PREPARE_INLINE_MAX_EVENTS: usize = 64;
 
+/// Submissions of at most this many events are left for the committer to
+/// prepare, all of a group's together in one pass (see [`Work`]).
+const PREPARE_IN_GROUP_MAX_EVENTS: usize = 16;
+
+/// What a submission hands the committer.
+enum Work {
+    /// Prepared by the submitter, in parallel with other submissions.
+    Prepared(PreparedBatch),
+    /// A small submission (single-event POSTs, mostly), prepared by the
+    /// committer together with the other small ones of its group. Preparing
+    /// it alone would build rollup deltas (a map entry and a sketch per
+    /// series) only to merge them into the group's a moment later; in one
+    /// pass, events of the same series share them.
+    Small(Vec<Event>),
+}
+
+impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Work::Prepared(batch) => batch.len(),
+            Work::Small(events) => events.len(),
+        }
+    }
+}
+
 struct Submission {
-    batch: PreparedBatch,
+    work: Work,
     reply: oneshot::Sender<Result<Vec<bool>, SubmitError>>,
     _permits: OwnedSemaphorePermit,
 }
@@ -136,12 +166,15 @@ impl Pipeline {
         // Each submission holds at least one permit, so the channel never
         // holds more than `buffer_size` submissions.
         let (sender, receiver) = mpsc::channel(buffer_size);
+        let intervals: Arc<[Interval]> = settings.intervals.into();
         let committer = tokio::spawn(run_committer(
             receiver,
             store,
             CommitterSettings {
                 batch_size: settings.batch_size.max(1),
                 in_flight: settings.commits_in_flight.max(1),
+                intervals: Arc::clone(&intervals),
+                trading: settings.trading,
             },
             Arc::clone(&telemetry),
             settings.on_commit.clone(),
@@ -150,7 +183,7 @@ impl Pipeline {
             sender,
             permits: Arc::new(Semaphore::new(buffer_size)),
             buffer_size,
-            intervals: settings.intervals.into(),
+            intervals,
             trading: settings.trading,
             telemetry,
         };
@@ -189,9 +222,16 @@ impl Pipeline {
         let queued = events.len() as i64;
         self.telemetry.queue_depth.add(queued);
         // Work that needs no database happens here, in the submitter's task,
-        // so submissions prepare in parallel and the committer only writes.
-        let batch = if events.len() <= PREPARE_INLINE_MAX_EVENTS {
-            PreparedBatch::prepare_with(events, &self.intervals, self.trading)
+        // so submissions prepare in parallel and the committer only writes
+        // (small ones excepted: see `Work::Small`).
+        let work = if events.len() <= PREPARE_IN_GROUP_MAX_EVENTS {
+            Work::Small(events)
+        } else if events.len() <= PREPARE_INLINE_MAX_EVENTS {
+            Work::Prepared(PreparedBatch::prepare_with(
+                events,
+                &self.intervals,
+                self.trading,
+            ))
         } else {
             let intervals = Arc::clone(&self.intervals);
             let trading = self.trading;
@@ -200,7 +240,7 @@ impl Pipeline {
             })
             .await
             {
-                Ok(batch) => batch,
+                Ok(batch) => Work::Prepared(batch),
                 Err(error) => {
                     self.telemetry.queue_depth.sub(queued);
                     return Err(Refused::Failed(SubmitError::CommitFailed(format!(
@@ -211,7 +251,7 @@ impl Pipeline {
         };
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
-            batch,
+            work,
             reply,
             _permits: permits,
         };
@@ -238,6 +278,9 @@ const SYNC_QUEUE_BATCHES: usize = 64;
 struct CommitterSettings {
     batch_size: usize,
     in_flight: usize,
+    /// How small submissions are prepared (see [`Work::Small`]).
+    intervals: Arc<[Interval]>,
+    trading: bool,
 }
 
 async fn run_committer(
@@ -268,6 +311,7 @@ async fn run_committer(
                 &*store,
                 std::mem::take(&mut waiting),
                 std::mem::take(&mut waiting_events),
+                &settings,
                 &telemetry,
                 on_commit.as_deref(),
             ));
@@ -291,13 +335,13 @@ async fn run_committer(
                     open = false;
                     continue;
                 };
-                waiting_events += submission.batch.len();
+                waiting_events += submission.work.len();
                 waiting.push(submission);
                 // Take what is already waiting; never wait for more.
                 while waiting_events < settings.batch_size {
                     match receiver.try_recv() {
                         Ok(submission) => {
-                            waiting_events += submission.batch.len();
+                            waiting_events += submission.work.len();
                             waiting.push(submission);
                         }
                         Err(_) => break,
@@ -346,20 +390,36 @@ async fn commit(
     store: &dyn Store,
     submissions: Vec<Submission>,
     total: usize,
+    settings: &CommitterSettings,
     telemetry: &Telemetry,
     on_commit: Option<&dyn CommitListener>,
 ) -> Option<Vec<AwaitingSync>> {
     // The batches go to the store as one; each submitter keeps its reply,
-    // its permits and how many of the events were its own.
+    // its permits and how many of the events were its own. The small
+    // submissions come first, as one batch prepared here; the waiters are
+    // listed in the same order as the events.
     let mut waiters = Vec::with_capacity(submissions.len());
-    let mut batches = Vec::with_capacity(submissions.len());
-    for Submission {
-        batch,
-        reply,
-        _permits,
-    } in submissions
-    {
-        waiters.push((reply, _permits, batch.len()));
+    let mut small = Vec::new();
+    let mut prepared = Vec::with_capacity(submissions.len());
+    for submission in submissions {
+        match submission.work {
+            Work::Small(events) => {
+                waiters.push((submission.reply, submission._permits, events.len()));
+                small.extend(events);
+            }
+            Work::Prepared(batch) => prepared.push((submission.reply, submission._permits, batch)),
+        }
+    }
+    let mut batches = Vec::with_capacity(prepared.len() + 1);
+    if !small.is_empty() {
+        batches.push(PreparedBatch::prepare_with(
+            small,
+            &settings.intervals,
+            settings.trading,
+        ));
+    }
+    for (reply, permits, batch) in prepared {
+        waiters.push((reply, permits, batch.len()));
         batches.push(batch);
     }
     let Some(combined) = PreparedBatch::combine(batches) else {
@@ -415,6 +475,149 @@ async fn commit(
                 let _ = reply.send(Err(SubmitError::CommitFailed(message.clone())));
             }
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::sqlite::{SqliteStore, Synchronous};
+
+    const MINUTE: i64 = 1_700_000_040_000;
+
+    fn event(event_type: &str, id: Uuid, offset_ms: i64) -> Event {
+        let mut properties = serde_json::Map::new();
+        properties.insert("latency_ms".into(), json!(offset_ms % 97));
+        Event {
+            id,
+            event_type: event_type.into(),
+            user_id: None,
+            session_id: None,
+            properties: properties.into(),
+            timestamp_ms: MINUTE + offset_ms,
+            created_at_ms: MINUTE,
+        }
+    }
+
+    /// Small submissions are prepared by the committer, together, and go
+    /// first in their group's batch. Each submitter must still get the
+    /// flags of exactly its own events, and the rollups must count every
+    /// new event once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_of_small_and_prepared_submissions_answers_each_submitter_for_its_own_events() {
+        let directory = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                &directory.path().join("pipeline.db"),
+                Synchronous::Normal,
+                &[Interval::M1],
+            )
+            .unwrap(),
+        );
+        let telemetry = Arc::new(Telemetry::new());
+        let (pipeline, committer) = Pipeline::start(
+            Arc::clone(&store),
+            PipelineSettings {
+                batch_size: 100_000,
+                commits_in_flight: 1,
+                buffer_size: 100_000,
+                intervals: vec![Interval::M1],
+                trading: true,
+                on_commit: None,
+            },
+            Arc::clone(&telemetry),
+        );
+        // Stored first: later submissions repeat some of these ids.
+        let stored: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+        let first: Vec<Event> = stored
+            .iter()
+            .enumerate()
+            .map(|(index, id)| event("order.placed", *id, index as i64))
+            .collect();
+        assert!(pipeline.submit(first).await.unwrap().iter().all(|new| *new));
+
+        // A large submission keeps the writer busy while the others queue
+        // behind it, so they share the next commit.
+        let large: Vec<Event> = (0..20_000)
+            .map(|index| event("page.view", Uuid::now_v7(), index % 60_000))
+            .collect();
+        let mut tasks = vec![tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move { (vec![true; large.len()], pipeline.submit(large).await) }
+        })];
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut repeated = stored.iter();
+        for submission in 0..30usize {
+            // Alternately one event (small) and 20 (prepared by the
+            // submitter); every third submission repeats a stored id, at
+            // a position that differs between submissions.
+            let size = if submission % 2 == 0 { 1 } else { 20 };
+            let mut events = Vec::with_capacity(size);
+            let mut expected = Vec::with_capacity(size);
+            for index in 0..size {
+                let repeat = submission % 3 == 0 && index == submission % size;
+                let id = if repeat {
+                    *repeated.next().unwrap()
+                } else {
+                    Uuid::now_v7()
+                };
+                let kind = if index % 2 == 0 {
+                    "order.placed"
+                } else {
+                    "user.login"
+                };
+                events.push(event(kind, id, (submission * 100 + index) as i64));
+                expected.push(!repeat);
+            }
+            let pipeline = pipeline.clone();
+            tasks.push(tokio::spawn(async move {
+                (expected, pipeline.submit(events).await)
+            }));
+        }
+        let mut new_events = 40;
+        for task in tasks {
+            let (expected, answered) = task.await.unwrap();
+            assert_eq!(answered.unwrap(), expected);
+            new_events += expected.iter().filter(|new| **new).count();
+        }
+        let commits = telemetry.ingestion_metrics().batches_processed;
+        assert!(
+            commits < 30,
+            "the submissions were not grouped ({commits} commits)"
+        );
+
+        drop(pipeline);
+        committer.await.unwrap();
+        store.fold_pending().await.unwrap();
+        let by_type: BTreeMap<String, u64> = store
+            .count_events_by_type(MINUTE - 60_000, MINUTE + 120_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(by_type.values().sum::<u64>(), new_events as u64);
+        for (event_type, count) in &by_type {
+            let counted: u64 = store
+                .read_rollups(
+                    crate::model::metric::EVENTS_COUNT,
+                    Some(event_type),
+                    Interval::M1,
+                    MINUTE - 60_000,
+                    MINUTE + 120_000,
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.accumulator.count())
+                .sum();
+            assert_eq!(counted, *count, "{event_type}");
         }
     }
 }
