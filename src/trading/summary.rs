@@ -1029,14 +1029,33 @@ impl Settling {
     }
 }
 
-/// The time span of the rows [`refresh_kind`] reads at once. Summaries are
-/// per minute, so any part of a minute works; a thirtieth keeps a pass's
-/// memory to a thirtieth of its busiest minute's rows. Under a sustained
-/// 20 000 events/s, 10-second pieces (some 36 000 orders each) raised the
+/// About how many rows [`refresh_kind`] reads at once. Summaries are per
+/// minute, and any part of a minute can be read on its own: the rows are
+/// read a piece of time at a time, each piece's span chosen from the
+/// density of the last one (see [`next_piece`]). Under a sustained 20 000
+/// events/s, 10-second pieces (some 36 000 orders each) raised the
 /// service's RSS by 60-90 MiB after every minute, settling higher each
-/// time; 2-second pieces keep it flat (BENCHMARKS, session 12). The cost
-/// is more, smaller range reads: 30 per minute and kind.
-const READ_PIECE_MS: i64 = 2_000;
+/// time; pieces of a few thousand rows keep it flat, and a sparse backfill
+/// still reads a whole minute at once (BENCHMARKS, session 12).
+const PIECE_ROWS: usize = 4_000;
+/// The span of a pass's first piece, and the shortest.
+const FIRST_PIECE_MS: i64 = 2_000;
+const MIN_PIECE_MS: i64 = 250;
+
+/// The span of the next piece, after one of `span_ms` held `rows` rows:
+/// the span that would have held about [`PIECE_ROWS`], at most four times
+/// the last (a denser stretch ahead is met by a piece of moderate size) and
+/// at most a minute.
+fn next_piece(span_ms: i64, rows: usize) -> i64 {
+    let span = span_ms.max(1);
+    let fitting = match i64::try_from(rows) {
+        Ok(rows) if rows > 0 => span.saturating_mul(PIECE_ROWS as i64) / rows,
+        _ => i64::MAX,
+    };
+    fitting
+        .min(span.saturating_mul(4))
+        .clamp(MIN_PIECE_MS, MINUTE_MS)
+}
 
 /// Recomputes the earliest marked hour of `T`'s kind in `marks` (the
 /// marks a pass takes up), up to the current minute. Returns the marks it
@@ -1076,12 +1095,14 @@ async fn refresh_kind<T: Source>(
     // before the next is read: a busy minute holds some hundred thousand
     // orders or fills, and a pass after a backlog takes up to an hour.
     let mut computed = BTreeMap::new();
+    let mut piece = FIRST_PIECE_MS;
     for &minute in &minutes {
         let mut from = minute;
         while from < minute + MINUTE_MS {
-            let to = (from + READ_PIECE_MS).min(minute + MINUTE_MS);
+            let to = (from + piece).min(minute + MINUTE_MS);
             let items = T::read_raw(store, from, to).await?;
             add_to_minute_slices::<T>(&mut computed, &items);
+            piece = next_piece(to - from, items.len());
             from = to;
         }
     }
@@ -1202,6 +1223,19 @@ pub async fn run_refresher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_hold_about_the_target_rows_within_their_bounds() {
+        // Dense: shrinks to the span that holds the target.
+        assert_eq!(next_piece(2_000, 8_000), 1_000);
+        assert_eq!(next_piece(2_000, 1_000_000), MIN_PIECE_MS);
+        // Sparse or empty: grows at most fourfold a step, up to a minute.
+        assert_eq!(next_piece(2_000, 1), 8_000);
+        assert_eq!(next_piece(2_000, 0), 8_000);
+        assert_eq!(next_piece(32_000, 0), MINUTE_MS);
+        // About right: stays.
+        assert_eq!(next_piece(2_000, PIECE_ROWS), 2_000);
+    }
     use crate::trading::report::minute_slices;
 
     const T0: i64 = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
