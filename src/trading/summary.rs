@@ -1038,22 +1038,23 @@ impl Settling {
 /// time; pieces of a few thousand rows keep it flat, and a sparse backfill
 /// still reads a whole minute at once (BENCHMARKS, session 12).
 const PIECE_ROWS: usize = 4_000;
-/// The span of a pass's first piece, and the shortest.
+/// The span of a pass's first piece.
 const FIRST_PIECE_MS: i64 = 2_000;
+/// The shortest span of a piece.
 const MIN_PIECE_MS: i64 = 250;
 
-/// The span of the next piece, after one of `span_ms` held `rows` rows:
-/// the span that would have held about [`PIECE_ROWS`], at most four times
-/// the last (a denser stretch ahead is met by a piece of moderate size) and
-/// at most a minute.
-fn next_piece(span_ms: i64, rows: usize) -> i64 {
-    let span = span_ms.max(1);
+/// The span of the next piece, after a piece meant to span `piece_ms` read
+/// `rows` rows in `read_ms` (less than `piece_ms` at the end of a minute):
+/// the span that would have held about [`PIECE_ROWS`] at that density, at
+/// most four times `piece_ms` (a denser stretch ahead is met by a piece of
+/// moderate size) and at most a minute.
+fn next_piece(piece_ms: i64, read_ms: i64, rows: usize) -> i64 {
     let fitting = match i64::try_from(rows) {
-        Ok(rows) if rows > 0 => span.saturating_mul(PIECE_ROWS as i64) / rows,
+        Ok(rows) if rows > 0 => read_ms.max(1).saturating_mul(PIECE_ROWS as i64) / rows,
         _ => i64::MAX,
     };
     fitting
-        .min(span.saturating_mul(4))
+        .min(piece_ms.max(1).saturating_mul(4))
         .clamp(MIN_PIECE_MS, MINUTE_MS)
 }
 
@@ -1102,7 +1103,7 @@ async fn refresh_kind<T: Source>(
             let to = (from + piece).min(minute + MINUTE_MS);
             let items = T::read_raw(store, from, to).await?;
             add_to_minute_slices::<T>(&mut computed, &items);
-            piece = next_piece(to - from, items.len());
+            piece = next_piece(piece, to - from, items.len());
             from = to;
         }
     }
@@ -1227,14 +1228,18 @@ mod tests {
     #[test]
     fn pieces_hold_about_the_target_rows_within_their_bounds() {
         // Dense: shrinks to the span that holds the target.
-        assert_eq!(next_piece(2_000, 8_000), 1_000);
-        assert_eq!(next_piece(2_000, 1_000_000), MIN_PIECE_MS);
+        assert_eq!(next_piece(2_000, 2_000, 8_000), 1_000);
+        assert_eq!(next_piece(2_000, 2_000, 1_000_000), MIN_PIECE_MS);
         // Sparse or empty: grows at most fourfold a step, up to a minute.
-        assert_eq!(next_piece(2_000, 1), 8_000);
-        assert_eq!(next_piece(2_000, 0), 8_000);
-        assert_eq!(next_piece(32_000, 0), MINUTE_MS);
+        assert_eq!(next_piece(2_000, 2_000, 1), 8_000);
+        assert_eq!(next_piece(2_000, 2_000, 0), 8_000);
+        assert_eq!(next_piece(32_000, 32_000, 0), MINUTE_MS);
+        // The short remainder of a minute: its density counts, its span
+        // does not hold the next piece back.
+        assert_eq!(next_piece(8_000, 10, 0), 32_000);
+        assert_eq!(next_piece(2_000, 500, 2_000), 1_000);
         // About right: stays.
-        assert_eq!(next_piece(2_000, PIECE_ROWS), 2_000);
+        assert_eq!(next_piece(2_000, 2_000, PIECE_ROWS), 2_000);
     }
     use crate::trading::report::minute_slices;
 
