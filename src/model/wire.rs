@@ -96,14 +96,11 @@ impl<T: FromScalar> Parsed<T> {
     }
 }
 
+/// The same reading as from JSON text (a `Value` is a deserializer too).
 impl<T: FromScalar> From<Value> for Parsed<T> {
     fn from(value: Value) -> Self {
-        match value {
-            Value::Null => Parsed::Null,
-            Value::String(text) => Parsed::of(T::from_text(&text)),
-            Value::Number(number) => Parsed::of(number.as_i64().and_then(T::from_integer)),
-            _ => Parsed::Invalid,
-        }
+        // The visitor accepts every JSON value, so this cannot fail.
+        Parsed::deserialize(value).unwrap_or(Parsed::Invalid)
     }
 }
 

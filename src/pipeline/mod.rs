@@ -116,6 +116,20 @@ const PREPARE_INLINE_MAX_EVENTS: usize = 64;
 /// prepare, all of a group's together in one pass (see [`Work`]).
 const PREPARE_IN_GROUP_MAX_EVENTS: usize = 16;
 
+/// How events are prepared for the store (see [`PreparedBatch`]): its
+/// rollup intervals, and whether it keeps the trading tables.
+#[derive(Clone)]
+struct Preparation {
+    intervals: Arc<[Interval]>,
+    trading: bool,
+}
+
+impl Preparation {
+    fn prepare(&self, events: Vec<Event>) -> PreparedBatch {
+        PreparedBatch::prepare_with(events, &self.intervals, self.trading)
+    }
+}
+
 /// What a submission hands the committer.
 enum Work {
     /// Prepared by the submitter, in parallel with other submissions.
@@ -150,8 +164,7 @@ pub struct Pipeline {
     sender: mpsc::Sender<Submission>,
     permits: Arc<Semaphore>,
     buffer_size: usize,
-    intervals: Arc<[Interval]>,
-    trading: bool,
+    preparation: Preparation,
     telemetry: Arc<Telemetry>,
 }
 
@@ -166,15 +179,17 @@ impl Pipeline {
         // Each submission holds at least one permit, so the channel never
         // holds more than `buffer_size` submissions.
         let (sender, receiver) = mpsc::channel(buffer_size);
-        let intervals: Arc<[Interval]> = settings.intervals.into();
+        let preparation = Preparation {
+            intervals: settings.intervals.into(),
+            trading: settings.trading,
+        };
         let committer = tokio::spawn(run_committer(
             receiver,
             store,
             CommitterSettings {
                 batch_size: settings.batch_size.max(1),
                 in_flight: settings.commits_in_flight.max(1),
-                intervals: Arc::clone(&intervals),
-                trading: settings.trading,
+                preparation: preparation.clone(),
             },
             Arc::clone(&telemetry),
             settings.on_commit.clone(),
@@ -183,8 +198,7 @@ impl Pipeline {
             sender,
             permits: Arc::new(Semaphore::new(buffer_size)),
             buffer_size,
-            intervals,
-            trading: settings.trading,
+            preparation,
             telemetry,
         };
         (pipeline, committer)
@@ -227,19 +241,10 @@ impl Pipeline {
         let work = if events.len() <= PREPARE_IN_GROUP_MAX_EVENTS {
             Work::Small(events)
         } else if events.len() <= PREPARE_INLINE_MAX_EVENTS {
-            Work::Prepared(PreparedBatch::prepare_with(
-                events,
-                &self.intervals,
-                self.trading,
-            ))
+            Work::Prepared(self.preparation.prepare(events))
         } else {
-            let intervals = Arc::clone(&self.intervals);
-            let trading = self.trading;
-            match tokio::task::spawn_blocking(move || {
-                PreparedBatch::prepare_with(events, &intervals, trading)
-            })
-            .await
-            {
+            let preparation = self.preparation.clone();
+            match tokio::task::spawn_blocking(move || preparation.prepare(events)).await {
                 Ok(batch) => Work::Prepared(batch),
                 Err(error) => {
                     self.telemetry.queue_depth.sub(queued);
@@ -279,8 +284,7 @@ struct CommitterSettings {
     batch_size: usize,
     in_flight: usize,
     /// How small submissions are prepared (see [`Work::Small`]).
-    intervals: Arc<[Interval]>,
-    trading: bool,
+    preparation: Preparation,
 }
 
 async fn run_committer(
@@ -412,11 +416,7 @@ async fn commit(
     }
     let mut batches = Vec::with_capacity(prepared.len() + 1);
     if !small.is_empty() {
-        batches.push(PreparedBatch::prepare_with(
-            small,
-            &settings.intervals,
-            settings.trading,
-        ));
+        batches.push(settings.preparation.prepare(small));
     }
     for (reply, permits, batch) in prepared {
         waiters.push((reply, permits, batch.len()));
