@@ -5,9 +5,8 @@
 # Usage: scripts/nats-ratio.sh [TRIALS] (default 3); BIN=... to choose the
 # binary (default target/release/analytics; no build); EVENTS=... (200000).
 # NATS_EXTRA=... adds lines to the service's nats section (e.g.
-# '  batch_size: 20000'). POLL=light reads the committed count without
-# starting jq per poll (bench.sh starts one every ~50 ms, ~25 ms of CPU each,
-# which the NATS phase pays and the batch-HTTP baseline does not).
+# '  batch_size: 20000'). POLL=curl polls the committed count with a curl
+# every 50 ms (the method before `analytics bench-committed`), for A/B runs.
 # Per trial prints: the commits of both phases, the NATS phase's wall time
 # and machine idle time; then trial, batch-HTTP events/s, NATS events/s,
 # ratio %, and the CPU seconds of the service (both phases) and nats-server.
@@ -46,23 +45,26 @@ start_service() { # start_service NAME: fresh SQLite store, EXTRA_CONFIG appende
     done
     echo "service did not become healthy" >&2; exit 1
 }
-# consume_rate SOURCE COUNT: as in bench.sh (first commit seen to last).
+# consume_rate SOURCE COUNT: as in bench.sh (first commit seen to last,
+# polled over one keep-alive connection); POLL=curl polls with a curl per
+# 50 ms instead, as both scripts did before `analytics bench-committed`.
 consume_rate() {
-    local committed=0 first_ns="" first=0
-    for _ in $(seq 1 12000); do
-        if [ "${POLL:-jq}" = light ]; then
-            # The same figure without starting jq (~25 ms of CPU) per poll.
-            local body
+    if [ "${POLL:-}" = curl ]; then
+        local committed=0 first_ns="" first=0 body
+        for _ in $(seq 1 12000); do
             body="$(curl -fsS "$URL/api/v1/internal/ingestion-metrics")"
             if [[ "$body" =~ \"$1\":\{[^}]*\"committed\":([0-9]+) ]]; then committed="${BASH_REMATCH[1]}"; else committed=0; fi
-        else
-            committed="$(curl -fsS "$URL/api/v1/internal/ingestion-metrics" | jq -r --arg s "$1" '.sources[$s].committed // 0')"
-        fi
-        if [ -z "$first_ns" ] && [ "$committed" -gt 0 ]; then first_ns="$(date +%s%N)"; first="$committed"; fi
-        [ "$committed" -ge "$2" ] && break
-        sleep 0.05
-    done
-    awk -v n="$((committed - first))" -v ns="$(( $(date +%s%N) - ${first_ns:-$(date +%s%N)} ))" 'BEGIN {if (ns > 0) printf "%.0f", n / (ns / 1e9); else print 0}'
+            if [ -z "$first_ns" ] && [ "$committed" -gt 0 ]; then first_ns="$(date +%s%N)"; first="$committed"; fi
+            [ "$committed" -ge "$2" ] && break
+            sleep 0.05
+        done
+        awk -v n="$((committed - first))" -v ns="$(( $(date +%s%N) - ${first_ns:-$(date +%s%N)} ))" 'BEGIN {if (ns > 0) printf "%.0f", n / (ns / 1e9); else print 0}'
+        return
+    fi
+    local report
+    report="$("$BIN" bench-committed --url "$URL" --source "$1" --count "$2" 2>>"$WORK/loadgen.log")" || true
+    [ -n "$report" ] || report='{}'
+    jq -r '.events_per_second // 0 | floor' <<<"$report"
 }
 
 # cpu_ticks PID: user + system clock ticks of PID so far (0 when unknown).

@@ -58,6 +58,10 @@ enum Command {
     /// Same-run baseline for the benchmarks: raw SQLite insert vs batch commit.
     #[command(hide = true)]
     BenchBaseline(analytics::loadgen::baseline::BaselineArgs),
+    /// Waits until a running service has committed COUNT events of a source;
+    /// prints the rate from the first commit seen to the last, as JSON.
+    #[command(hide = true)]
+    BenchCommitted(analytics::loadgen::committed::CommittedArgs),
     /// A mock Kafka cluster for benchmarks: prints its bootstrap servers,
     /// runs until SIGTERM or Ctrl-C.
     #[command(hide = true)]
@@ -312,6 +316,19 @@ fn main() -> ExitCode {
             tokio::spawn(stop_on_signal(shutdown.clone()));
             shutdown.cancelled().await;
             drop(cluster);
+            Ok(())
+        }),
+        Command::BenchCommitted(args) => with_tool_runtime(&loaded, async move {
+            let report = analytics::loadgen::committed::wait_committed(&args).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.complete {
+                anyhow::bail!(
+                    "{} of {} {} events committed before the timeout",
+                    report.committed,
+                    args.count,
+                    args.source
+                );
+            }
             Ok(())
         }),
         Command::BenchBaseline(args) => with_tool_runtime(&loaded, async move {

@@ -11,7 +11,9 @@
 //!   bounded in-flight acknowledgements), optionally timing publish →
 //!   visible;
 //! - [`baseline`]: the in-process comparison figures of `scripts/bench.sh`
-//!   (raw SQLite insert vs the store's batch commit).
+//!   (raw SQLite insert vs the store's batch commit);
+//! - [`committed`]: the rate at which a running service commits a source's
+//!   events, read over one keep-alive connection (the stream figures).
 //!
 //! Invariants: every run is bounded by `--count` or `--duration` (a run
 //! with neither is refused); the generated content depends only on the seed,
@@ -20,6 +22,7 @@
 //! `--target nats`: `--nats-url`, and `--probe-url` when given).
 
 pub mod baseline;
+pub mod committed;
 pub mod generator;
 pub mod http;
 pub mod kafka;
