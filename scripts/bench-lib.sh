@@ -63,3 +63,18 @@ logging:
 ${EXTRA_CONFIG:-}
 EOF
 }
+
+# committed_rate SOURCE COUNT: waits until the running service at URL has
+# committed COUNT events from SOURCE (bounded: 600 s); prints the events/s
+# from the first commit seen to the last. The polls (every 20 ms) go over
+# one keep-alive connection of `analytics bench-committed` (BIN): a curl
+# and a shell loop per poll took about a tenth of a two-core machine during
+# the phase measured, which an HTTP baseline timed by the load generator
+# does not pay. A timeout still prints its report (complete: false); the
+# error goes to WORK/loadgen.log.
+committed_rate() {
+    local report
+    report="$("$BIN" bench-committed --url "$URL" --source "$1" --count "$2" 2>>"$WORK/loadgen.log")" || true
+    [ -n "$report" ] || report='{}'
+    jq -r '.events_per_second // 0 | floor' <<<"$report"
+}

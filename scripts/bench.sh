@@ -744,20 +744,10 @@ fi
 # from the first commit seen to the last. Then the latency from
 # produce/publish to visible, at a steady 5 000 events/s.
 STREAM_EVENTS=200000 # the mock cluster keeps about 5 MB per partition
-# consume_rate SOURCE COUNT: waits until the running service has committed
-# COUNT events from SOURCE (bounded: 600 s); prints the events/s from the
-# first commit seen to the last (the mock cluster takes seconds to assign
-# partitions to a new group member: not ingest time). The polls (every
-# 20 ms) go over one keep-alive connection of `analytics bench-committed`:
-# a curl and a shell loop per poll took about a tenth of this two-core
-# machine during the phase measured, which the HTTP baseline did not pay.
-consume_rate() {
-    local report
-    # A timeout still prints its report (complete: false) and is logged.
-    report="$("$BIN" bench-committed --url "$URL" --source "$1" --count "$2" 2>>"$WORK/loadgen.log")" || true
-    [ -n "$report" ] || report='{}'
-    jq -r '.events_per_second // 0 | floor' <<<"$report"
-}
+# consume_rate SOURCE COUNT: the events/s from the first commit seen to the
+# last (the mock cluster takes seconds to assign partitions to a new group
+# member: not ingest time); see committed_rate in bench-lib.sh.
+consume_rate() { committed_rate "$1" "$2"; }
 # wait_assigned SOURCE: until the running service's SOURCE is connected
 # (Kafka: has its partitions assigned), bounded (30 s).
 wait_assigned() {

@@ -45,9 +45,9 @@ start_service() { # start_service NAME: fresh SQLite store, EXTRA_CONFIG appende
     done
     echo "service did not become healthy" >&2; exit 1
 }
-# consume_rate SOURCE COUNT: as in bench.sh (first commit seen to last,
-# polled over one keep-alive connection); POLL=curl polls with a curl per
-# 50 ms instead, as both scripts did before `analytics bench-committed`.
+# consume_rate SOURCE COUNT: as in bench.sh (committed_rate of
+# bench-lib.sh); POLL=curl polls with a curl every 50 ms instead, as both
+# scripts did before `analytics bench-committed`.
 consume_rate() {
     if [ "${POLL:-}" = curl ]; then
         local committed=0 first_ns="" first=0 body
@@ -61,10 +61,7 @@ consume_rate() {
         awk -v n="$((committed - first))" -v ns="$(( $(date +%s%N) - ${first_ns:-$(date +%s%N)} ))" 'BEGIN {if (ns > 0) printf "%.0f", n / (ns / 1e9); else print 0}'
         return
     fi
-    local report
-    report="$("$BIN" bench-committed --url "$URL" --source "$1" --count "$2" 2>>"$WORK/loadgen.log")" || true
-    [ -n "$report" ] || report='{}'
-    jq -r '.events_per_second // 0 | floor' <<<"$report"
+    committed_rate "$1" "$2"
 }
 
 # cpu_ticks PID: user + system clock ticks of PID so far (0 when unknown).
