@@ -59,9 +59,12 @@ pub const QUOTES_FOR_FILLS: &str = "SELECT ts, mid FROM market_quotes
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RebuildReport {
     pub events_read: u64,
+    /// Order upserts: an order whose events fall in several of the
+    /// one-hour pieces read counts once per piece.
     pub orders: u64,
     pub fills: u64,
     pub quotes: u64,
+    /// Minute-bar upserts, counted like `orders`.
     pub bar_updates: u64,
 }
 

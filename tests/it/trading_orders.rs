@@ -984,8 +984,19 @@ async fn rebuild_fills_the_trading_tables_from_events_stored_without_them() {
     let first = rebuild();
     assert_eq!(first["fills"], world.fills.len(), "{first}");
     assert_eq!(first["quotes"], world.ticks.len(), "{first}");
-    // Again: it starts over, so nothing is counted twice.
-    assert_eq!(rebuild(), first);
+    // Again: it starts over, so nothing is counted twice. `orders` and
+    // `bar_updates` count upserts per one-hour piece, and the pieces start
+    // at each run's own now - retention: an order or a minute bar whose
+    // events straddle a piece boundary counts once per piece, so those two
+    // may differ by a few between runs. The tables' content is checked
+    // through the reports below.
+    let second = rebuild();
+    for field in ["events_read", "fills", "quotes"] {
+        assert_eq!(
+            second[field], first[field],
+            "{field}: {first} then {second}"
+        );
+    }
 
     let database_text = database.display().to_string();
     let app = spawn_app_with(&[("ANALYTICS_DATABASE__PATH", database_text.as_str())]).await;
