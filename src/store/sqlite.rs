@@ -878,7 +878,12 @@ impl Drop for OwnerLock {
     }
 }
 
-const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, strategy_id,
+/// The order upsert, with `$placement` (the assignments of the placement's
+/// columns, or nothing) in its `DO UPDATE`.
+macro_rules! upsert_order {
+    ($placement:literal) => {
+        concat!(
+            "INSERT INTO trading_orders (order_id, symbol, side, strategy_id,
          order_type, placed_at, quantity, price, latency_ms, filled_quantity, filled_notional, fills,
          maker_fills, commission, first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
@@ -886,14 +891,9 @@ const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, 
          symbol = COALESCE(symbol, excluded.symbol),
          side = COALESCE(side, excluded.side),
          strategy_id = COALESCE(strategy_id, excluded.strategy_id),
-         order_type = COALESCE(order_type, excluded.order_type),
-         placed_at = COALESCE(MIN(placed_at, excluded.placed_at), placed_at, excluded.placed_at),
-         quantity = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.quantity, quantity)
-                         ELSE COALESCE(quantity, excluded.quantity) END,
-         price = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.price, price)
-                      ELSE COALESCE(price, excluded.price) END,
-         latency_ms = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.latency_ms, latency_ms)
-                           ELSE COALESCE(latency_ms, excluded.latency_ms) END,
+         order_type = COALESCE(order_type, excluded.order_type),",
+            $placement,
+            "
          filled_quantity = filled_quantity + excluded.filled_quantity,
          filled_notional = filled_notional + excluded.filled_notional,
          fills = fills + excluded.fills,
@@ -903,7 +903,28 @@ const UPSERT_ORDER: &str = "INSERT INTO trading_orders (order_id, symbol, side, 
          last_fill_at = COALESCE(MAX(last_fill_at, excluded.last_fill_at), last_fill_at, excluded.last_fill_at),
          canceled_at = COALESCE(MIN(canceled_at, excluded.canceled_at), canceled_at, excluded.canceled_at),
          rejected_at = COALESCE(MIN(rejected_at, excluded.rejected_at), rejected_at, excluded.rejected_at),
-         seen_at = MIN(seen_at, excluded.seen_at)";
+         seen_at = MIN(seen_at, excluded.seen_at)"
+        )
+    };
+}
+
+/// The upsert of an order change that carries its placement.
+const UPSERT_ORDER: &str = upsert_order!(
+    "
+         placed_at = COALESCE(MIN(placed_at, excluded.placed_at), placed_at, excluded.placed_at),
+         quantity = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.quantity, quantity)
+                         ELSE COALESCE(quantity, excluded.quantity) END,
+         price = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.price, price)
+                      ELSE COALESCE(price, excluded.price) END,
+         latency_ms = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.latency_ms, latency_ms)
+                           ELSE COALESCE(latency_ms, excluded.latency_ms) END,"
+);
+
+/// The upsert of an order change without a placement (fills, a cancel, a
+/// reject): the same merge, whose placement columns would keep their stored
+/// values, so it leaves them out. SQLite then leaves the index on
+/// `placed_at` alone instead of deleting and re-inserting the same entry.
+const UPSERT_UNPLACED_ORDER: &str = upsert_order!("");
 
 /// An order's row as stored after its upsert. (A separate statement costs
 /// less than `RETURNING` on the upsert, which SQLite runs through a
@@ -1065,8 +1086,15 @@ fn write_trading(
     }
     let mut spans = MarkSpans::new();
     let mut upsert = transaction.prepare_cached(UPSERT_ORDER)?;
+    let mut upsert_unplaced = transaction.prepare_cached(UPSERT_UNPLACED_ORDER)?;
     let mut stored = transaction.prepare_cached(STORED_ORDER)?;
     for order in &trading.orders {
+        let upsert = if order.placed_at.is_some() {
+            &mut upsert
+        } else {
+            &mut upsert_unplaced
+        };
+        let rowid_before = transaction.last_insert_rowid();
         upsert.execute(params![
             order.order_id,
             order.symbol,
@@ -1088,14 +1116,22 @@ fn write_trading(
             order.rejected_at,
             order.seen_at,
         ])?;
-        let (placed_at, first_fill, last_fill) = stored.query_row([&order.order_id], |row| {
-            Ok((
-                row.get::<_, Option<i64>>(0)?,
-                row.get::<_, Option<i64>>(1)?,
-                row.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
-        summary::order_spans(order, placed_at, first_fill.zip(last_fill), &mut spans);
+        // A new row is stored as the change itself; only a merge with a
+        // stored row is read back (see `inserted_a_row`).
+        let (placed_at, fills) = if inserted_a_row(transaction, rowid_before) {
+            (order.placed_at, order.first_fill_at.zip(order.last_fill_at))
+        } else {
+            let (placed_at, first_fill, last_fill) =
+                stored.query_row([&order.order_id], |row| {
+                    Ok((
+                        row.get::<_, Option<i64>>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                    ))
+                })?;
+            (placed_at, first_fill.zip(last_fill))
+        };
+        summary::order_spans(order, placed_at, fills, &mut spans);
     }
     let mut insert = transaction.prepare_cached(INSERT_FILL)?;
     for fill in &trading.fills {
@@ -1149,6 +1185,16 @@ fn write_trading(
         spans.insert(summary::quote_span(first, next_quote, now));
     }
     write_marks(transaction, &spans)
+}
+
+/// Whether the upsert just run on `connection` inserted a new row into a
+/// rowid table, given the connection's last insert rowid before it. An
+/// insert sets that rowid to the new row's; the `DO UPDATE` of an upsert
+/// does not touch it. `false` when the new row's rowid happens to equal the
+/// one before (a row of another table): the caller then reads the row, as
+/// for an update, which is never wrong.
+fn inserted_a_row(connection: &Connection, rowid_before: i64) -> bool {
+    connection.last_insert_rowid() != rowid_before
 }
 
 fn write_marks(

@@ -510,3 +510,73 @@ fn reader_statements_are_planned_once() {
         0
     );
 }
+
+#[test]
+fn an_order_upsert_tells_a_new_row_from_a_merge_by_the_last_insert_rowid() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("orders.db");
+    drop(SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap());
+    let connection = Connection::open(&path).unwrap();
+    let upsert = |sql: &str, order_id: &str, placed_at: Option<i64>| {
+        let before = connection.last_insert_rowid();
+        connection
+            .execute(
+                sql,
+                params![
+                    order_id,
+                    "BTCUSDT",
+                    "buy",
+                    "s1",
+                    "limit",
+                    placed_at,
+                    1.0,
+                    100.0,
+                    3.0,
+                    0.0,
+                    0.0,
+                    0,
+                    0,
+                    0.0,
+                    None::<i64>,
+                    None::<i64>,
+                    None::<i64>,
+                    None::<i64>,
+                    placed_at.unwrap_or(5)
+                ],
+            )
+            .unwrap();
+        inserted_a_row(&connection, before)
+    };
+    // A row of another table first, so the orders' rowids are not the
+    // connection's only inserts: it takes rowid 1 there.
+    connection
+        .execute(
+            "INSERT INTO trading_fills (event_id, ts, price, quantity) VALUES (x'00', 1, 1.0, 1.0)",
+            [],
+        )
+        .unwrap();
+    // Order "a" takes rowid 1 too: indistinguishable, so counted as a
+    // merge (the caller reads the row back, which is never wrong).
+    assert!(!upsert(UPSERT_ORDER, "a", Some(10)));
+    assert!(upsert(UPSERT_UNPLACED_ORDER, "b", None));
+    assert!(
+        !upsert(UPSERT_ORDER, "b", Some(7)),
+        "a merge is not a new row"
+    );
+    assert!(!upsert(UPSERT_ORDER, "a", Some(5)));
+    assert!(!upsert(UPSERT_UNPLACED_ORDER, "a", None));
+    assert!(upsert(UPSERT_ORDER, "c", Some(9)));
+    assert!(!upsert(UPSERT_UNPLACED_ORDER, "c", None));
+    let placed: Vec<Option<i64>> = connection
+        .prepare("SELECT placed_at FROM trading_orders ORDER BY order_id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        placed,
+        vec![Some(5), Some(7), Some(9)],
+        "the earliest placement wins"
+    );
+}
