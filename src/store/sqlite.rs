@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -433,6 +433,87 @@ const INSERT_EVENT: &str =
     "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 
+/// Events per execution of [`INSERT_EVENTS`].
+const EVENTS_PER_INSERT: usize = 32;
+
+/// Parameters of one event row in [`INSERT_EVENT`] and [`INSERT_EVENTS`].
+const EVENT_PARAMETERS: usize = 7;
+
+/// [`INSERT_EVENT`] with [`EVENTS_PER_INSERT`] rows: one execution opens
+/// the table's and indexes' cursors, and steps, once for them all.
+static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    let rows = (0..EVENTS_PER_INSERT)
+        .map(|row| {
+            let first = row * EVENT_PARAMETERS + 1;
+            let parameters: Vec<String> = (first..first + EVENT_PARAMETERS)
+                .map(|index| format!("?{index}"))
+                .collect();
+            format!("({})", parameters.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {rows} ON CONFLICT (id) DO NOTHING")
+});
+
+/// Binds `event` as the row whose first parameter is `first` (1-based).
+fn bind_event(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    event: &Event,
+) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(first, event.id.as_bytes().as_slice())?;
+    statement.raw_bind_parameter(first + 1, event.timestamp_ms)?;
+    statement.raw_bind_parameter(first + 2, &event.event_type)?;
+    statement.raw_bind_parameter(first + 3, &event.user_id)?;
+    statement.raw_bind_parameter(first + 4, &event.session_id)?;
+    statement.raw_bind_parameter(first + 5, event.properties.as_json())?;
+    statement.raw_bind_parameter(first + 6, event.created_at_ms)
+}
+
+/// Inserts `events`, skipping ids stored already; says which were new.
+///
+/// Full runs of [`EVENTS_PER_INSERT`] go in by [`INSERT_EVENTS`], the rest
+/// one by one. When a run inserts fewer rows than it holds (an id stored
+/// already, or twice in the run), the rows it did insert are told apart by
+/// their `seq`: each new row takes the next rowid, so they are exactly the
+/// ones from `last_insert_rowid - changes + 1` on; of an id given twice
+/// only the first is new.
+fn insert_events(
+    transaction: &rusqlite::Transaction<'_>,
+    events: &[Event],
+) -> Result<Vec<bool>, StoreError> {
+    let mut inserted = Vec::with_capacity(events.len());
+    let mut runs = events.chunks_exact(EVENTS_PER_INSERT);
+    {
+        let mut insert = transaction.prepare_cached(&INSERT_EVENTS)?;
+        let mut seq_of = transaction.prepare_cached("SELECT seq FROM events WHERE id = ?1")?;
+        for run in &mut runs {
+            for (row, event) in run.iter().enumerate() {
+                bind_event(&mut insert, row * EVENT_PARAMETERS + 1, event)?;
+            }
+            let changed = insert.raw_execute()?;
+            if changed == run.len() {
+                inserted.extend(std::iter::repeat_n(true, run.len()));
+                continue;
+            }
+            let changed = i64::try_from(changed).unwrap_or(i64::MAX);
+            let first_new = transaction.last_insert_rowid() - changed + 1;
+            for (row, event) in run.iter().enumerate() {
+                let seq: i64 =
+                    seq_of.query_row([event.id.as_bytes().as_slice()], |row| row.get(0))?;
+                let repeated = run[..row].iter().any(|earlier| earlier.id == event.id);
+                inserted.push(changed > 0 && seq >= first_new && !repeated);
+            }
+        }
+    }
+    let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
+    for event in runs.remainder() {
+        bind_event(&mut insert, 1, event)?;
+        inserted.push(insert.raw_execute()? == 1);
+    }
+    Ok(inserted)
+}
+
 const UPSERT_COUNT: &str = "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
      VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT (metric, interval, bucket_start, dimensions) DO UPDATE SET count = count + excluded.count";
@@ -491,22 +572,7 @@ fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<b
         owner,
     } = writer;
     let transaction = begin_writing(connection, cache)?;
-    let mut inserted = Vec::with_capacity(batch.len());
-    {
-        let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
-        for event in &batch.events {
-            let changed = insert.execute(params![
-                event.id.as_bytes().as_slice(),
-                event.timestamp_ms,
-                event.event_type,
-                event.user_id,
-                event.session_id,
-                event.properties.as_json(),
-                event.created_at_ms,
-            ])?;
-            inserted.push(changed == 1);
-        }
-    }
+    let inserted = insert_events(&transaction, &batch.events)?;
     if let Some(prepared) = &batch.trading {
         let trading = TradingBatch::of_inserted_given(prepared, &batch.events, &inserted);
         write_trading(&transaction, &trading)?;

@@ -580,3 +580,56 @@ fn an_order_upsert_tells_a_new_row_from_a_merge_by_the_last_insert_rowid() {
         "the earliest placement wins"
     );
 }
+
+#[tokio::test]
+async fn runs_of_events_with_stored_or_repeated_ids_say_exactly_which_were_new() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &directory.path().join("ids.db"),
+        Synchronous::Normal,
+        &[Interval::M1],
+    )
+    .unwrap();
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    let fresh = |count: usize, offset: i64| -> Vec<Event> {
+        (0..count)
+            .map(|index| order(minute + offset + index as i64, 1.0))
+            .collect()
+    };
+    let commit =
+        |events: Vec<Event>| store.commit_batch(PreparedBatch::prepare(events, &[Interval::M1]));
+    let stored = fresh(100, 0);
+    assert!(commit(stored.clone()).await.unwrap().iter().all(|new| *new));
+    // Full runs of new events only, runs with stored ids among new ones, a
+    // run of nothing but stored ids, ids repeated inside a run (new and
+    // stored ones) and across runs, and a remainder that is not a full run.
+    let new = fresh(150, 10_000);
+    let mut batch: Vec<Event> = new[..64].to_vec();
+    for index in 0..40 {
+        batch.push(new[64 + index].clone());
+        if index % 7 == 0 {
+            batch.push(stored[index].clone());
+        }
+        if index == 12 {
+            // A new id again, in the same run as its first occurrence.
+            batch.push(new[64 + 10].clone());
+        }
+    }
+    batch.push(new[70].clone());
+    batch.push(stored[3].clone());
+    batch.push(stored[3].clone());
+    batch.extend(stored[40..72].iter().cloned());
+    batch.extend(new[104..150].iter().cloned());
+    batch.push(new[0].clone());
+    batch.push(new[149].clone());
+    let mut seen: std::collections::HashSet<Uuid> = stored.iter().map(|event| event.id).collect();
+    let expected: Vec<bool> = batch.iter().map(|event| seen.insert(event.id)).collect();
+    assert!(!batch.len().is_multiple_of(EVENTS_PER_INSERT) && batch.len() > 4 * EVENTS_PER_INSERT);
+    let inserted = commit(batch).await.unwrap();
+    assert_eq!(inserted, expected);
+    let rows = rows_of(
+        &directory.path().join("ids.db"),
+        "SELECT COUNT(*) FROM events",
+    );
+    assert_eq!(rows, 250);
+}
