@@ -433,26 +433,35 @@ const INSERT_EVENT: &str =
     "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 
-/// Events per execution of [`INSERT_EVENTS`].
-const EVENTS_PER_INSERT: usize = 32;
+/// Rows per execution of a multi-row insert (see [`values_rows`]): one
+/// execution opens the table's and indexes' cursors, and steps, once for
+/// them all. Batches go in by such runs, their remainder row by row.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `(?1, …, ?n), (?n+1, …)`: `rows` rows of `parameters` numbered
+/// parameters each, for a multi-row `INSERT … VALUES`.
+fn values_rows(parameters: usize, rows: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let first = row * parameters + 1;
+            let numbered: Vec<String> = (first..first + parameters)
+                .map(|index| format!("?{index}"))
+                .collect();
+            format!("({})", numbered.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Parameters of one event row in [`INSERT_EVENT`] and [`INSERT_EVENTS`].
 const EVENT_PARAMETERS: usize = 7;
 
-/// [`INSERT_EVENT`] with [`EVENTS_PER_INSERT`] rows: one execution opens
-/// the table's and indexes' cursors, and steps, once for them all.
+/// [`INSERT_EVENT`] with [`ROWS_PER_INSERT`] rows.
 static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
-    let rows = (0..EVENTS_PER_INSERT)
-        .map(|row| {
-            let first = row * EVENT_PARAMETERS + 1;
-            let parameters: Vec<String> = (first..first + EVENT_PARAMETERS)
-                .map(|index| format!("?{index}"))
-                .collect();
-            format!("({})", parameters.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {rows} ON CONFLICT (id) DO NOTHING")
+    format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
+        values_rows(EVENT_PARAMETERS, ROWS_PER_INSERT)
+    )
 });
 
 /// Binds `event` as the row whose first parameter is `first` (1-based).
@@ -472,7 +481,7 @@ fn bind_event(
 
 /// Inserts `events`, skipping ids stored already; says which were new.
 ///
-/// Full runs of [`EVENTS_PER_INSERT`] go in by [`INSERT_EVENTS`], the rest
+/// Full runs of [`ROWS_PER_INSERT`] go in by [`INSERT_EVENTS`], the rest
 /// one by one. When a run inserts fewer rows than it holds (an id stored
 /// already, or twice in the run), the rows it did insert are told apart by
 /// their `seq`: each new row takes the next rowid, so they are exactly the
@@ -483,8 +492,8 @@ fn insert_events(
     events: &[Event],
 ) -> Result<Vec<bool>, StoreError> {
     let mut inserted = Vec::with_capacity(events.len());
-    let mut runs = events.chunks_exact(EVENTS_PER_INSERT);
-    {
+    let mut runs = events.chunks_exact(ROWS_PER_INSERT);
+    if events.len() >= ROWS_PER_INSERT {
         let mut insert = transaction.prepare_cached(&INSERT_EVENTS)?;
         let mut seq_of = transaction.prepare_cached("SELECT seq FROM events WHERE id = ?1")?;
         for run in &mut runs {
@@ -512,6 +521,34 @@ fn insert_events(
         inserted.push(insert.raw_execute()? == 1);
     }
     Ok(inserted)
+}
+
+/// Inserts `rows` by `multi` (`single` with [`ROWS_PER_INSERT`] rows) per
+/// full run of them and by `single` for the rest; `bind` binds one row
+/// from the parameter it is given (1-based) on.
+fn insert_in_runs<T>(
+    transaction: &rusqlite::Transaction<'_>,
+    (single, multi): (&str, &str),
+    parameters: usize,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    let mut runs = rows.chunks_exact(ROWS_PER_INSERT);
+    if rows.len() >= ROWS_PER_INSERT {
+        let mut insert = transaction.prepare_cached(multi)?;
+        for run in &mut runs {
+            for (row, item) in run.iter().enumerate() {
+                bind(&mut insert, row * parameters + 1, item)?;
+            }
+            insert.raw_execute()?;
+        }
+    }
+    let mut insert = transaction.prepare_cached(single)?;
+    for item in runs.remainder() {
+        bind(&mut insert, 1, item)?;
+        insert.raw_execute()?;
+    }
+    Ok(())
 }
 
 const UPSERT_COUNT: &str = "INSERT INTO rollups (metric, interval, bucket_start, dimensions, count)
@@ -1005,13 +1042,34 @@ const UPSERT_MARK: &str = "INSERT INTO trading_marks (kind, first_minute, last_m
 
 const NEXT_QUOTE: &str = "SELECT MIN(ts) FROM market_quotes WHERE symbol = ?1 AND ts > ?2";
 
-const INSERT_FILL: &str =
-    "INSERT INTO trading_fills (event_id, order_id, symbol, side, strategy_id,
-         ts, price, quantity, is_maker, commission)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const FILL_COLUMNS: &str =
+    "event_id, order_id, symbol, side, strategy_id, ts, price, quantity, is_maker, commission";
+const FILL_PARAMETERS: usize = 10;
 
-const INSERT_QUOTE: &str = "INSERT INTO market_quotes (symbol, ts, event_id, mid)
-     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+/// The insert of one fill, and of [`ROWS_PER_INSERT`].
+static INSERT_FILLS: LazyLock<(String, String)> = LazyLock::new(|| {
+    let insert = |rows| {
+        format!(
+            "INSERT INTO trading_fills ({FILL_COLUMNS}) VALUES {}",
+            values_rows(FILL_PARAMETERS, rows)
+        )
+    };
+    (insert(1), insert(ROWS_PER_INSERT))
+});
+
+const QUOTE_PARAMETERS: usize = 4;
+
+/// The insert of one quote, and of [`ROWS_PER_INSERT`] (a quote stored
+/// already is left as it is).
+static INSERT_QUOTES: LazyLock<(String, String)> = LazyLock::new(|| {
+    let insert = |rows| {
+        format!(
+            "INSERT INTO market_quotes (symbol, ts, event_id, mid) VALUES {} ON CONFLICT DO NOTHING",
+            values_rows(QUOTE_PARAMETERS, rows)
+        )
+    };
+    (insert(1), insert(ROWS_PER_INSERT))
+});
 
 const UPSERT_BAR: &str = "INSERT INTO market_bars (symbol, source, minute, open_ts, open_id, open,
          close_ts, close_id, close, high, low, volume, updates, spread_sum, spread_count)
@@ -1199,30 +1257,38 @@ fn write_trading(
         };
         summary::order_spans(order, placed_at, fills, &mut spans);
     }
-    let mut insert = transaction.prepare_cached(INSERT_FILL)?;
-    for fill in &trading.fills {
-        insert.execute(params![
-            fill.event_id.as_bytes().as_slice(),
-            fill.order_id,
-            fill.symbol,
-            fill.side,
-            fill.strategy_id,
-            fill.timestamp_ms,
-            fill.price,
-            fill.quantity,
-            fill.is_maker,
-            fill.commission,
-        ])?;
-    }
-    let mut insert = transaction.prepare_cached(INSERT_QUOTE)?;
-    for quote in &trading.quotes {
-        insert.execute(params![
-            quote.symbol,
-            quote.timestamp_ms,
-            quote.event_id,
-            quote.mid
-        ])?;
-    }
+    let (single, multi) = &*INSERT_FILLS;
+    insert_in_runs(
+        transaction,
+        (single, multi),
+        FILL_PARAMETERS,
+        &trading.fills,
+        |insert, first, fill| {
+            insert.raw_bind_parameter(first, fill.event_id.as_bytes().as_slice())?;
+            insert.raw_bind_parameter(first + 1, &fill.order_id)?;
+            insert.raw_bind_parameter(first + 2, &fill.symbol)?;
+            insert.raw_bind_parameter(first + 3, &fill.side)?;
+            insert.raw_bind_parameter(first + 4, &fill.strategy_id)?;
+            insert.raw_bind_parameter(first + 5, fill.timestamp_ms)?;
+            insert.raw_bind_parameter(first + 6, fill.price)?;
+            insert.raw_bind_parameter(first + 7, fill.quantity)?;
+            insert.raw_bind_parameter(first + 8, fill.is_maker)?;
+            insert.raw_bind_parameter(first + 9, fill.commission)
+        },
+    )?;
+    let (single, multi) = &*INSERT_QUOTES;
+    insert_in_runs(
+        transaction,
+        (single, multi),
+        QUOTE_PARAMETERS,
+        &trading.quotes,
+        |insert, first, quote| {
+            insert.raw_bind_parameter(first, &quote.symbol)?;
+            insert.raw_bind_parameter(first + 1, quote.timestamp_ms)?;
+            insert.raw_bind_parameter(first + 2, &quote.event_id)?;
+            insert.raw_bind_parameter(first + 3, quote.mid)
+        },
+    )?;
     let mut upsert = transaction.prepare_cached(UPSERT_BAR)?;
     for bar in &trading.bars {
         upsert.execute(params![

@@ -624,7 +624,7 @@ async fn runs_of_events_with_stored_or_repeated_ids_say_exactly_which_were_new()
     batch.push(new[149].clone());
     let mut seen: std::collections::HashSet<Uuid> = stored.iter().map(|event| event.id).collect();
     let expected: Vec<bool> = batch.iter().map(|event| seen.insert(event.id)).collect();
-    assert!(!batch.len().is_multiple_of(EVENTS_PER_INSERT) && batch.len() > 4 * EVENTS_PER_INSERT);
+    assert!(!batch.len().is_multiple_of(ROWS_PER_INSERT) && batch.len() > 4 * ROWS_PER_INSERT);
     let inserted = commit(batch).await.unwrap();
     assert_eq!(inserted, expected);
     let rows = rows_of(
