@@ -858,6 +858,22 @@ if [ "$SQLITE" = 1 ] && section streams; then
     else
         row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
     fi
+
+    # The streams' ids: a message without one gets a UUIDv5 of its position
+    # (issue 8), in random order, where HTTP assigns time-ordered UUIDv7s.
+    # The same in-process commit of the same events with each kind of id,
+    # alternating, in rounds: what the ids alone cost the stream paths.
+    : > "$WORK/ids.rounds"
+    for round in $(seq 1 "$RATIO_ROUNDS"); do
+        log "round $round/$RATIO_ROUNDS: store commit_batch with UUIDv7 ids, then with derived ids, in process, 200 000 events"
+        V7="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --json 2>>"$WORK/loadgen.log")"
+        V5="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --derived-ids --json 2>>"$WORK/loadgen.log")"
+        echo "$(jq -r .store_commit_events_per_second <<<"$V7") $(jq -r .store_commit_events_per_second <<<"$V5")" >> "$WORK/ids.rounds"
+    done
+    IFS='|' read -r IDS_PCT IDS_PCTS < <(round_percents "$WORK/ids.rounds")
+    row "store commit_batch with stream-derived ids (UUIDv5 of the position) vs with HTTP's UUIDv7 ids, same events, in process (events/s, median of $RATIO_ROUNDS rounds)" \
+        "$(printf %.0f "$(median_of "$WORK/ids.rounds" 2)")" "UUIDv7 ids: $(printf %.0f "$(median_of "$WORK/ids.rounds" 1)")" \
+        "$IDS_PCT % (rounds: $IDS_PCTS)" "(diagnostic: bounds the stream ratios)" "—"
 fi
 
 # --------------------------------------------------------------- trading ---

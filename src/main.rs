@@ -338,13 +338,14 @@ fn main() -> ExitCode {
             .await??;
             let (report, json) = report;
             eprintln!(
-                "raw insert {:.0} events/s, store commit {:.0} events/s, ratio {:.3} ({} events, batches of {}, synchronous {})",
+                "raw insert {:.0} events/s, store commit {:.0} events/s, ratio {:.3} ({} events, batches of {}, synchronous {}, {} ids)",
                 report.raw_insert_events_per_second,
                 report.store_commit_events_per_second,
                 report.ratio,
                 report.events,
                 report.batch_size,
-                report.synchronous
+                report.synchronous,
+                report.ids
             );
             if json {
                 println!("{}", serde_json::to_string(&report)?);

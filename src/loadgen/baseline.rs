@@ -27,6 +27,7 @@ use super::generator::{EventGenerator, GeneratorSettings};
 use crate::model::event::{now_ms, parse_event};
 use crate::model::{Event, EventLimits};
 use crate::rollup::Interval;
+use crate::sources::derived_id;
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{PreparedBatch, Store};
 
@@ -53,6 +54,11 @@ pub struct BaselineArgs {
     /// Use `synchronous = NORMAL` instead of the default FULL.
     #[arg(long)]
     pub normal_sync: bool,
+    /// Give both sides the ids the stream sources derive for messages
+    /// without one (UUIDv5 of `topic/partition/offset`: random order)
+    /// instead of the time-ordered UUIDv7 ids HTTP assigns.
+    #[arg(long)]
+    pub derived_ids: bool,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +70,8 @@ pub struct BaselineReport {
     pub events: usize,
     pub batch_size: usize,
     pub synchronous: &'static str,
+    /// `uuidv7` (as HTTP assigns) or `derived` (as the stream sources do).
+    pub ids: &'static str,
     /// Raw insert, events per second.
     pub raw_insert_events_per_second: f64,
     /// `SqliteStore::commit_batch` (rollups included), events per second.
@@ -157,7 +165,12 @@ pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
             temp.path.clone()
         }
     };
-    let events = realistic_events(args.count, args.seed);
+    let mut events = realistic_events(args.count, args.seed);
+    if args.derived_ids {
+        for (offset, event) in events.iter_mut().enumerate() {
+            event.id = derived_id(&format!("bench.events/0/{offset}"));
+        }
+    }
 
     let raw_path = dir.join("baseline-raw.db");
     remove_database(&raw_path);
@@ -202,6 +215,11 @@ pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
         synchronous: match synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
+        },
+        ids: if args.derived_ids {
+            "derived"
+        } else {
+            "uuidv7"
         },
         raw_insert_events_per_second: raw_rate.round(),
         store_commit_events_per_second: store_rate.round(),
