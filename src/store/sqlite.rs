@@ -453,15 +453,24 @@ fn values_rows(parameters: usize, rows: usize) -> String {
         .join(", ")
 }
 
+/// `head VALUES (…)tail` for one row and for [`ROWS_PER_INSERT`] rows of
+/// `parameters` each.
+fn one_and_run(head: &str, parameters: usize, tail: &str) -> (String, String) {
+    let insert = |rows| format!("{head} VALUES {}{tail}", values_rows(parameters, rows));
+    (insert(1), insert(ROWS_PER_INSERT))
+}
+
 /// Parameters of one event row in [`INSERT_EVENT`] and [`INSERT_EVENTS`].
 const EVENT_PARAMETERS: usize = 7;
 
 /// [`INSERT_EVENT`] with [`ROWS_PER_INSERT`] rows.
 static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
-        values_rows(EVENT_PARAMETERS, ROWS_PER_INSERT)
+    one_and_run(
+        &format!("INSERT INTO events ({EVENT_COLUMNS})"),
+        EVENT_PARAMETERS,
+        " ON CONFLICT (id) DO NOTHING",
     )
+    .1
 });
 
 /// Binds `event` as the row whose first parameter is `first` (1-based).
@@ -1048,13 +1057,11 @@ const FILL_PARAMETERS: usize = 10;
 
 /// The insert of one fill, and of [`ROWS_PER_INSERT`].
 static INSERT_FILLS: LazyLock<(String, String)> = LazyLock::new(|| {
-    let insert = |rows| {
-        format!(
-            "INSERT INTO trading_fills ({FILL_COLUMNS}) VALUES {}",
-            values_rows(FILL_PARAMETERS, rows)
-        )
-    };
-    (insert(1), insert(ROWS_PER_INSERT))
+    one_and_run(
+        &format!("INSERT INTO trading_fills ({FILL_COLUMNS})"),
+        FILL_PARAMETERS,
+        "",
+    )
 });
 
 const QUOTE_PARAMETERS: usize = 4;
@@ -1062,13 +1069,11 @@ const QUOTE_PARAMETERS: usize = 4;
 /// The insert of one quote, and of [`ROWS_PER_INSERT`] (a quote stored
 /// already is left as it is).
 static INSERT_QUOTES: LazyLock<(String, String)> = LazyLock::new(|| {
-    let insert = |rows| {
-        format!(
-            "INSERT INTO market_quotes (symbol, ts, event_id, mid) VALUES {} ON CONFLICT DO NOTHING",
-            values_rows(QUOTE_PARAMETERS, rows)
-        )
-    };
-    (insert(1), insert(ROWS_PER_INSERT))
+    one_and_run(
+        "INSERT INTO market_quotes (symbol, ts, event_id, mid)",
+        QUOTE_PARAMETERS,
+        " ON CONFLICT DO NOTHING",
+    )
 });
 
 const UPSERT_BAR: &str = "INSERT INTO market_bars (symbol, source, minute, open_ts, open_id, open,
