@@ -295,6 +295,15 @@ pub struct TradingBatch {
     pub bars: Vec<BarDelta>,
 }
 
+/// Puts `quotes` in their key order (symbol, time, event id): the store's
+/// inserts then walk each symbol's end of the index in turn instead of
+/// jumping between the symbols at every row.
+fn sort_quotes(quotes: &mut [QuoteRow]) {
+    quotes.sort_unstable_by(|a, b| {
+        (&a.symbol, a.timestamp_ms, &a.event_id).cmp(&(&b.symbol, b.timestamp_ms, &b.event_id))
+    });
+}
+
 impl TradingBatch {
     /// The changes of `events[i]` for every `i` with `inserted[i]`.
     pub fn of_inserted(events: &[Event], inserted: &[bool]) -> TradingBatch {
@@ -350,6 +359,7 @@ impl TradingBatch {
         }
         batch.orders = orders.into_values().collect();
         batch.bars = bars.into_values().collect();
+        sort_quotes(&mut batch.quotes);
         batch
     }
 
@@ -389,6 +399,7 @@ impl TradingBatch {
         }
         merged.orders = orders.into_values().collect();
         merged.bars = bars.into_values().collect();
+        sort_quotes(&mut merged.quotes);
         merged
     }
 
