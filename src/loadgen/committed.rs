@@ -57,7 +57,9 @@ pub struct CommittedReport {
 /// timeout passes. An unreachable service or an unreadable answer is an
 /// error; a timeout is a report with `complete: false`.
 pub async fn wait_committed(args: &CommittedArgs) -> anyhow::Result<CommittedReport> {
+    // No proxy, as the load generator's clients: the service is on loopback.
     let client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .context("cannot build the HTTP client")?;

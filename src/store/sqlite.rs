@@ -429,10 +429,6 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-const INSERT_EVENT: &str =
-    "INSERT INTO events (id, ts, event_type, user_id, session_id, properties, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
-
 /// Rows per execution of a multi-row insert (see [`values_rows`]): one
 /// execution opens the table's and indexes' cursors, and steps, once for
 /// them all. Batches go in by such runs, their remainder row by row.
@@ -460,17 +456,17 @@ fn one_and_run(head: &str, parameters: usize, tail: &str) -> (String, String) {
     (insert(1), insert(ROWS_PER_INSERT))
 }
 
-/// Parameters of one event row in [`INSERT_EVENT`] and [`INSERT_EVENTS`].
+/// Parameters of one event row in [`INSERT_EVENTS`].
 const EVENT_PARAMETERS: usize = 7;
 
-/// [`INSERT_EVENT`] with [`ROWS_PER_INSERT`] rows.
-static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
+/// The insert of one event, and of [`ROWS_PER_INSERT`]; an id stored
+/// already is skipped.
+static INSERT_EVENTS: LazyLock<(String, String)> = LazyLock::new(|| {
     one_and_run(
         &format!("INSERT INTO events ({EVENT_COLUMNS})"),
         EVENT_PARAMETERS,
         " ON CONFLICT (id) DO NOTHING",
     )
-    .1
 });
 
 /// Binds `event` as the row whose first parameter is `first` (1-based).
@@ -490,57 +486,59 @@ fn bind_event(
 
 /// Inserts `events`, skipping ids stored already; says which were new.
 ///
-/// Full runs of [`ROWS_PER_INSERT`] go in by [`INSERT_EVENTS`], the rest
-/// one by one. When a run inserts fewer rows than it holds (an id stored
-/// already, or twice in the run), the rows it did insert are told apart by
-/// their `seq`: each new row takes the next rowid, so they are exactly the
-/// ones from `last_insert_rowid - changes + 1` on; of an id given twice
-/// only the first is new.
+/// When a run of [`INSERT_EVENTS`] inserts some but not all of its rows (an
+/// id stored already, or twice in the run), the rows it did insert are told
+/// apart by their `seq`: each new row takes the next rowid, so they are
+/// exactly the ones from `last_insert_rowid - changes + 1` on; of an id
+/// given twice only the first is new.
 fn insert_events(
     transaction: &rusqlite::Transaction<'_>,
     events: &[Event],
 ) -> Result<Vec<bool>, StoreError> {
     let mut inserted = Vec::with_capacity(events.len());
-    let mut runs = events.chunks_exact(ROWS_PER_INSERT);
-    if events.len() >= ROWS_PER_INSERT {
-        let mut insert = transaction.prepare_cached(&INSERT_EVENTS)?;
-        let mut seq_of = transaction.prepare_cached("SELECT seq FROM events WHERE id = ?1")?;
-        for run in &mut runs {
-            for (row, event) in run.iter().enumerate() {
-                bind_event(&mut insert, row * EVENT_PARAMETERS + 1, event)?;
+    let mut seq_of = None;
+    let (single, multi) = &*INSERT_EVENTS;
+    insert_in_runs(
+        transaction,
+        (single, multi),
+        EVENT_PARAMETERS,
+        events,
+        bind_event,
+        |run, changed| {
+            if changed == run.len() || changed == 0 {
+                inserted.extend(std::iter::repeat_n(changed > 0, run.len()));
+                return Ok(());
             }
-            let changed = insert.raw_execute()?;
-            if changed == run.len() {
-                inserted.extend(std::iter::repeat_n(true, run.len()));
-                continue;
-            }
+            let seq_of = match &mut seq_of {
+                Some(statement) => statement,
+                None => seq_of
+                    .insert(transaction.prepare_cached("SELECT seq FROM events WHERE id = ?1")?),
+            };
             let changed = i64::try_from(changed).unwrap_or(i64::MAX);
             let first_new = transaction.last_insert_rowid() - changed + 1;
             for (row, event) in run.iter().enumerate() {
                 let seq: i64 =
                     seq_of.query_row([event.id.as_bytes().as_slice()], |row| row.get(0))?;
                 let repeated = run[..row].iter().any(|earlier| earlier.id == event.id);
-                inserted.push(changed > 0 && seq >= first_new && !repeated);
+                inserted.push(seq >= first_new && !repeated);
             }
-        }
-    }
-    let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
-    for event in runs.remainder() {
-        bind_event(&mut insert, 1, event)?;
-        inserted.push(insert.raw_execute()? == 1);
-    }
+            Ok(())
+        },
+    )?;
     Ok(inserted)
 }
 
 /// Inserts `rows` by `multi` (`single` with [`ROWS_PER_INSERT`] rows) per
 /// full run of them and by `single` for the rest; `bind` binds one row
-/// from the parameter it is given (1-based) on.
+/// from the parameter it is given (1-based) on, and `inserted` hears each
+/// execution's rows and how many of them it stored.
 fn insert_in_runs<T>(
     transaction: &rusqlite::Transaction<'_>,
     (single, multi): (&str, &str),
     parameters: usize,
     rows: &[T],
     bind: impl Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
+    mut inserted: impl FnMut(&[T], usize) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut runs = rows.chunks_exact(ROWS_PER_INSERT);
     if rows.len() >= ROWS_PER_INSERT {
@@ -549,13 +547,15 @@ fn insert_in_runs<T>(
             for (row, item) in run.iter().enumerate() {
                 bind(&mut insert, row * parameters + 1, item)?;
             }
-            insert.raw_execute()?;
+            let changed = insert.raw_execute()?;
+            inserted(run, changed)?;
         }
     }
     let mut insert = transaction.prepare_cached(single)?;
     for item in runs.remainder() {
         bind(&mut insert, 1, item)?;
-        insert.raw_execute()?;
+        let changed = insert.raw_execute()?;
+        inserted(std::slice::from_ref(item), changed)?;
     }
     Ok(())
 }
@@ -1280,6 +1280,7 @@ fn write_trading(
             insert.raw_bind_parameter(first + 8, fill.is_maker)?;
             insert.raw_bind_parameter(first + 9, fill.commission)
         },
+        |_, _| Ok(()),
     )?;
     let (single, multi) = &*INSERT_QUOTES;
     insert_in_runs(
@@ -1293,6 +1294,7 @@ fn write_trading(
             insert.raw_bind_parameter(first + 2, &quote.event_id)?;
             insert.raw_bind_parameter(first + 3, quote.mid)
         },
+        |_, _| Ok(()),
     )?;
     let mut upsert = transaction.prepare_cached(UPSERT_BAR)?;
     for bar in &trading.bars {
