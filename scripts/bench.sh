@@ -883,21 +883,32 @@ if [ "$SQLITE" = 1 ] && section streams; then
         row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
     fi
 
-    # The streams' ids: a message without one gets a UUIDv5 of its position
-    # (issue 8), in random order, where HTTP assigns time-ordered UUIDv7s.
-    # The same in-process commit of the same events with each kind of id,
-    # alternating, in rounds: what the ids alone cost the stream paths.
-    : > "$WORK/ids.rounds"
+    # The streams' ids: a message without one gets a position id (issue 8:
+    # its place in the broker and the broker's time, ordered by the time, as
+    # HTTP's UUIDv7s are); before session 15 it got a UUIDv5 of its place
+    # alone, in random order. The same in-process commit of the same events
+    # with each kind of id, in rounds: what the ids alone cost the streams.
+    : > "$WORK/ids.position"
+    : > "$WORK/ids.v5"
     for round in $(seq 1 "$RATIO_ROUNDS"); do
-        log "round $round/$RATIO_ROUNDS: store commit_batch with UUIDv7 ids, then with derived ids, in process, 200 000 events"
+        log "round $round/$RATIO_ROUNDS: store commit_batch with UUIDv7, position and UUIDv5 ids, in process, 200 000 events"
         V7="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --json 2>>"$WORK/loadgen.log")"
-        V5="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --derived-ids --json 2>>"$WORK/loadgen.log")"
-        echo "$(jq -r .store_commit_events_per_second <<<"$V7") $(jq -r .store_commit_events_per_second <<<"$V5")" >> "$WORK/ids.rounds"
+        POSITION="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --ids position --json 2>>"$WORK/loadgen.log")"
+        V5="$("$BIN" bench-baseline --count 200000 --batch-size 10000 --dir "$WORK/ids" --ids uuidv5 --json 2>>"$WORK/loadgen.log")"
+        V7_RATE="$(jq -r .store_commit_events_per_second <<<"$V7")"
+        echo "$V7_RATE $(jq -r .store_commit_events_per_second <<<"$POSITION")" >> "$WORK/ids.position"
+        echo "$V7_RATE $(jq -r .store_commit_events_per_second <<<"$V5")" >> "$WORK/ids.v5"
     done
-    IFS='|' read -r IDS_PCT IDS_PCTS < <(round_percents "$WORK/ids.rounds")
-    row "store commit_batch with stream-derived ids (UUIDv5 of the position) vs with HTTP's UUIDv7 ids, same events, in process (events/s, median of $RATIO_ROUNDS rounds)" \
-        "$(printf %.0f "$(median_of "$WORK/ids.rounds" 2)")" "UUIDv7 ids: $(printf %.0f "$(median_of "$WORK/ids.rounds" 1)")" \
-        "$IDS_PCT % (rounds: $IDS_PCTS)" "(diagnostic: bounds the stream ratios)" "—"
+    for kind in position v5; do
+        IFS='|' read -r IDS_PCT IDS_PCTS < <(round_percents "$WORK/ids.$kind")
+        case "$kind" in
+            position) what="the streams' position ids (UUIDv8: broker time, then a hash of the position)" ;;
+            v5) what="UUIDv5 ids of the position alone (the streams' ids before session 15)" ;;
+        esac
+        row "store commit_batch with $what vs with HTTP's UUIDv7 ids, same events, in process (events/s, median of $RATIO_ROUNDS rounds)" \
+            "$(printf %.0f "$(median_of "$WORK/ids.$kind" 2)")" "UUIDv7 ids: $(printf %.0f "$(median_of "$WORK/ids.$kind" 1)")" \
+            "$IDS_PCT % (rounds: $IDS_PCTS)" "(diagnostic: bounds the stream ratios)" "—"
+    done
 fi
 
 # --------------------------------------------------------------- trading ---

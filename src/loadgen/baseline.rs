@@ -27,7 +27,7 @@ use super::generator::{EventGenerator, GeneratorSettings};
 use crate::model::event::{now_ms, parse_event};
 use crate::model::{Event, EventLimits};
 use crate::rollup::Interval;
-use crate::sources::derived_id;
+use crate::sources::{derived_id, position_id};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{PreparedBatch, Store};
 
@@ -54,14 +54,26 @@ pub struct BaselineArgs {
     /// Use `synchronous = NORMAL` instead of the default FULL.
     #[arg(long)]
     pub normal_sync: bool,
-    /// Give both sides the ids the stream sources derive for messages
-    /// without one (UUIDv5 of `topic/partition/offset`: random order)
-    /// instead of the time-ordered UUIDv7 ids HTTP assigns.
-    #[arg(long)]
-    pub derived_ids: bool,
+    /// The events' ids, on both sides.
+    #[arg(long, value_enum, default_value_t = BaselineIds::Uuidv7)]
+    pub ids: BaselineIds,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which ids the baseline's events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BaselineIds {
+    /// Time-ordered UUIDv7 ids, as HTTP assigns.
+    Uuidv7,
+    /// The ids the stream sources give a message without one
+    /// ([`position_id`] of `topic/partition/offset` and the broker's time,
+    /// here the event's time).
+    Position,
+    /// UUIDv5 of `topic/partition/offset` alone, as the stream sources gave
+    /// before session 15: random order.
+    Uuidv5,
 }
 
 /// The measured rates of both sides.
@@ -166,9 +178,12 @@ pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
         }
     };
     let mut events = realistic_events(args.count, args.seed);
-    if args.derived_ids {
-        for (offset, event) in events.iter_mut().enumerate() {
-            event.id = derived_id(&format!("bench.events/0/{offset}"));
+    for (offset, event) in events.iter_mut().enumerate() {
+        let position = || format!("bench.events/0/{offset}");
+        match args.ids {
+            BaselineIds::Uuidv7 => {}
+            BaselineIds::Position => event.id = position_id(&position(), Some(event.timestamp_ms)),
+            BaselineIds::Uuidv5 => event.id = derived_id(&position()),
         }
     }
 
@@ -216,10 +231,10 @@ pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         },
-        ids: if args.derived_ids {
-            "derived"
-        } else {
-            "uuidv7"
+        ids: match args.ids {
+            BaselineIds::Uuidv7 => "uuidv7",
+            BaselineIds::Position => "position",
+            BaselineIds::Uuidv5 => "uuidv5",
         },
         raw_insert_events_per_second: raw_rate.round(),
         store_commit_events_per_second: store_rate.round(),

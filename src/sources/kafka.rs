@@ -41,7 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id};
+use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, position_id};
 use crate::config::KafkaConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -162,6 +162,8 @@ struct Received {
     topic: String,
     partition: i32,
     offset: i64,
+    /// The time the broker stored with the message (epoch ms), if any.
+    timestamp: Option<i64>,
     key: Option<String>,
     payload: Vec<u8>,
 }
@@ -368,6 +370,7 @@ fn to_received(message: &BorrowedMessage<'_>) -> Received {
         topic: message.topic().to_string(),
         partition: message.partition(),
         offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
         key: message
             .key()
             .and_then(|key| std::str::from_utf8(key).ok())
@@ -603,10 +606,13 @@ fn decode_batch(
     let mut skipped = 0;
     for received in batch {
         let default_id = || {
-            derived_id(&format!(
-                "{}/{}/{}",
-                received.topic, received.partition, received.offset
-            ))
+            position_id(
+                &format!(
+                    "{}/{}/{}",
+                    received.topic, received.partition, received.offset
+                ),
+                received.timestamp,
+            )
         };
         let message = Message {
             topic: &received.topic,

@@ -45,7 +45,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id};
+use super::{
+    Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id, position_id,
+};
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -337,9 +339,13 @@ async fn process(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut skipped = 0usize;
     for message in &batch {
-        let (stream, sequence) = match message.info() {
-            Ok(info) => (info.stream, info.stream_sequence),
-            Err(_) => (config.stream.as_str(), 0),
+        let (stream, sequence, stored_ms) = match message.info() {
+            Ok(info) => (
+                info.stream,
+                info.stream_sequence,
+                i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok(),
+            ),
+            Err(_) => (config.stream.as_str(), 0, None),
         };
         let message_id = message
             .headers
@@ -347,7 +353,7 @@ async fn process(
             .and_then(|headers| headers.get(header::NATS_MESSAGE_ID))
             .map(|value| value.as_str())
             .filter(|value| !value.is_empty());
-        let default_id = || message_default_id(stream, sequence, message_id);
+        let default_id = || message_default_id(stream, sequence, stored_ms, message_id);
         let decoded = context.decode(&Message {
             topic: message.subject.as_str(),
             partition: -1,
@@ -395,13 +401,20 @@ async fn process(
     }
 }
 
-/// The id of an event of a message that carries none.
-fn message_default_id(stream: &str, sequence: u64, message_id: Option<&str>) -> Uuid {
+/// The id of an event of a message that carries none: its `Nats-Msg-Id`
+/// (publishers repeat it when they publish again, at another sequence and
+/// time), else its place and time in the stream.
+fn message_default_id(
+    stream: &str,
+    sequence: u64,
+    stored_ms: Option<i64>,
+    message_id: Option<&str>,
+) -> Uuid {
     match message_id {
         Some(value) => {
             Uuid::parse_str(value).unwrap_or_else(|_| derived_id(&format!("nats-msg-id/{value}")))
         }
-        None => derived_id(&format!("{stream}/{sequence}")),
+        None => position_id(&format!("{stream}/{sequence}"), stored_ms),
     }
 }
 
@@ -533,15 +546,21 @@ mod tests {
     #[test]
     fn message_ids_prefer_the_header() {
         let uuid = "0190b4a1-0000-7000-8000-000000000001";
-        assert_eq!(message_default_id("S", 7, Some(uuid)).to_string(), uuid);
+        let at = Some(1_764_500_000_000);
+        assert_eq!(message_default_id("S", 7, at, Some(uuid)).to_string(), uuid);
+        // a publisher's id holds across publications: no sequence, no time
         assert_eq!(
-            message_default_id("S", 7, Some("order-42")),
+            message_default_id("S", 7, at, Some("order-42")),
             derived_id("nats-msg-id/order-42")
         );
-        assert_eq!(message_default_id("S", 7, None), derived_id("S/7"));
+        assert_eq!(
+            message_default_id("S", 9, Some(1_764_500_999_000), Some("order-42")),
+            derived_id("nats-msg-id/order-42")
+        );
+        assert_eq!(message_default_id("S", 7, at, None), position_id("S/7", at));
         assert_ne!(
-            message_default_id("S", 7, None),
-            message_default_id("S", 8, None)
+            message_default_id("S", 7, at, None),
+            message_default_id("S", 8, at, None)
         );
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use analytics::sources::position_id;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -31,6 +32,9 @@ struct Broker {
     producer: BaseProducer,
     topic: String,
     partitions: i32,
+    /// The timestamp of the `index`th payload of a `produce` call is this
+    /// plus `index` (epoch ms).
+    produced_at_ms: i64,
 }
 
 impl Broker {
@@ -49,6 +53,10 @@ impl Broker {
             producer,
             topic: topic.to_string(),
             partitions,
+            produced_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
         }
     }
 
@@ -65,7 +73,8 @@ impl Broker {
             let mut record = BaseRecord::to(&self.topic)
                 .partition(partition)
                 .key(&key)
-                .payload(payload);
+                .payload(payload)
+                .timestamp(self.produced_at_ms + index as i64);
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
@@ -296,6 +305,18 @@ async fn poison_messages_are_dead_lettered_and_replayed_after_a_schema_fix() {
     );
     for letter in letters {
         assert!(!letter["error"].as_str().unwrap().is_empty(), "{letter}");
+        // The id a replay gives it: where the message sits and when the
+        // broker stored it (one partition, so offset = index produced).
+        let offset = letter["offset"].as_i64().unwrap();
+        assert_eq!(
+            letter["event_id"].as_str().unwrap(),
+            position_id(
+                &format!("user.actions/0/{offset}"),
+                Some(broker.produced_at_ms + offset)
+            )
+            .to_string(),
+            "{letter}"
+        );
     }
     assert!(letters[0]["error"].as_str().unwrap().contains("JSON"));
     assert!(letters[1]["error"].as_str().unwrap().contains("event_type"));

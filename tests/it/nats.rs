@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use analytics::sources::position_id;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use serde_json::{Value, json};
 
@@ -634,6 +635,22 @@ async fn poison_messages_are_dead_lettered_once_and_the_stream_flows_on() {
         assert!(
             letter["error"].as_str().unwrap_or("").contains(needle),
             "{needle}: {letter}"
+        );
+        // The id a replay gives it: its place in the stream and the time
+        // the stream stored it.
+        let stored = stream
+            .js
+            .get_stream(&stream.name)
+            .await
+            .expect("the test stream")
+            .get_raw_message(*sequence)
+            .await
+            .expect("the stored message");
+        let stored_ms = i64::try_from(stored.time.unix_timestamp_nanos() / 1_000_000).unwrap();
+        assert_eq!(
+            letter["event_id"].as_str().unwrap_or(""),
+            position_id(&format!("{}/{sequence}", stream.name), Some(stored_ms)).to_string(),
+            "{letter}"
         );
     }
     let metrics = app.metrics_text().await;
