@@ -130,8 +130,8 @@ impl EventError {
 }
 
 /// Parses and validates one wire event. `now_ms` is the receipt time; an event
-/// without `id` gets `default_id()` (a time-ordered UUIDv7 for HTTP, a
-/// deterministic UUIDv5 for stream and file sources).
+/// without `id` gets `default_id()` (a time-ordered UUIDv7 for HTTP, one
+/// the same on every delivery for stream and file sources).
 pub fn parse_event(
     wire: impl Into<WireEvent>,
     limits: &EventLimits,

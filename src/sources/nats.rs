@@ -24,7 +24,8 @@
 //! - the event's own `id`;
 //! - else the `Nats-Msg-Id` header: that UUID when it is one, else the
 //!   UUIDv5 of `nats-msg-id/<value>`;
-//! - else the UUIDv5 of `<stream>/<stream sequence>`.
+//! - else the position id of `<stream>/<stream sequence>` and the time the
+//!   stream stored the message ([`super::position_id`]).
 //!
 //! On shutdown it stops taking messages, finishes and acknowledges the
 //! batches in hand and returns; what the client had prefetched but not handed over
