@@ -357,6 +357,49 @@ async fn poison_messages_are_dead_lettered_and_replayed_after_a_schema_fix() {
     assert_eq!(stats["total_events"], 22, "{stats}");
 }
 
+/// A batch's events are stored in id order (position ids begin with the
+/// broker's time); of two messages with one id, the earlier offset must
+/// still be the one stored, and the rest of the batch all of it.
+#[tokio::test]
+async fn of_two_messages_with_one_id_the_earlier_offset_is_stored() {
+    let broker = Broker::new("user.actions", 1);
+    let group = unique("first-wins");
+    let shared = uuid::Uuid::now_v7().to_string();
+    let message = |which: &str| {
+        serde_json::to_vec(
+            &json!({"id": shared, "event_type": "desk.pick", "properties": {"which": which}}),
+        )
+        .unwrap()
+    };
+    // Messages without an id get position ids of about the same time, so
+    // in id order they come before and after the pair, which sits early
+    // in the partition: the consumer's first batch (what librdkafka has
+    // fetched when it starts) holds both.
+    let other = |index: usize| {
+        serde_json::to_vec(&json!({"event_type": "desk.other", "properties": {"index": index}}))
+            .unwrap()
+    };
+    let mut payloads: Vec<Vec<u8>> = (0..3).map(other).collect();
+    payloads.push(message("first"));
+    payloads.extend((3..6).map(other));
+    payloads.push(message("second"));
+    payloads.extend((6..41).map(other));
+    broker.produce(&payloads);
+    let app = spawn_kafka_app(&broker, &group, &[]).await;
+
+    let stats = wait_for_total(&app.client, &app.address.to_string(), 42).await;
+    assert_eq!(stats["by_type"]["desk.other"], 41, "{stats}");
+    assert_eq!(stats["by_type"]["desk.pick"], 1, "{stats}");
+    let (status, listed) = app.get("/api/v1/events?event_type=desk.pick").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["events"][0]["id"], shared.as_str(), "{listed}");
+    assert_eq!(
+        listed["events"][0]["properties"]["which"], "first",
+        "{listed}"
+    );
+}
+
 #[tokio::test]
 async fn an_overloaded_pipeline_slows_the_consumer_and_loses_nothing() {
     let broker = Broker::new("market.data", 2);
