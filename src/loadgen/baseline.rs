@@ -76,13 +76,25 @@ pub enum BaselineIds {
     Uuidv5,
 }
 
+impl BaselineIds {
+    /// The name `--ids` takes, and the report gives.
+    fn name(self) -> &'static str {
+        match self {
+            BaselineIds::Uuidv7 => "uuidv7",
+            BaselineIds::Position => "position",
+            BaselineIds::Uuidv5 => "uuidv5",
+        }
+    }
+}
+
 /// The measured rates of both sides.
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
     pub events: usize,
     pub batch_size: usize,
     pub synchronous: &'static str,
-    /// `uuidv7` (as HTTP assigns) or `derived` (as the stream sources do).
+    /// The events' ids: `uuidv7`, `position` or `uuidv5` (see
+    /// [`BaselineIds`]).
     pub ids: &'static str,
     /// Raw insert, events per second.
     pub raw_insert_events_per_second: f64,
@@ -231,11 +243,7 @@ pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         },
-        ids: match args.ids {
-            BaselineIds::Uuidv7 => "uuidv7",
-            BaselineIds::Position => "position",
-            BaselineIds::Uuidv5 => "uuidv5",
-        },
+        ids: args.ids.name(),
         raw_insert_events_per_second: raw_rate.round(),
         store_commit_events_per_second: store_rate.round(),
         ratio: (store_rate / raw_rate * 1000.0).round() / 1000.0,
@@ -267,5 +275,20 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::BaselineIds;
+
+    #[test]
+    fn the_report_names_the_ids_as_the_option_takes_them() {
+        for ids in BaselineIds::value_variants() {
+            let option = ids.to_possible_value().expect("every kind is an option");
+            assert_eq!(option.get_name(), ids.name());
+        }
     }
 }

@@ -449,25 +449,36 @@ fn values_rows(parameters: usize, rows: usize) -> String {
         .join(", ")
 }
 
-/// `head VALUES (…)tail` for one row and for [`ROWS_PER_INSERT`] rows of
-/// `parameters` each.
-fn one_and_run(head: &str, parameters: usize, tail: &str) -> (String, String) {
-    let insert = |rows| format!("{head} VALUES {}{tail}", values_rows(parameters, rows));
-    (insert(1), insert(ROWS_PER_INSERT))
+/// An `INSERT … VALUES` of one row and of [`ROWS_PER_INSERT`] rows, for
+/// [`insert_in_runs`], with the parameters of a row they were built for.
+struct RowInsert {
+    single: String,
+    multi: String,
+    parameters: usize,
 }
 
-/// Parameters of one event row in [`INSERT_EVENTS`].
-const EVENT_PARAMETERS: usize = 7;
+impl RowInsert {
+    /// `INSERT INTO table (columns) VALUES (…)tail`, a parameter per column
+    /// (`columns` separated by commas).
+    fn new(table: &str, columns: &str, tail: &str) -> RowInsert {
+        let parameters = columns.split(',').count();
+        let insert = |rows| {
+            format!(
+                "INSERT INTO {table} ({columns}) VALUES {}{tail}",
+                values_rows(parameters, rows)
+            )
+        };
+        RowInsert {
+            single: insert(1),
+            multi: insert(ROWS_PER_INSERT),
+            parameters,
+        }
+    }
+}
 
-/// The insert of one event, and of [`ROWS_PER_INSERT`]; an id stored
-/// already is skipped.
-static INSERT_EVENTS: LazyLock<(String, String)> = LazyLock::new(|| {
-    one_and_run(
-        &format!("INSERT INTO events ({EVENT_COLUMNS})"),
-        EVENT_PARAMETERS,
-        " ON CONFLICT (id) DO NOTHING",
-    )
-});
+/// The insert of events; an id stored already is skipped.
+static INSERT_EVENTS: LazyLock<RowInsert> =
+    LazyLock::new(|| RowInsert::new("events", EVENT_COLUMNS, " ON CONFLICT (id) DO NOTHING"));
 
 /// Binds `event` as the row whose first parameter is `first` (1-based).
 fn bind_event(
@@ -497,11 +508,9 @@ fn insert_events(
 ) -> Result<Vec<bool>, StoreError> {
     let mut inserted = Vec::with_capacity(events.len());
     let mut seq_of = None;
-    let (single, multi) = &*INSERT_EVENTS;
     insert_in_runs(
         transaction,
-        (single, multi),
-        EVENT_PARAMETERS,
+        &INSERT_EVENTS,
         events,
         bind_event,
         |run, changed| {
@@ -528,33 +537,32 @@ fn insert_events(
     Ok(inserted)
 }
 
-/// Inserts `rows` by `multi` (`single` with [`ROWS_PER_INSERT`] rows) per
-/// full run of them and by `single` for the rest; `bind` binds one row
-/// from the parameter it is given (1-based) on, and `inserted` hears each
-/// execution's rows and how many of them it stored.
+/// Inserts `rows` by `insert`'s multi-row statement per full run of
+/// [`ROWS_PER_INSERT`] and by its one-row statement for the rest; `bind`
+/// binds one row from the parameter it is given (1-based) on, and
+/// `inserted` hears each execution's rows and how many of them it stored.
 fn insert_in_runs<T>(
     transaction: &rusqlite::Transaction<'_>,
-    (single, multi): (&str, &str),
-    parameters: usize,
+    insert: &RowInsert,
     rows: &[T],
     bind: impl Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
     mut inserted: impl FnMut(&[T], usize) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut runs = rows.chunks_exact(ROWS_PER_INSERT);
     if rows.len() >= ROWS_PER_INSERT {
-        let mut insert = transaction.prepare_cached(multi)?;
+        let mut multi = transaction.prepare_cached(&insert.multi)?;
         for run in &mut runs {
             for (row, item) in run.iter().enumerate() {
-                bind(&mut insert, row * parameters + 1, item)?;
+                bind(&mut multi, row * insert.parameters + 1, item)?;
             }
-            let changed = insert.raw_execute()?;
+            let changed = multi.raw_execute()?;
             inserted(run, changed)?;
         }
     }
-    let mut insert = transaction.prepare_cached(single)?;
+    let mut single = transaction.prepare_cached(&insert.single)?;
     for item in runs.remainder() {
-        bind(&mut insert, 1, item)?;
-        let changed = insert.raw_execute()?;
+        bind(&mut single, 1, item)?;
+        let changed = single.raw_execute()?;
         inserted(std::slice::from_ref(item), changed)?;
     }
     Ok(())
@@ -1053,25 +1061,16 @@ const NEXT_QUOTE: &str = "SELECT MIN(ts) FROM market_quotes WHERE symbol = ?1 AN
 
 const FILL_COLUMNS: &str =
     "event_id, order_id, symbol, side, strategy_id, ts, price, quantity, is_maker, commission";
-const FILL_PARAMETERS: usize = 10;
 
-/// The insert of one fill, and of [`ROWS_PER_INSERT`].
-static INSERT_FILLS: LazyLock<(String, String)> = LazyLock::new(|| {
-    one_and_run(
-        &format!("INSERT INTO trading_fills ({FILL_COLUMNS})"),
-        FILL_PARAMETERS,
-        "",
-    )
-});
+/// The insert of fills.
+static INSERT_FILLS: LazyLock<RowInsert> =
+    LazyLock::new(|| RowInsert::new("trading_fills", FILL_COLUMNS, ""));
 
-const QUOTE_PARAMETERS: usize = 4;
-
-/// The insert of one quote, and of [`ROWS_PER_INSERT`] (a quote stored
-/// already is left as it is).
-static INSERT_QUOTES: LazyLock<(String, String)> = LazyLock::new(|| {
-    one_and_run(
-        "INSERT INTO market_quotes (symbol, ts, event_id, mid)",
-        QUOTE_PARAMETERS,
+/// The insert of quotes (a quote stored already is left as it is).
+static INSERT_QUOTES: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "market_quotes",
+        "symbol, ts, event_id, mid",
         " ON CONFLICT DO NOTHING",
     )
 });
@@ -1262,11 +1261,9 @@ fn write_trading(
         };
         summary::order_spans(order, placed_at, fills, &mut spans);
     }
-    let (single, multi) = &*INSERT_FILLS;
     insert_in_runs(
         transaction,
-        (single, multi),
-        FILL_PARAMETERS,
+        &INSERT_FILLS,
         &trading.fills,
         |insert, first, fill| {
             insert.raw_bind_parameter(first, fill.event_id.as_bytes().as_slice())?;
@@ -1282,11 +1279,9 @@ fn write_trading(
         },
         |_, _| Ok(()),
     )?;
-    let (single, multi) = &*INSERT_QUOTES;
     insert_in_runs(
         transaction,
-        (single, multi),
-        QUOTE_PARAMETERS,
+        &INSERT_QUOTES,
         &trading.quotes,
         |insert, first, quote| {
             insert.raw_bind_parameter(first, &quote.symbol)?;
