@@ -114,6 +114,7 @@ impl Tally {
                 max: round3(self.latencies.max() as f64 / 1000.0),
                 mean: round3(self.latencies.mean() / 1000.0),
             }),
+            bodies_generated_before_start: false,
         }
     }
 }
@@ -147,6 +148,9 @@ pub struct Summary {
     pub acknowledged_requests_per_second: f64,
     /// `None` when no request was timed (file targets).
     pub latency_ms: Option<LatencySummary>,
+    /// Whether every request body was generated before the clock started
+    /// (see `loadgen::http::pregenerate`).
+    pub bodies_generated_before_start: bool,
 }
 
 impl Summary {
@@ -176,6 +180,9 @@ impl Summary {
                 "  latency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}\n",
                 latency.p50, latency.p95, latency.p99, latency.max, latency.mean
             ));
+        }
+        if self.bodies_generated_before_start {
+            text.push_str("  bodies generated before the clock started\n");
         }
         text
     }
