@@ -12,12 +12,12 @@
 //!   achieved rate instead of inflating latencies; compare achieved rate to
 //!   the asked one).
 //! - Every loop is bounded by the count or the deadline.
-//! - A counted run without a deadline may have its bodies generated before
-//!   the clock starts ([`pregenerate`]): worker `w` of `c` then sends
-//!   requests `w`, `w + c`, … in order, each with the events its own
-//!   generator would have made for them, so the run measures the service
-//!   and not the generator (which took about a tenth of a two-core machine
-//!   during batch ingest when it generated as it sent).
+//! - A counted run without a deadline or a rate may have its bodies
+//!   generated before the clock starts ([`pregenerate`]): worker `w` of `c`
+//!   then sends requests `w`, `w + c`, … in order, each with the events its
+//!   own generator would have made for them, so the run measures the
+//!   service and not the generator (which took about a tenth of a two-core
+//!   machine during batch ingest when it generated as it sent).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -174,9 +174,10 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
     /// http-single and http-batch: generate each body just before its
-    /// request. By default a run with `--count` and no `--duration`
-    /// generates every body before its clock starts, when they fit in about
-    /// 1 GiB, so the generator's work is not measured with the service's.
+    /// request. By default a run with `--count`, no `--duration` and no
+    /// `--rate` generates every body before its clock starts, when they fit
+    /// in about 1 GiB, so the generator's work is not measured with the
+    /// service's (a paced run keeps live timestamps).
     #[arg(long)]
     pub generate_while_sending: bool,
 }
@@ -355,6 +356,7 @@ async fn run_http(args: &LoadgenArgs, timestamps: Timestamps) -> anyhow::Result<
         (HttpLoad::Single | HttpLoad::Batch { .. }, Some(requests))
             if !args.generate_while_sending
                 && args.duration.is_none()
+                && args.rate == 0.0
                 && args.count.is_some_and(http::fits_in_memory) =>
         {
             let (load, timestamps, total_events) = (load.clone(), timestamps, args.count);
