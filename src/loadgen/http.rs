@@ -98,14 +98,12 @@ pub fn fits_in_memory(events: u64) -> bool {
     events.saturating_mul(BODY_BYTES_PER_EVENT) <= PREGENERATED_MAX_BYTES
 }
 
-/// The bodies of every request of a counted run, before it starts: for
-/// each of `workers` workers, requests `w`, `w + workers`, … up to
-/// `total_requests`, generated in that order by the worker's own generator
+/// The bodies of every request of counted `run` (`total_requests` of them),
+/// before it starts: for each of `workers` workers, requests `w`,
+/// `w + workers`, … generated in that order by the worker's own generator
 /// (`settings(w)`).
 pub fn pregenerate(
-    load: &HttpLoad,
-    timestamps: &Timestamps,
-    total_events: Option<u64>,
+    run: &HttpRun,
     total_requests: u64,
     workers: usize,
     settings: impl Fn(u64) -> GeneratorSettings,
@@ -118,14 +116,7 @@ pub fn pregenerate(
                 .step_by(workers as usize)
                 .map(|request_number| {
                     let mut body = Vec::new();
-                    let events = fill_body(
-                        load,
-                        timestamps,
-                        total_events,
-                        request_number,
-                        &mut generator,
-                        &mut body,
-                    )?;
+                    let events = fill_body(run, request_number, &mut generator, &mut body)?;
                     Ok(ReadyRequest {
                         request_number,
                         body: Bytes::from(body),
@@ -203,14 +194,7 @@ pub async fn run_worker(
         let (request_body, events_in_request) = match prepared {
             Some(request) => (request.body, request.events),
             None => {
-                let events = fill_body(
-                    &run.load,
-                    &run.timestamps,
-                    run.total_events,
-                    request_number,
-                    &mut generator,
-                    &mut body,
-                )?;
+                let events = fill_body(&run, request_number, &mut generator, &mut body)?;
                 let capacity = body.capacity();
                 let filled = std::mem::replace(&mut body, Vec::with_capacity(capacity));
                 (Bytes::from(filled), events)
@@ -252,25 +236,23 @@ pub async fn run_worker(
 
 /// Writes request `request_number`'s body; returns how many events it holds.
 fn fill_body(
-    load: &HttpLoad,
-    timestamps: &Timestamps,
-    total_events: Option<u64>,
+    run: &HttpRun,
     request_number: u64,
     generator: &mut EventGenerator,
     body: &mut Vec<u8>,
 ) -> anyhow::Result<u64> {
     body.clear();
-    match load {
+    match &run.load {
         HttpLoad::Get { .. } => Ok(0),
         HttpLoad::Single => {
-            let event = generator.next_event(timestamps.at(request_number));
+            let event = generator.next_event(run.timestamps.at(request_number));
             serde_json::to_writer(&mut *body, &event).context("cannot serialise an event")?;
             Ok(1)
         }
         HttpLoad::Batch { batch_size } => {
             let batch_size = *batch_size as u64;
             let first = request_number * batch_size;
-            let last = match total_events {
+            let last = match run.total_events {
                 Some(total) => (first + batch_size).min(total),
                 None => first + batch_size,
             };
@@ -279,7 +261,7 @@ fn fill_body(
                 if index > first {
                     body.push(b',');
                 }
-                let event = generator.next_event(timestamps.at(index));
+                let event = generator.next_event(run.timestamps.at(index));
                 serde_json::to_writer(&mut *body, &event).context("cannot serialise an event")?;
             }
             body.push(b']');
@@ -322,13 +304,24 @@ mod tests {
     /// generates while sending; the last batch is short.
     #[test]
     fn pregenerated_requests_are_dealt_round_robin_with_each_workers_own_events() {
-        let load = HttpLoad::Batch { batch_size: 3 };
-        let timestamps = Timestamps::Backfill {
-            start_ms: 1_759_492_800_000,
-            spread_ms: 60_000,
-            count: 10,
+        let run = HttpRun {
+            base_url: "http://127.0.0.1:1".into(),
+            load: HttpLoad::Batch { batch_size: 3 },
+            total_requests: Some(4),
+            total_events: Some(10),
+            deadline: None,
+            requests_per_second: None,
+            timestamps: Timestamps::Backfill {
+                start_ms: 1_759_492_800_000,
+                spread_ms: 60_000,
+                count: 10,
+            },
+            started: Instant::now(),
+            next_request: AtomicU64::new(0),
+            events_progress: AtomicU64::new(0),
+            requests_progress: AtomicU64::new(0),
         };
-        let workers = pregenerate(&load, &timestamps, Some(10), 4, 3, settings).unwrap();
+        let workers = pregenerate(&run, 4, 3, settings).unwrap();
         let numbers: Vec<Vec<u64>> = workers
             .iter()
             .map(|requests| requests.iter().map(|r| r.request_number).collect())
@@ -340,15 +333,7 @@ mod tests {
             let mut generator = EventGenerator::new(settings(worker as u64));
             for request in requests {
                 let mut expected = Vec::new();
-                fill_body(
-                    &load,
-                    &timestamps,
-                    Some(10),
-                    request.request_number,
-                    &mut generator,
-                    &mut expected,
-                )
-                .unwrap();
+                fill_body(&run, request.request_number, &mut generator, &mut expected).unwrap();
                 assert_eq!(request.body.as_ref(), expected.as_slice());
                 let parsed: Vec<serde_json::Value> = serde_json::from_slice(&request.body).unwrap();
                 assert_eq!(parsed.len() as u64, request.events);

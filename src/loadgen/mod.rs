@@ -351,44 +351,45 @@ async fn run_http(args: &LoadgenArgs, timestamps: Timestamps) -> anyhow::Result<
         Target::HttpBatch => count.div_ceil(args.batch_size as u64),
         _ => count,
     });
+    let mut run = HttpRun {
+        base_url: args.url.trim_end_matches('/').to_string(),
+        load,
+        total_requests,
+        total_events: args.count.filter(|_| args.target != Target::Get),
+        deadline: None,
+        requests_per_second: (args.rate > 0.0).then_some(args.rate),
+        timestamps,
+        started: Instant::now(),
+        next_request: AtomicU64::new(0),
+        events_progress: AtomicU64::new(0),
+        requests_progress: AtomicU64::new(0),
+    };
     // Bodies generated now are not timed: the run measures the service.
-    let ready: Vec<Option<Vec<http::ReadyRequest>>> = match (&load, total_requests) {
+    let ready: Vec<Option<Vec<http::ReadyRequest>>> = match (&run.load, total_requests) {
         (HttpLoad::Single | HttpLoad::Batch { .. }, Some(requests))
             if !args.generate_while_sending
                 && args.duration.is_none()
                 && args.rate == 0.0
                 && args.count.is_some_and(http::fits_in_memory) =>
         {
-            let (load, timestamps, total_events) = (load.clone(), timestamps, args.count);
-            let (workers, settings) = (args.concurrency, args.clone());
-            tokio::task::spawn_blocking(move || {
-                http::pregenerate(&load, &timestamps, total_events, requests, workers, |w| {
+            let settings = args.clone();
+            let (returned, ready) = tokio::task::spawn_blocking(move || {
+                let ready = http::pregenerate(&run, requests, settings.concurrency, |w| {
                     settings.generator_settings(w)
-                })
+                });
+                (run, ready)
             })
             .await
-            .context("generating the bodies failed")??
-            .into_iter()
-            .map(Some)
-            .collect()
+            .context("generating the bodies failed")?;
+            run = returned;
+            ready?.into_iter().map(Some).collect()
         }
         _ => (0..args.concurrency).map(|_| None).collect(),
     };
     let pregenerated = ready.iter().any(Option::is_some);
-    let started = Instant::now();
-    let run = Arc::new(HttpRun {
-        base_url: args.url.trim_end_matches('/').to_string(),
-        load,
-        total_requests,
-        total_events: args.count.filter(|_| args.target != Target::Get),
-        deadline: args.duration.map(|duration| started + duration),
-        requests_per_second: (args.rate > 0.0).then_some(args.rate),
-        timestamps,
-        started,
-        next_request: AtomicU64::new(0),
-        events_progress: AtomicU64::new(0),
-        requests_progress: AtomicU64::new(0),
-    });
+    run.started = Instant::now();
+    run.deadline = args.duration.map(|duration| run.started + duration);
+    let run = Arc::new(run);
     let counts_events = args.target != Target::Get;
     let bar = progress_bar(
         args,
@@ -437,7 +438,7 @@ async fn run_http(args: &LoadgenArgs, timestamps: Timestamps) -> anyhow::Result<
             }
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = run.started.elapsed();
     ticker.abort();
     bar.finish_and_clear();
     if let Some(error) = first_error {
