@@ -63,7 +63,7 @@ pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
 }
 
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(bytes)
+    crate::model::wire::read_json(bytes)
 }
 
 pub fn malformed(error: &serde_json::Error) -> ApiError {

@@ -8,7 +8,6 @@
 //! non-empty bounded string, `properties` is an object within the configured
 //! limits, and the timestamp lies inside the accepted window.
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::properties::{Properties, PropertiesField, Scalar};
@@ -195,31 +194,31 @@ pub fn validate_event_type(text: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-fn parse_event_type(value: Option<Value>) -> Result<String, EventError> {
+fn parse_event_type(value: Option<Parsed<String>>) -> Result<String, EventError> {
     match value {
-        None | Some(Value::Null) => Err(EventError::MissingEventType),
-        Some(Value::String(text)) => {
+        None | Some(Parsed::Null) => Err(EventError::MissingEventType),
+        Some(Parsed::Valid(text)) => {
             validate_event_type(&text)?;
             Ok(text)
         }
-        Some(_) => Err(EventError::EventTypeNotString),
+        Some(Parsed::Invalid) => Err(EventError::EventTypeNotString),
     }
 }
 
 fn parse_optional_string(
-    value: Option<Value>,
+    value: Option<Parsed<String>>,
     field: &'static str,
 ) -> Result<Option<String>, EventError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.len() > MAX_ID_FIELD_LEN => {
+        None | Some(Parsed::Null) => Ok(None),
+        Some(Parsed::Valid(text)) if text.len() > MAX_ID_FIELD_LEN => {
             Err(EventError::FieldTooLong(field))
         }
-        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Parsed::Valid(text)) if text.is_empty() => Ok(None),
         // Databases store these as text, which cannot hold NUL.
-        Some(Value::String(text)) if text.contains('\0') => Err(EventError::NulCharacter(field)),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(EventError::FieldNotString(field)),
+        Some(Parsed::Valid(text)) if text.contains('\0') => Err(EventError::NulCharacter(field)),
+        Some(Parsed::Valid(text)) => Ok(Some(text)),
+        Some(Parsed::Invalid) => Err(EventError::FieldNotString(field)),
     }
 }
 
@@ -249,7 +248,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn limits() -> EventLimits {
         EventLimits {

@@ -15,7 +15,7 @@
 //! key is rebuilt from a map of its text.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::Range;
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
@@ -206,6 +206,25 @@ impl Properties {
     /// Whether a key occurs twice (the builder writes every key it reads).
     fn repeats_a_key(&self) -> bool {
         let entries = &self.entries;
+        // Each key's length, first and last byte pick one of 128 bits; keys
+        // that pick different bits differ, so the comparisons below run only
+        // when two keys might be equal (they were most of the builder's
+        // finishing work).
+        let mut seen = 0u128;
+        let may_repeat = entries.iter().any(|entry| {
+            let key = self.text(&entry.key).as_bytes();
+            let (first, last) = (key.first(), key.last());
+            let mix = key.len() * 31
+                + usize::from(first.copied().unwrap_or(0)) * 7
+                + usize::from(last.copied().unwrap_or(0));
+            let bit = 1u128 << (mix % 128);
+            let seen_before = seen & bit != 0;
+            seen |= bit;
+            seen_before
+        });
+        if !may_repeat {
+            return false;
+        }
         if entries.len() <= 16 {
             return entries.iter().enumerate().any(|(index, entry)| {
                 let key = self.text(&entry.key);
@@ -284,7 +303,7 @@ impl Properties {
 /// Builds [`Properties`] one key and value at a time, writing the JSON text
 /// as it goes.
 struct Builder {
-    json: Vec<u8>,
+    json: String,
     entries: Vec<Entry>,
     /// The key pushed last, waiting for its value.
     key: Option<Text>,
@@ -292,8 +311,8 @@ struct Builder {
 
 impl Default for Builder {
     fn default() -> Self {
-        let mut json = Vec::with_capacity(192);
-        json.push(b'{');
+        let mut json = String::with_capacity(256);
+        json.push('{');
         Builder {
             json,
             entries: Vec::with_capacity(8),
@@ -305,22 +324,27 @@ impl Default for Builder {
 impl Builder {
     fn push_key(&mut self, key: &str) {
         if !self.entries.is_empty() {
-            self.json.push(b',');
+            self.json.push(',');
         }
         self.key = Some(self.push_text(key));
-        self.json.push(b':');
+        self.json.push(':');
     }
 
     /// Writes `text` as a JSON string; where it lies, when it needed no
-    /// escape.
+    /// escape. Nearly every key and value needs none: those are copied as
+    /// they are, without serde_json's escaping writer (a third of the
+    /// builder's instructions; BENCHMARKS.md, session 17).
     fn push_text(&mut self, text: &str) -> Text {
-        let start = self.json.len();
-        write_json(&mut self.json, text);
-        if self.json.len() - start == text.len() + 2 {
-            Text::InJson(start + 1..self.json.len() - 1)
-        } else {
-            Text::Own(text.into())
+        if text.bytes().any(needs_escape) {
+            self.json.push_str(&to_json(text));
+            return Text::Own(text.into());
         }
+        self.json.push('"');
+        let start = self.json.len();
+        self.json.push_str(text);
+        let end = self.json.len();
+        self.json.push('"');
+        Text::InJson(start..end)
     }
 
     fn push_slot(&mut self, slot: Slot) {
@@ -328,21 +352,34 @@ impl Builder {
         self.entries.push(Entry { key, slot });
     }
 
+    /// Writes a number given with its JSON text.
+    fn push_number(&mut self, text: &str, number: Number) {
+        self.json.push_str(text);
+        self.push_slot(Slot::Number(number));
+    }
+
     fn push_value(&mut self, value: &Value) {
-        let slot = if let Value::String(text) = value {
-            Slot::String(self.push_text(text))
-        } else {
-            let start = self.json.len();
-            write_json(&mut self.json, value);
-            match value {
-                Value::Null => Slot::Null,
-                Value::Bool(flag) => Slot::Bool(*flag),
-                Value::Number(number) => Slot::Number(number.clone()),
-                // Arrays and objects (strings took the branch above).
-                _ => Slot::Nested {
-                    size: self.json.len() - start,
+        let slot = match value {
+            Value::String(text) => Slot::String(self.push_text(text)),
+            Value::Number(number) => {
+                write!(self.json, "{number}").expect("writing to a String cannot fail");
+                Slot::Number(number.clone())
+            }
+            Value::Null => {
+                self.json.push_str("null");
+                Slot::Null
+            }
+            Value::Bool(flag) => {
+                self.json.push_str(if *flag { "true" } else { "false" });
+                Slot::Bool(*flag)
+            }
+            Value::Array(_) | Value::Object(_) => {
+                let text = to_json(value);
+                self.json.push_str(&text);
+                Slot::Nested {
+                    size: text.len(),
                     nul: contains_nul(value),
-                },
+                }
             }
         };
         self.push_slot(slot);
@@ -350,7 +387,7 @@ impl Builder {
 
     /// The properties, the last of repeated keys winning.
     fn finish(mut self) -> Properties {
-        self.json.push(b'}');
+        self.json.push('}');
         let properties = self.into_properties();
         if !properties.repeats_a_key() {
             return properties;
@@ -360,23 +397,28 @@ impl Builder {
 
     /// The properties, when no key was pushed twice.
     fn finish_unique(mut self) -> Properties {
-        self.json.push(b'}');
+        self.json.push('}');
         self.into_properties()
     }
 
     fn into_properties(self) -> Properties {
         Properties {
-            json: String::from_utf8(self.json).expect("serde_json writes UTF-8"),
+            json: self.json,
             entries: self.entries,
         }
     }
 }
 
-/// Appends `value` to `json` as compact JSON text.
-fn write_json<T: Serialize + ?Sized>(json: &mut Vec<u8>, value: &T) {
-    // Strings, numbers and JSON values (string keys only) always serialise;
-    // writing to a Vec cannot fail.
-    serde_json::to_writer(json, value).expect("a JSON value always serialises");
+/// Whether serde_json escapes this byte in a string: a control character,
+/// a quote or a backslash (nothing else; UTF-8 is written as it is).
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// `value` as compact JSON text.
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    // Strings and JSON values (string keys only) always serialise.
+    serde_json::to_string(value).expect("a JSON value always serialises")
 }
 
 fn contains_nul(value: &Value) -> bool {
@@ -495,20 +537,29 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         Ok(())
     }
 
+    // Numbers are written by the writers serde_json's own `Number` text
+    // uses (itoa, zmij), without a formatter between.
+
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<(), E> {
-        self.0.push_value(&Value::Number(number.into()));
+        self.0
+            .push_number(itoa::Buffer::new().format(number), number.into());
         Ok(())
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<(), E> {
-        self.0.push_value(&Value::Number(number.into()));
+        self.0
+            .push_number(itoa::Buffer::new().format(number), number.into());
         Ok(())
     }
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<(), E> {
         // As a `Value` reads it: JSON text cannot spell a non-finite number.
-        self.0
-            .push_value(&Number::from_f64(number).map_or(Value::Null, Value::Number));
+        match Number::from_f64(number) {
+            Some(json) => self
+                .0
+                .push_number(zmij::Buffer::new().format_finite(number), json),
+            None => self.0.push_value(&Value::Null),
+        }
         Ok(())
     }
 
@@ -558,6 +609,8 @@ mod tests {
             r#"{"price":1,"price":2}"#,
             r#"{"a":{"x":1},"b":2,"a":"last"}"#,
             r#"{"big":12345678901234567890,"neg":-7,"exp":1e3,"esc":"q\"\\\/\n\u00e9"}"#,
+            r#"{"tab\t":"a\tb\u007f\u001f","uni":"\u00e9€","f":-0.0,"g":1.5e-7,"h":123.456}"#,
+            r#"{"strategy_id":1,"position_id":2,"a":3,"b":4,"c":5,"d":6,"e":7,"a":8}"#,
         ] {
             let properties = object(text);
             let map: Map<String, Value> = serde_json::from_str(text).unwrap();

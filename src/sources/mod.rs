@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::model::Event;
 use crate::model::event::now_ms;
-use crate::model::wire::WireEvent;
+use crate::model::wire::{WireEvent, read_json};
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, Refused, SubmitError};
 use crate::store::{DeadLetter, Store};
@@ -250,14 +250,14 @@ pub fn decode_events(
     let now = now_ms();
     match message.kind {
         PayloadKind::Event => {
-            let wire: WireEvent = serde_json::from_slice(message.payload).map_err(not_json)?;
+            let wire: WireEvent = read_json(message.payload).map_err(not_json)?;
             let event = validator
                 .validate(wire, now, || message.default_id.get())
                 .map_err(|rejection| rejection.to_string())?;
             Ok(vec![event])
         }
         PayloadKind::OrderUpdate => {
-            let value: Value = serde_json::from_slice(message.payload).map_err(not_json)?;
+            let value: Value = read_json(message.payload).map_err(not_json)?;
             let wire = order_updates::to_wire_events(&value)?;
             wire.into_iter()
                 .map(|event| {
