@@ -226,6 +226,10 @@ impl SqliteStore {
         // Checkpoints run beside the commits, not inside them (see
         // `checkpoint`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A batch's commit runs about twenty statements (one- and multi-row
+        // inserts and upserts, reads back, the fold's): with rusqlite's
+        // default of 16 cached, each batch prepared some again.
+        writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         migrate(&mut writer)?;
         let owner_lock = OwnerLock::take(path)?;
         recover_deltas(
@@ -433,6 +437,9 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 /// execution opens the table's and indexes' cursors, and steps, once for
 /// them all. Batches go in by such runs, their remainder row by row.
 const ROWS_PER_INSERT: usize = 32;
+
+/// Statements the writer connection keeps prepared.
+const WRITER_STATEMENTS: usize = 64;
 
 /// `(?1, …, ?n), (?n+1, …)`: `rows` rows of `parameters` numbered
 /// parameters each, for a multi-row `INSERT … VALUES`.
@@ -998,15 +1005,12 @@ impl Drop for OwnerLock {
     }
 }
 
-/// The order upsert, with `$placement` (the assignments of the placement's
-/// columns, or nothing) in its `DO UPDATE`.
-macro_rules! upsert_order {
+/// The `ON CONFLICT` of an order upsert, with `$placement` (the assignments
+/// of the placement's columns, or nothing) in its `DO UPDATE`.
+macro_rules! order_merge {
     ($placement:literal) => {
         concat!(
-            "INSERT INTO trading_orders (order_id, symbol, side, strategy_id,
-         order_type, placed_at, quantity, price, latency_ms, filled_quantity, filled_notional, fills,
-         maker_fills, commission, first_fill_at, last_fill_at, canceled_at, rejected_at, seen_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+            "
      ON CONFLICT (order_id) DO UPDATE SET
          symbol = COALESCE(symbol, excluded.symbol),
          side = COALESCE(side, excluded.side),
@@ -1028,9 +1032,13 @@ macro_rules! upsert_order {
     };
 }
 
-/// The upsert of an order change that carries its placement.
-const UPSERT_ORDER: &str = upsert_order!(
-    "
+/// The upsert of order changes that carry their placement.
+static UPSERT_ORDERS: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "trading_orders",
+        ORDER_COLUMNS,
+        order_merge!(
+            "
          placed_at = COALESCE(MIN(placed_at, excluded.placed_at), placed_at, excluded.placed_at),
          quantity = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.quantity, quantity)
                          ELSE COALESCE(quantity, excluded.quantity) END,
@@ -1038,13 +1046,16 @@ const UPSERT_ORDER: &str = upsert_order!(
                       ELSE COALESCE(price, excluded.price) END,
          latency_ms = CASE WHEN excluded.placed_at < placed_at THEN COALESCE(excluded.latency_ms, latency_ms)
                            ELSE COALESCE(latency_ms, excluded.latency_ms) END,"
-);
+        ),
+    )
+});
 
-/// The upsert of an order change without a placement (fills, a cancel, a
+/// The upsert of order changes without a placement (fills, a cancel, a
 /// reject): the same merge, whose placement columns would keep their stored
 /// values, so it leaves them out. SQLite then leaves the index on
 /// `placed_at` alone instead of deleting and re-inserting the same entry.
-const UPSERT_UNPLACED_ORDER: &str = upsert_order!("");
+static UPSERT_UNPLACED_ORDERS: LazyLock<RowInsert> =
+    LazyLock::new(|| RowInsert::new("trading_orders", ORDER_COLUMNS, order_merge!("")));
 
 /// An order's row as stored after its upsert. (A separate statement costs
 /// less than `RETURNING` on the upsert, which SQLite runs through a
@@ -1052,6 +1063,19 @@ const UPSERT_UNPLACED_ORDER: &str = upsert_order!("");
 /// batch ingest's CPU with it.)
 const STORED_ORDER: &str =
     "SELECT placed_at, first_fill_at, last_fill_at FROM trading_orders WHERE order_id = ?1";
+
+/// The rows of a run of [`ROWS_PER_INSERT`] orders as stored after their
+/// upsert.
+static STORED_ORDERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT order_id, placed_at, first_fill_at, last_fill_at FROM trading_orders
+         WHERE order_id IN ({})",
+        (1..=ROWS_PER_INSERT)
+            .map(|parameter| format!("?{parameter}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
 
 const UPSERT_MARK: &str = "INSERT INTO trading_marks (kind, first_minute, last_minute)
      VALUES (?1, ?2, ?3)
@@ -1213,54 +1237,7 @@ fn write_trading(
         return Ok(());
     }
     let mut spans = MarkSpans::new();
-    let mut upsert = transaction.prepare_cached(UPSERT_ORDER)?;
-    let mut upsert_unplaced = transaction.prepare_cached(UPSERT_UNPLACED_ORDER)?;
-    let mut stored = transaction.prepare_cached(STORED_ORDER)?;
-    for order in &trading.orders {
-        let upsert = if order.placed_at.is_some() {
-            &mut upsert
-        } else {
-            &mut upsert_unplaced
-        };
-        let rowid_before = transaction.last_insert_rowid();
-        upsert.execute(params![
-            order.order_id,
-            order.symbol,
-            order.side,
-            order.strategy_id,
-            order.order_type,
-            order.placed_at,
-            order.quantity,
-            order.price,
-            order.latency_ms,
-            order.filled_quantity,
-            order.filled_notional,
-            order.fills,
-            order.maker_fills,
-            order.commission,
-            order.first_fill_at,
-            order.last_fill_at,
-            order.canceled_at,
-            order.rejected_at,
-            order.seen_at,
-        ])?;
-        // A new row is stored as the change itself; only a merge with a
-        // stored row is read back (see `inserted_a_row`).
-        let (placed_at, fills) = if inserted_a_row(transaction, rowid_before) {
-            (order.placed_at, order.first_fill_at.zip(order.last_fill_at))
-        } else {
-            let (placed_at, first_fill, last_fill) =
-                stored.query_row([&order.order_id], |row| {
-                    Ok((
-                        row.get::<_, Option<i64>>(0)?,
-                        row.get::<_, Option<i64>>(1)?,
-                        row.get::<_, Option<i64>>(2)?,
-                    ))
-                })?;
-            (placed_at, first_fill.zip(last_fill))
-        };
-        summary::order_spans(order, placed_at, fills, &mut spans);
-    }
+    write_orders(transaction, &trading.orders, &mut spans)?;
     insert_in_runs(
         transaction,
         &INSERT_FILLS,
@@ -1321,14 +1298,129 @@ fn write_trading(
     write_marks(transaction, &spans)
 }
 
-/// Whether the upsert just run on `connection` inserted a new row into a
-/// rowid table, given the connection's last insert rowid before it. An
-/// insert sets that rowid to the new row's; the `DO UPDATE` of an upsert
-/// does not touch it. `false` when the new row's rowid happens to equal the
-/// one before (a row of another table): the caller then reads the row, as
-/// for an update, which is never wrong.
-fn inserted_a_row(connection: &Connection, rowid_before: i64) -> bool {
-    connection.last_insert_rowid() != rowid_before
+/// Upserts the order changes (one per order id) and adds the summary spans
+/// they touch. A change that made a new row adds its own times; one merged
+/// with a stored row adds the merged row's, read back.
+///
+/// The changes go in [`ROWS_PER_INSERT`] per upsert, by order id, placed
+/// ones apart from the rest (each kind has its own statement). A run made
+/// only new rows when it moved the table's largest rowid by its length: a
+/// new row takes the largest rowid plus one, and a `DO UPDATE` takes none.
+/// Otherwise the run's rows are read back in one query. Merges are few (an
+/// order placed in an earlier batch) and, with time-ordered order ids, come
+/// together at the start of the batch, so most runs read nothing back.
+fn write_orders(
+    transaction: &rusqlite::Transaction<'_>,
+    orders: &[OrderDelta],
+    spans: &mut MarkSpans,
+) -> Result<(), StoreError> {
+    let (placed, unplaced): (Vec<&OrderDelta>, Vec<&OrderDelta>) =
+        orders.iter().partition(|order| order.placed_at.is_some());
+    let mut largest_rowid: i64 = transaction.query_row(
+        "SELECT COALESCE(MAX(rowid), 0) FROM trading_orders",
+        [],
+        |row| row.get(0),
+    )?;
+    let mut last_insert = transaction.last_insert_rowid();
+    let mut stored = transaction.prepare_cached(STORED_ORDER)?;
+    let mut stored_run = transaction.prepare_cached(&STORED_ORDERS)?;
+    for (orders, upsert) in [
+        (placed, &*UPSERT_ORDERS),
+        (unplaced, &*UPSERT_UNPLACED_ORDERS),
+    ] {
+        insert_in_runs(
+            transaction,
+            upsert,
+            &orders,
+            |statement, first, order| bind_order(statement, first, order),
+            |run, _| {
+                let rowid = transaction.last_insert_rowid();
+                let moved = rowid != last_insert;
+                last_insert = rowid;
+                let new_rows = if moved { rowid - largest_rowid } else { 0 };
+                if moved {
+                    largest_rowid = largest_rowid.max(rowid);
+                }
+                // Near the largest rowid SQLite picks new ones at random.
+                let sequential = largest_rowid < i64::MAX - ROWS_PER_INSERT as i64;
+                if sequential && usize::try_from(new_rows) == Ok(run.len()) {
+                    for order in run {
+                        let fills = order.first_fill_at.zip(order.last_fill_at);
+                        summary::order_spans(order, order.placed_at, fills, spans);
+                    }
+                    return Ok(());
+                }
+                if let [order] = run {
+                    let (placed_at, first_fill, last_fill): (
+                        Option<i64>,
+                        Option<i64>,
+                        Option<i64>,
+                    ) = stored.query_row([&order.order_id], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?;
+                    summary::order_spans(order, placed_at, first_fill.zip(last_fill), spans);
+                    return Ok(());
+                }
+                for (index, order) in run.iter().enumerate() {
+                    stored_run.raw_bind_parameter(index + 1, &order.order_id)?;
+                }
+                let mut rows = stored_run.raw_query();
+                let mut found = 0;
+                while let Some(row) = rows.next()? {
+                    let order_id: String = row.get(0)?;
+                    let order = run
+                        .iter()
+                        .find(|order| order.order_id == order_id)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("order {order_id} read back unasked"))
+                        })?;
+                    let (placed_at, first_fill, last_fill): (
+                        Option<i64>,
+                        Option<i64>,
+                        Option<i64>,
+                    ) = (row.get(1)?, row.get(2)?, row.get(3)?);
+                    summary::order_spans(order, placed_at, first_fill.zip(last_fill), spans);
+                    found += 1;
+                }
+                if found != run.len() {
+                    return Err(StoreError::Corrupt(format!(
+                        "{found} of {} upserted orders read back",
+                        run.len()
+                    )));
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Binds `order` as the row whose first parameter is `first` (1-based), in
+/// the order of [`ORDER_COLUMNS`].
+fn bind_order(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    order: &OrderDelta,
+) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(first, &order.order_id)?;
+    statement.raw_bind_parameter(first + 1, &order.symbol)?;
+    statement.raw_bind_parameter(first + 2, &order.side)?;
+    statement.raw_bind_parameter(first + 3, &order.strategy_id)?;
+    statement.raw_bind_parameter(first + 4, &order.order_type)?;
+    statement.raw_bind_parameter(first + 5, order.placed_at)?;
+    statement.raw_bind_parameter(first + 6, order.quantity)?;
+    statement.raw_bind_parameter(first + 7, order.price)?;
+    statement.raw_bind_parameter(first + 8, order.latency_ms)?;
+    statement.raw_bind_parameter(first + 9, order.filled_quantity)?;
+    statement.raw_bind_parameter(first + 10, order.filled_notional)?;
+    statement.raw_bind_parameter(first + 11, order.fills)?;
+    statement.raw_bind_parameter(first + 12, order.maker_fills)?;
+    statement.raw_bind_parameter(first + 13, order.commission)?;
+    statement.raw_bind_parameter(first + 14, order.first_fill_at)?;
+    statement.raw_bind_parameter(first + 15, order.last_fill_at)?;
+    statement.raw_bind_parameter(first + 16, order.canceled_at)?;
+    statement.raw_bind_parameter(first + 17, order.rejected_at)?;
+    statement.raw_bind_parameter(first + 18, order.seen_at)
 }
 
 fn write_marks(

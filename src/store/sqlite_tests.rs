@@ -511,72 +511,115 @@ fn reader_statements_are_planned_once() {
     );
 }
 
+fn order_change(order_id: &str, placed_at: Option<i64>, fill_at: Option<i64>) -> OrderDelta {
+    OrderDelta {
+        order_id: order_id.to_owned(),
+        symbol: Some("BTCUSDT".into()),
+        side: Some("BUY".into()),
+        strategy_id: None,
+        order_type: None,
+        placed_at,
+        quantity: placed_at.map(|_| 1.0),
+        price: placed_at.map(|_| 100.0),
+        latency_ms: None,
+        filled_quantity: fill_at.map_or(0.0, |_| 1.0),
+        filled_notional: fill_at.map_or(0.0, |_| 100.0),
+        fills: i64::from(fill_at.is_some()),
+        maker_fills: 0,
+        commission: 0.0,
+        first_fill_at: fill_at,
+        last_fill_at: fill_at,
+        canceled_at: None,
+        rejected_at: None,
+        seen_at: placed_at.or(fill_at).unwrap(),
+    }
+}
+
+/// Order changes go in by runs, and each adds the spans of the row it left:
+/// a new row its own times, a merge the merged row's (the earlier
+/// placement kept), whether the merge sits in a multi-row run or in the
+/// one-row rest, among placed or unplaced changes.
 #[test]
-fn an_order_upsert_tells_a_new_row_from_a_merge_by_the_last_insert_rowid() {
+fn order_upserts_in_runs_add_the_spans_of_the_rows_as_merged() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("orders.db");
     drop(SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap());
-    let connection = Connection::open(&path).unwrap();
-    let upsert = |sql: &str, order_id: &str, placed_at: Option<i64>| {
-        let before = connection.last_insert_rowid();
-        connection
+    let mut connection = Connection::open(&path).unwrap();
+    let minute = 60_000;
+    let early = 1_000 * minute;
+    let late = 2_000 * minute;
+    // The spans `write_orders` adds, and those of the rows it left.
+    let write = |connection: &mut Connection, orders: &[OrderDelta]| {
+        let transaction = connection.transaction().unwrap();
+        // Another table's insert first: the connection's last insert rowid
+        // is not the orders'.
+        transaction
             .execute(
-                sql,
-                params![
-                    order_id,
-                    "BTCUSDT",
-                    "buy",
-                    "s1",
-                    "limit",
-                    placed_at,
-                    1.0,
-                    100.0,
-                    3.0,
-                    0.0,
-                    0.0,
-                    0,
-                    0,
-                    0.0,
-                    None::<i64>,
-                    None::<i64>,
-                    None::<i64>,
-                    None::<i64>,
-                    placed_at.unwrap_or(5)
-                ],
+                "INSERT INTO trading_fills (event_id, ts, price, quantity) VALUES (x'00', 1, 1.0, 1.0)",
+                [],
             )
             .unwrap();
-        inserted_a_row(&connection, before)
+        let mut spans = MarkSpans::new();
+        write_orders(&transaction, orders, &mut spans).unwrap();
+        let mut expected = MarkSpans::new();
+        for order in orders {
+            let (placed_at, first, last): (Option<i64>, Option<i64>, Option<i64>) = transaction
+                .query_row(STORED_ORDER, [&order.order_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .unwrap();
+            summary::order_spans(order, placed_at, first.zip(last), &mut expected);
+        }
+        transaction.commit().unwrap();
+        (spans, expected)
     };
-    // A row of another table first, so the orders' rowids are not the
-    // connection's only inserts: it takes rowid 1 there.
-    connection
-        .execute(
-            "INSERT INTO trading_fills (event_id, ts, price, quantity) VALUES (x'00', 1, 1.0, 1.0)",
-            [],
-        )
-        .unwrap();
-    // Order "a" takes rowid 1 too: indistinguishable, so counted as a
-    // merge (the caller reads the row back, which is never wrong).
-    assert!(!upsert(UPSERT_ORDER, "a", Some(10)));
-    assert!(upsert(UPSERT_UNPLACED_ORDER, "b", None));
-    assert!(
-        !upsert(UPSERT_ORDER, "b", Some(7)),
-        "a merge is not a new row"
-    );
-    assert!(!upsert(UPSERT_ORDER, "a", Some(5)));
-    assert!(!upsert(UPSERT_UNPLACED_ORDER, "a", None));
-    assert!(upsert(UPSERT_ORDER, "c", Some(9)));
-    assert!(!upsert(UPSERT_UNPLACED_ORDER, "c", None));
-    let placed: Vec<Option<i64>> = connection
-        .prepare("SELECT placed_at FROM trading_orders ORDER BY order_id")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    // 70 new orders: two full runs and six one-row ones.
+    let first: Vec<OrderDelta> = (0..70)
+        .map(|index| order_change(&format!("a{index:02}"), Some(early + index * minute), None))
+        .collect();
+    let (spans, expected) = write(&mut connection, &first);
+    assert_eq!(spans, expected);
+    assert_eq!(spans.len(), 70);
+    // Stored orders placed again at minutes of their own (the merge keeps
+    // the earlier placement) and filled, among new orders.
+    let mut second: Vec<OrderDelta> = Vec::new();
+    for (index, stored) in [3, 40, 69].into_iter().enumerate() {
+        let placed_again = late - (index as i64 + 1) * 100 * minute;
+        second.push(order_change(
+            &format!("a{stored:02}"),
+            Some(placed_again),
+            None,
+        ));
+    }
+    // New orders sort among the stored ones: each full run holds one merge.
+    for index in 0..64 {
+        let order_id = format!("a{index:02}-new");
+        second.push(order_change(&order_id, Some(late + index * minute), None));
+    }
+    for stored in [5, 6, 68] {
+        second.push(order_change(&format!("a{stored:02}"), None, Some(late)));
+    }
+    second.push(order_change("c00", None, Some(late + minute)));
+    second.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    let (spans, expected) = write(&mut connection, &second);
+    assert_eq!(spans, expected);
+    let placed: Vec<Option<i64>> = ["a03", "a40", "a69", "a00-new", "c00"]
+        .into_iter()
+        .map(|order_id| {
+            connection
+                .query_row(STORED_ORDER, [order_id], |row| row.get(0))
+                .unwrap()
+        })
+        .collect();
     assert_eq!(
         placed,
-        vec![Some(5), Some(7), Some(9)],
+        vec![
+            Some(early + 3 * minute),
+            Some(early + 40 * minute),
+            Some(early + 69 * minute),
+            Some(late),
+            None
+        ],
         "the earliest placement wins"
     );
 }
