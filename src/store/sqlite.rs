@@ -487,19 +487,42 @@ impl RowInsert {
 static INSERT_EVENTS: LazyLock<RowInsert> =
     LazyLock::new(|| RowInsert::new("events", EVENT_COLUMNS, " ON CONFLICT (id) DO NOTHING"));
 
+/// Binds each value to the next parameter from `first` (1-based) on: one
+/// row of a [`RowInsert`], with no parameter index written out. A macro, not
+/// a function over `&[&dyn ToSql]`: that one cost 2 % more instructions on
+/// batch ingest.
+macro_rules! bind_row {
+    ($statement:expr, $first:expr, [$($value:expr),+ $(,)?] $(,)?) => {{
+        let statement = $statement;
+        let mut parameter = $first;
+        $(
+            statement.raw_bind_parameter(parameter, $value)?;
+            parameter += 1;
+        )+
+        let _ = parameter;
+        Ok(())
+    }};
+}
+
 /// Binds `event` as the row whose first parameter is `first` (1-based).
 fn bind_event(
     statement: &mut rusqlite::CachedStatement<'_>,
     first: usize,
     event: &Event,
 ) -> rusqlite::Result<()> {
-    statement.raw_bind_parameter(first, event.id.as_bytes().as_slice())?;
-    statement.raw_bind_parameter(first + 1, event.timestamp_ms)?;
-    statement.raw_bind_parameter(first + 2, &event.event_type)?;
-    statement.raw_bind_parameter(first + 3, &event.user_id)?;
-    statement.raw_bind_parameter(first + 4, &event.session_id)?;
-    statement.raw_bind_parameter(first + 5, event.properties.as_json())?;
-    statement.raw_bind_parameter(first + 6, event.created_at_ms)
+    bind_row!(
+        statement,
+        first,
+        [
+            &event.id.as_bytes().as_slice(),
+            &event.timestamp_ms,
+            &event.event_type,
+            &event.user_id,
+            &event.session_id,
+            &event.properties.as_json(),
+            &event.created_at_ms,
+        ],
+    )
 }
 
 /// Inserts `events`, skipping ids stored already; says which were new.
@@ -1243,16 +1266,22 @@ fn write_trading(
         &INSERT_FILLS,
         &trading.fills,
         |insert, first, fill| {
-            insert.raw_bind_parameter(first, fill.event_id.as_bytes().as_slice())?;
-            insert.raw_bind_parameter(first + 1, &fill.order_id)?;
-            insert.raw_bind_parameter(first + 2, &fill.symbol)?;
-            insert.raw_bind_parameter(first + 3, &fill.side)?;
-            insert.raw_bind_parameter(first + 4, &fill.strategy_id)?;
-            insert.raw_bind_parameter(first + 5, fill.timestamp_ms)?;
-            insert.raw_bind_parameter(first + 6, fill.price)?;
-            insert.raw_bind_parameter(first + 7, fill.quantity)?;
-            insert.raw_bind_parameter(first + 8, fill.is_maker)?;
-            insert.raw_bind_parameter(first + 9, fill.commission)
+            bind_row!(
+                insert,
+                first,
+                [
+                    &fill.event_id.as_bytes().as_slice(),
+                    &fill.order_id,
+                    &fill.symbol,
+                    &fill.side,
+                    &fill.strategy_id,
+                    &fill.timestamp_ms,
+                    &fill.price,
+                    &fill.quantity,
+                    &fill.is_maker,
+                    &fill.commission,
+                ],
+            )
         },
         |_, _| Ok(()),
     )?;
@@ -1261,10 +1290,16 @@ fn write_trading(
         &INSERT_QUOTES,
         &trading.quotes,
         |insert, first, quote| {
-            insert.raw_bind_parameter(first, &quote.symbol)?;
-            insert.raw_bind_parameter(first + 1, quote.timestamp_ms)?;
-            insert.raw_bind_parameter(first + 2, &quote.event_id)?;
-            insert.raw_bind_parameter(first + 3, quote.mid)
+            bind_row!(
+                insert,
+                first,
+                [
+                    &quote.symbol,
+                    &quote.timestamp_ms,
+                    &quote.event_id,
+                    &quote.mid,
+                ],
+            )
         },
         |_, _| Ok(()),
     )?;
@@ -1402,25 +1437,31 @@ fn bind_order(
     first: usize,
     order: &OrderDelta,
 ) -> rusqlite::Result<()> {
-    statement.raw_bind_parameter(first, &order.order_id)?;
-    statement.raw_bind_parameter(first + 1, &order.symbol)?;
-    statement.raw_bind_parameter(first + 2, &order.side)?;
-    statement.raw_bind_parameter(first + 3, &order.strategy_id)?;
-    statement.raw_bind_parameter(first + 4, &order.order_type)?;
-    statement.raw_bind_parameter(first + 5, order.placed_at)?;
-    statement.raw_bind_parameter(first + 6, order.quantity)?;
-    statement.raw_bind_parameter(first + 7, order.price)?;
-    statement.raw_bind_parameter(first + 8, order.latency_ms)?;
-    statement.raw_bind_parameter(first + 9, order.filled_quantity)?;
-    statement.raw_bind_parameter(first + 10, order.filled_notional)?;
-    statement.raw_bind_parameter(first + 11, order.fills)?;
-    statement.raw_bind_parameter(first + 12, order.maker_fills)?;
-    statement.raw_bind_parameter(first + 13, order.commission)?;
-    statement.raw_bind_parameter(first + 14, order.first_fill_at)?;
-    statement.raw_bind_parameter(first + 15, order.last_fill_at)?;
-    statement.raw_bind_parameter(first + 16, order.canceled_at)?;
-    statement.raw_bind_parameter(first + 17, order.rejected_at)?;
-    statement.raw_bind_parameter(first + 18, order.seen_at)
+    bind_row!(
+        statement,
+        first,
+        [
+            &order.order_id,
+            &order.symbol,
+            &order.side,
+            &order.strategy_id,
+            &order.order_type,
+            &order.placed_at,
+            &order.quantity,
+            &order.price,
+            &order.latency_ms,
+            &order.filled_quantity,
+            &order.filled_notional,
+            &order.fills,
+            &order.maker_fills,
+            &order.commission,
+            &order.first_fill_at,
+            &order.last_fill_at,
+            &order.canceled_at,
+            &order.rejected_at,
+            &order.seen_at,
+        ],
+    )
 }
 
 fn write_marks(
