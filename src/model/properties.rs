@@ -184,9 +184,17 @@ impl Properties {
     /// The value of `key` when it is a string, number, boolean or null;
     /// `None` when absent, an array or an object.
     pub fn get(&self, key: &str) -> Option<Scalar<'_>> {
+        // Lengths first, and bytes: a lookup runs about nine times per
+        // event, and most keys it passes differ in length.
         self.entries
             .iter()
-            .find(|entry| self.text(&entry.key) == key)
+            .find(|entry| match &entry.key {
+                Text::InJson(range) => {
+                    range.len() == key.len()
+                        && self.json.as_bytes()[range.clone()] == *key.as_bytes()
+                }
+                Text::Own(own) => **own == *key,
+            })
             .and_then(|entry| self.scalar(&entry.slot))
     }
 
