@@ -43,7 +43,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::model::Event;
 use crate::model::event::now_ms;
-use crate::model::wire::WireEvent;
+use crate::model::wire::{WireEvent, read_json};
 use crate::pipeline::validate::EventValidator;
 use crate::pipeline::{Pipeline, SubmitError};
 use crate::telemetry::Telemetry;
@@ -454,7 +454,7 @@ impl Reader {
                         continue;
                     }
                     outcome.records += 1;
-                    match serde_json::from_slice::<WireEvent>(&buffer) {
+                    match read_json::<WireEvent>(&buffer) {
                         Ok(wire) => {
                             self.accept(wire, &buffer, line_number, now, &mut chunk, &mut outcome)
                         }
@@ -614,7 +614,7 @@ impl CsvColumns {
         if let Some(index) = self.properties
             && let Some(bytes) = record.get(index).filter(|bytes| !bytes.is_empty())
         {
-            let properties: Value = serde_json::from_slice(bytes)
+            let properties: Value = read_json(bytes)
                 .map_err(|error| format!("properties is not valid JSON: {error}"))?;
             object.insert("properties".into(), properties);
         }
