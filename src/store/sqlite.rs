@@ -1080,23 +1080,16 @@ static UPSERT_ORDERS: LazyLock<RowInsert> = LazyLock::new(|| {
 static UPSERT_UNPLACED_ORDERS: LazyLock<RowInsert> =
     LazyLock::new(|| RowInsert::new("trading_orders", ORDER_COLUMNS, order_merge!("")));
 
-/// An order's row as stored after its upsert. (A separate statement costs
-/// less than `RETURNING` on the upsert, which SQLite runs through a
-/// temporary table: 1 900 upserts of a 10 000-event batch took 12 % of
-/// batch ingest's CPU with it.)
-const STORED_ORDER: &str =
-    "SELECT placed_at, first_fill_at, last_fill_at FROM trading_orders WHERE order_id = ?1";
-
-/// The rows of a run of [`ROWS_PER_INSERT`] orders as stored after their
-/// upsert.
+/// The rows of up to [`ROWS_PER_INSERT`] orders as stored after their
+/// upsert (parameters left unbound are NULL, which matches no order). A
+/// separate statement costs less than `RETURNING` on the upsert, which
+/// SQLite runs through a temporary table: 1 900 upserts of a 10 000-event
+/// batch took 12 % of batch ingest's CPU with it.
 static STORED_ORDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT order_id, placed_at, first_fill_at, last_fill_at FROM trading_orders
-         WHERE order_id IN ({})",
-        (1..=ROWS_PER_INSERT)
-            .map(|parameter| format!("?{parameter}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+         WHERE order_id IN {}",
+        values_rows(ROWS_PER_INSERT, 1)
     )
 });
 
@@ -1341,7 +1334,8 @@ fn write_trading(
 /// ones apart from the rest (each kind has its own statement). A run made
 /// only new rows when it moved the table's largest rowid by its length: a
 /// new row takes the largest rowid plus one, and a `DO UPDATE` takes none.
-/// Otherwise the run's rows are read back in one query. Merges are few (an
+/// Otherwise the run's rows are read back in one query (a one-row run too,
+/// its other parameters unbound). Merges are few (an
 /// order placed in an earlier batch) and, with time-ordered order ids, come
 /// together at the start of the batch, so most runs read nothing back.
 fn write_orders(
@@ -1357,8 +1351,7 @@ fn write_orders(
         |row| row.get(0),
     )?;
     let mut last_insert = transaction.last_insert_rowid();
-    let mut stored = transaction.prepare_cached(STORED_ORDER)?;
-    let mut stored_run = transaction.prepare_cached(&STORED_ORDERS)?;
+    let mut stored = transaction.prepare_cached(&STORED_ORDERS)?;
     for (orders, upsert) in [
         (placed, &*UPSERT_ORDERS),
         (unplaced, &*UPSERT_UNPLACED_ORDERS),
@@ -1385,21 +1378,11 @@ fn write_orders(
                     }
                     return Ok(());
                 }
-                if let [order] = run {
-                    let (placed_at, first_fill, last_fill): (
-                        Option<i64>,
-                        Option<i64>,
-                        Option<i64>,
-                    ) = stored.query_row([&order.order_id], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })?;
-                    summary::order_spans(order, placed_at, first_fill.zip(last_fill), spans);
-                    return Ok(());
-                }
+                stored.clear_bindings();
                 for (index, order) in run.iter().enumerate() {
-                    stored_run.raw_bind_parameter(index + 1, &order.order_id)?;
+                    stored.raw_bind_parameter(index + 1, &order.order_id)?;
                 }
-                let mut rows = stored_run.raw_query();
+                let mut rows = stored.raw_query();
                 let mut found = 0;
                 while let Some(row) = rows.next()? {
                     let order_id: String = row.get(0)?;
@@ -1409,12 +1392,9 @@ fn write_orders(
                         .ok_or_else(|| {
                             StoreError::Corrupt(format!("order {order_id} read back unasked"))
                         })?;
-                    let (placed_at, first_fill, last_fill): (
-                        Option<i64>,
-                        Option<i64>,
-                        Option<i64>,
-                    ) = (row.get(1)?, row.get(2)?, row.get(3)?);
-                    summary::order_spans(order, placed_at, first_fill.zip(last_fill), spans);
+                    let placed_at: Option<i64> = row.get(1)?;
+                    let fills = row.get::<_, Option<i64>>(2)?.zip(row.get(3)?);
+                    summary::order_spans(order, placed_at, fills, spans);
                     found += 1;
                 }
                 if found != run.len() {

@@ -511,6 +511,10 @@ fn reader_statements_are_planned_once() {
     );
 }
 
+/// An order's row as stored.
+const STORED_ORDER: &str =
+    "SELECT placed_at, first_fill_at, last_fill_at FROM trading_orders WHERE order_id = ?1";
+
 fn order_change(order_id: &str, placed_at: Option<i64>, fill_at: Option<i64>) -> OrderDelta {
     OrderDelta {
         order_id: order_id.to_owned(),
