@@ -62,10 +62,6 @@ pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
     })
 }
 
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
-    crate::model::wire::read_json(bytes)
-}
-
 pub fn malformed(error: &serde_json::Error) -> ApiError {
     ApiError::bad_request(format!("malformed JSON: {error}"))
         .with_details(json!({"line": error.line(), "column": error.column()}))

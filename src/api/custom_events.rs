@@ -14,12 +14,13 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::body::{body_kind, malformed, parse_json, read_body};
+use super::body::{body_kind, malformed, read_body};
 use super::error::ApiError;
 use crate::model::custom_event::{
     CustomEventDefinitionOut, optional_active, optional_string, validate_definition_name,
 };
 use crate::model::event::now_ms;
+use crate::model::wire::read_json;
 use crate::model::{CompiledDefinition, CustomEventDefinition, DefinitionError};
 use crate::store::StoreError;
 
@@ -58,7 +59,7 @@ fn read_object(
 ) -> Result<Map<String, Value>, ApiError> {
     body_kind(headers, false)?;
     let bytes = read_body(body, limit)?;
-    match parse_json(&bytes).map_err(|error| malformed(&error))? {
+    match read_json(&bytes).map_err(|error| malformed(&error))? {
         Value::Object(object) => Ok(object),
         _ => Err(ApiError::bad_request("body must be a JSON object")),
     }

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::body::{BodyKind, body_kind, malformed, parse_json, read_body};
+use super::body::{BodyKind, body_kind, malformed, read_body};
 use super::error::ApiError;
 use super::params::RequestedRange;
 use crate::model::event::{format_timestamp, now_ms};
-use crate::model::wire::{WireBatch, WireEvent};
+use crate::model::wire::{WireBatch, WireEvent, read_json};
 use crate::model::{Event, Properties};
 use crate::pipeline::validate::Rejection;
 use crate::store::EventQuery;
@@ -42,7 +42,7 @@ pub async fn track_event(
 ) -> Result<Response, ApiError> {
     body_kind(&headers, false)?;
     let bytes = read_body(body, state.settings.max_body_bytes)?;
-    let wire: WireEvent = parse_json(&bytes).map_err(|error| malformed(&error))?;
+    let wire: WireEvent = read_json(&bytes).map_err(|error| malformed(&error))?;
     state.http_source.record_received(1);
     let event = state
         .validator
@@ -87,7 +87,7 @@ struct RejectedItem {
 /// become per-item errors rather than failing the batch.
 fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<WireEvent, String>>, ApiError> {
     match kind {
-        BodyKind::Json => match parse_json(bytes).map_err(|error| malformed(&error))? {
+        BodyKind::Json => match read_json(bytes).map_err(|error| malformed(&error))? {
             WireBatch::Events(events) => Ok(events.into_iter().map(Ok).collect()),
             WireBatch::NotABatch => Err(ApiError::bad_request(
                 "batch must be a JSON array of events or an object {\"events\": [...]}",
@@ -96,7 +96,7 @@ fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<WireEvent, Str
         BodyKind::Ndjson => Ok(bytes
             .split(|byte| *byte == b'\n')
             .filter(|line| line.iter().any(|byte| !byte.is_ascii_whitespace()))
-            .map(|line| parse_json(line).map_err(|error| format!("malformed JSON: {error}")))
+            .map(|line| read_json(line).map_err(|error| format!("malformed JSON: {error}")))
             .collect()),
     }
 }
