@@ -9,9 +9,12 @@
 //! acknowledge (answer HTTP, store a Kafka offset, ack a NATS message).
 //!
 //! The work that needs no database (rollup deltas, distinct values, trading
-//! changes) is prepared by each submitter, in parallel, for submissions of
-//! more than a few events; small ones (single-event POSTs) are prepared by
-//! the committer, all of a group's in one pass (see [`Work`]).
+//! changes) is prepared apart from the commit, in parallel, for submissions
+//! of more than a few events: a large one is prepared on the blocking pool
+//! while it queues and while the embedded store inserts its events, so its
+//! preparation is not paid before its commit starts. Small ones
+//! (single-event POSTs) are prepared by the committer, all of a group's in
+//! one pass (see [`Work`]).
 //!
 //! Up to `commits_in_flight` transactions run at once (PostgreSQL, where
 //! several connections commit in parallel), but one starts beside running
@@ -42,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::Event;
 use crate::rollup::Interval;
-use crate::store::{PreparedBatch, Store};
+use crate::store::{PreparedBatch, PreparingBatch, Store};
 use crate::telemetry::Telemetry;
 
 /// Why a submission was not committed. None of these acknowledge anything.
@@ -109,7 +112,8 @@ pub trait CommitListener: Send + Sync {
 }
 
 /// Submissions larger than this are prepared on the blocking pool, so a
-/// 10 000-event batch never stalls an async worker.
+/// 10 000-event batch never stalls an async worker, and handed over while
+/// being prepared.
 const PREPARE_INLINE_MAX_EVENTS: usize = 64;
 
 /// Submissions of at most this many events are left for the committer to
@@ -128,12 +132,20 @@ impl Preparation {
     fn prepare(&self, events: Vec<Event>) -> PreparedBatch {
         PreparedBatch::prepare_with(events, &self.intervals, self.trading)
     }
+
+    fn start(&self, events: Vec<Event>) -> PreparingBatch {
+        PreparingBatch::start(events, Arc::clone(&self.intervals), self.trading)
+    }
 }
 
 /// What a submission hands the committer.
 enum Work {
-    /// Prepared by the submitter, in parallel with other submissions.
+    /// Prepared by the submitter (a few dozen events).
     Prepared(PreparedBatch),
+    /// Being prepared on the blocking pool, started by the submitter, in
+    /// parallel with other submissions; the store may start on its events
+    /// before the preparation ends (see [`Store::commit_preparing`]).
+    Preparing(PreparingBatch),
     /// A small submission (single-event POSTs, mostly), prepared by the
     /// committer together with the other small ones of its group. Preparing
     /// it alone would build rollup deltas (a map entry and a sketch per
@@ -146,6 +158,7 @@ impl Work {
     fn len(&self) -> usize {
         match self {
             Work::Prepared(batch) => batch.len(),
+            Work::Preparing(batch) => batch.len(),
             Work::Small(events) => events.len(),
         }
     }
@@ -235,24 +248,15 @@ impl Pipeline {
         };
         let queued = events.len() as i64;
         self.telemetry.queue_depth.add(queued);
-        // Work that needs no database happens here, in the submitter's task,
-        // so submissions prepare in parallel and the committer only writes
-        // (small ones excepted: see `Work::Small`).
+        // Work that needs no database starts here, in the submitter's task
+        // or on the blocking pool, so submissions prepare in parallel and
+        // the committer only writes (small ones excepted: see `Work::Small`).
         let work = if events.len() <= PREPARE_IN_GROUP_MAX_EVENTS {
             Work::Small(events)
         } else if events.len() <= PREPARE_INLINE_MAX_EVENTS {
             Work::Prepared(self.preparation.prepare(events))
         } else {
-            let preparation = self.preparation.clone();
-            match tokio::task::spawn_blocking(move || preparation.prepare(events)).await {
-                Ok(batch) => Work::Prepared(batch),
-                Err(error) => {
-                    self.telemetry.queue_depth.sub(queued);
-                    return Err(Refused::Failed(SubmitError::CommitFailed(format!(
-                        "preparing the batch failed: {error}"
-                    ))));
-                }
-            }
+            Work::Preparing(self.preparation.start(events))
         };
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
@@ -388,31 +392,81 @@ async fn run_syncer(mut queue: mpsc::Receiver<Vec<AwaitingSync>>, store: Arc<dyn
     }
 }
 
-/// Commits one batch. Failed batches are answered at once; committed ones
-/// are returned to wait for their sync.
-async fn commit(
-    store: &dyn Store,
-    submissions: Vec<Submission>,
-    total: usize,
+/// A group's submissions as one batch for the store.
+enum Group {
+    Prepared(PreparedBatch),
+    /// A lone submission still being prepared, handed over as it is.
+    Preparing(PreparingBatch),
+}
+
+impl Group {
+    fn events(&self) -> &[Event] {
+        match self {
+            Group::Prepared(batch) => &batch.events,
+            Group::Preparing(batch) => batch.events(),
+        }
+    }
+}
+
+/// A submitter waiting for its group's commit: its reply, its permits and
+/// how many of the group's events are its own.
+type Waiter = (
+    oneshot::Sender<Result<Vec<bool>, SubmitError>>,
+    OwnedSemaphorePermit,
+    usize,
+);
+
+/// Makes one batch of a group's submissions and lists their submitters in
+/// `waiters`, in the order of their events. A lone submission being
+/// prepared goes as it is; otherwise the small submissions come first, as
+/// one batch prepared here, then the others, the ones being prepared
+/// waited for. One whose preparation failed is answered at once and left
+/// out (and out of `total`). `None`: no events left.
+async fn gather(
+    mut submissions: Vec<Submission>,
+    total: &mut usize,
     settings: &CommitterSettings,
     telemetry: &Telemetry,
-    on_commit: Option<&dyn CommitListener>,
-) -> Option<Vec<AwaitingSync>> {
-    // The batches go to the store as one; each submitter keeps its reply,
-    // its permits and how many of the events were its own. The small
-    // submissions come first, as one batch prepared here; the waiters are
-    // listed in the same order as the events.
-    let mut waiters = Vec::with_capacity(submissions.len());
+    waiters: &mut Vec<Waiter>,
+) -> Option<Group> {
+    if let [only] = submissions.as_slice()
+        && matches!(only.work, Work::Preparing(_))
+        && let Some(Submission {
+            work: Work::Preparing(batch),
+            reply,
+            _permits,
+        }) = submissions.pop()
+    {
+        waiters.push((reply, _permits, batch.len()));
+        return Some(Group::Preparing(batch));
+    }
     let mut small = Vec::new();
     let mut prepared = Vec::with_capacity(submissions.len());
     for submission in submissions {
-        match submission.work {
+        let batch = match submission.work {
             Work::Small(events) => {
                 waiters.push((submission.reply, submission._permits, events.len()));
                 small.extend(events);
+                continue;
             }
-            Work::Prepared(batch) => prepared.push((submission.reply, submission._permits, batch)),
-        }
+            Work::Prepared(batch) => batch,
+            Work::Preparing(batch) => {
+                let length = batch.len();
+                match batch.finish().await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        *total -= length;
+                        telemetry.record_batch_failed(length);
+                        tracing::error!(events = length, error = %error, "submission not committed");
+                        let _ = submission
+                            .reply
+                            .send(Err(SubmitError::CommitFailed(error.to_string())));
+                        continue;
+                    }
+                }
+            }
+        };
+        prepared.push((submission.reply, submission._permits, batch));
     }
     let mut batches = Vec::with_capacity(prepared.len() + 1);
     if !small.is_empty() {
@@ -422,11 +476,26 @@ async fn commit(
         waiters.push((reply, permits, batch.len()));
         batches.push(batch);
     }
-    let Some(combined) = PreparedBatch::combine(batches) else {
+    PreparedBatch::combine(batches).map(Group::Prepared)
+}
+
+/// Commits one batch. Failed batches are answered at once; committed ones
+/// are returned to wait for their sync.
+async fn commit(
+    store: &dyn Store,
+    submissions: Vec<Submission>,
+    mut total: usize,
+    settings: &CommitterSettings,
+    telemetry: &Telemetry,
+    on_commit: Option<&dyn CommitListener>,
+) -> Option<Vec<AwaitingSync>> {
+    let mut waiters = Vec::with_capacity(submissions.len());
+    let Some(group) = gather(submissions, &mut total, settings, telemetry, &mut waiters).await
+    else {
         return Some(Vec::new());
     };
-    let touched = combined
-        .events
+    let touched = group
+        .events()
         .iter()
         .fold(None, |span: Option<TouchedTime>, event| {
             let timestamp = event.timestamp_ms;
@@ -442,7 +511,11 @@ async fn commit(
             })
         });
     let started = Instant::now();
-    match store.commit_batch(combined).await {
+    let committed = match group {
+        Group::Prepared(batch) => store.commit_batch(batch).await,
+        Group::Preparing(batch) => store.commit_preparing(batch).await,
+    };
+    match committed {
         Ok(inserted) => {
             if let (Some(listener), Some(touched)) = (on_commit, touched) {
                 listener.committed(touched);
@@ -507,11 +580,14 @@ mod tests {
     }
 
     /// Small submissions are prepared by the committer, together, and go
-    /// first in their group's batch. Each submitter must still get the
-    /// flags of exactly its own events, and the rollups must count every
-    /// new event once.
+    /// first in their group's batch; larger ones are still being prepared
+    /// when they reach the committer, alone (the store inserts their events
+    /// meanwhile) or in a group (waited for, then combined). Each submitter
+    /// must still get the flags of exactly its own events, and the rollups
+    /// must count every new event once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_group_of_small_and_prepared_submissions_answers_each_submitter_for_its_own_events() {
+    async fn a_group_of_small_prepared_and_preparing_submissions_answers_each_submitter_for_its_own_events()
+     {
         let directory = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(
@@ -555,14 +631,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut repeated = stored.iter();
         for submission in 0..30usize {
-            // Alternately one event (small) and 20 (prepared by the
-            // submitter); every third submission repeats a stored id, at
-            // a position that differs between submissions.
-            let size = if submission % 2 == 0 { 1 } else { 20 };
+            // In turn one event (small), 20 (prepared by the submitter)
+            // and 100 (being prepared); every fourth submission repeats a
+            // stored id, at a position that differs between submissions.
+            let size = [1, 20, 100][submission % 3];
             let mut events = Vec::with_capacity(size);
             let mut expected = Vec::with_capacity(size);
             for index in 0..size {
-                let repeat = submission % 3 == 0 && index == submission % size;
+                let repeat = submission % 4 == 0 && index == submission % size;
                 let id = if repeat {
                     *repeated.next().unwrap()
                 } else {

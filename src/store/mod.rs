@@ -21,6 +21,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::model::metric::{for_each_contribution, for_each_distinct};
 use crate::model::{CustomEventDefinition, Event};
@@ -44,9 +45,9 @@ pub enum StoreError {
 }
 
 /// Events ready to commit, with the work that does not need the database
-/// done beforehand (by the submitting task, in parallel with other
-/// submissions): the rollup deltas of all the events, their distinct values
-/// and their trading changes. (Each event's properties come as the JSON
+/// done beforehand (apart from the commit, in parallel with other
+/// submissions; see also [`PreparingBatch`]): the rollup deltas of all the
+/// events, their distinct values and their trading changes. (Each event's properties come as the JSON
 /// text the stores keep: see [`crate::model::Properties`].) The store uses
 /// those deltas when every event turns out new, and recomputes them from
 /// the inserted events when some were duplicates, so rollups always count
@@ -78,20 +79,8 @@ impl PreparedBatch {
         intervals: &[Interval],
         trading: bool,
     ) -> PreparedBatch {
-        let rollups = rollups_for(events.iter(), intervals);
-        let mut distinct = DistinctValues::default();
-        for event in &events {
-            let minute = Interval::M1.bucket_start(event.timestamp_ms);
-            for_each_distinct(event, |dimension, value| {
-                distinct.insert(dimension, minute, value);
-            });
-        }
-        PreparedBatch {
-            trading: trading.then(|| TradingBatch::of(&events)),
-            events,
-            rollups,
-            distinct,
-        }
+        let derived = Derived::of(&events, intervals, trading);
+        derived.with_events(events)
     }
 
     /// The batches as one, each batch's events after the previous one's
@@ -147,6 +136,108 @@ impl PreparedBatch {
         dispose((events, trading));
         (rollups, distinct)
     }
+}
+
+/// What preparing a batch derives from its events (see [`PreparedBatch`]).
+#[derive(Debug)]
+pub struct Derived {
+    rollups: RollupBatch,
+    distinct: DistinctValues,
+    trading: Option<TradingBatch>,
+}
+
+impl Derived {
+    /// The rollup deltas, distinct values and (when `trading`) trading
+    /// changes of `events`, for a store that rolls up into `intervals`.
+    pub fn of(events: &[Event], intervals: &[Interval], trading: bool) -> Derived {
+        let rollups = rollups_for(events.iter(), intervals);
+        let mut distinct = DistinctValues::default();
+        for event in events {
+            let minute = Interval::M1.bucket_start(event.timestamp_ms);
+            for_each_distinct(event, |dimension, value| {
+                distinct.insert(dimension, minute, value);
+            });
+        }
+        Derived {
+            rollups,
+            distinct,
+            trading: trading.then(|| TradingBatch::of(events)),
+        }
+    }
+
+    /// The prepared batch of `events`, which these parts were derived from.
+    fn with_events(self, events: Vec<Event>) -> PreparedBatch {
+        PreparedBatch {
+            events,
+            rollups: self.rollups,
+            distinct: self.distinct,
+            trading: self.trading,
+        }
+    }
+}
+
+/// A batch whose events are ready and whose [`Derived`] parts are being
+/// computed on the blocking pool. A store may start on the events before
+/// the rest is ready: the embedded store inserts them meanwhile, so a
+/// large submission's preparation is not paid before its commit starts
+/// ([`Store::commit_preparing`]).
+#[derive(Debug)]
+pub struct PreparingBatch {
+    events: Arc<Vec<Event>>,
+    derived: tokio::sync::oneshot::Receiver<Derived>,
+}
+
+impl PreparingBatch {
+    /// Starts preparing `events` (see [`PreparedBatch::prepare_with`]) on
+    /// the blocking pool of the current runtime.
+    pub fn start(events: Vec<Event>, intervals: Arc<[Interval]>, trading: bool) -> PreparingBatch {
+        let events = Arc::new(events);
+        let (sender, derived) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(&events);
+        tokio::task::spawn_blocking(move || {
+            let parts = Derived::of(&shared, &intervals, trading);
+            // Before the send, so that the receiver holds the only
+            // reference once it has the parts (no copy of the events).
+            drop(shared);
+            // A receiver gone (its commit failed) needs nothing.
+            let _ = sender.send(parts);
+        });
+        PreparingBatch { events, derived }
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Waits for the preparation.
+    pub async fn finish(self) -> Result<PreparedBatch, StoreError> {
+        let parts = self.derived.await.map_err(|_| preparation_failed())?;
+        Ok(parts.with_events(Arc::unwrap_or_clone(self.events)))
+    }
+
+    /// Waits for the preparation, blocking the thread: for a store's
+    /// blocking writer, never on an async worker.
+    pub fn finish_blocking(self) -> Result<PreparedBatch, StoreError> {
+        let parts = self
+            .derived
+            .blocking_recv()
+            .map_err(|_| preparation_failed())?;
+        Ok(parts.with_events(Arc::unwrap_or_clone(self.events)))
+    }
+}
+
+/// The preparing task ended without its parts: it panicked (a bug, logged
+/// by the runtime).
+fn preparation_failed() -> StoreError {
+    StoreError::Unavailable("preparing the batch failed".into())
 }
 
 /// The distinct values of a batch (see
@@ -403,6 +494,13 @@ pub trait Store: Send + Sync + 'static {
     /// inserted (`false`: its id was already stored, or appeared earlier in
     /// the same batch).
     async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError>;
+
+    /// [`Store::commit_batch`] of a batch still being prepared. A store may
+    /// start on the events meanwhile; this one waits for the preparation
+    /// first.
+    async fn commit_preparing(&self, batch: PreparingBatch) -> Result<Vec<bool>, StoreError> {
+        self.commit_batch(batch.finish().await?).await
+    }
 
     /// Makes every batch committed before this call durable (on stable
     /// storage). The pipeline acknowledges a batch only after a `sync` that

@@ -20,8 +20,9 @@ use super::decoded_cache::{DecodedCache, RowKey};
 use super::pending::{self, Pending};
 use super::rollup_cache::RollupCache;
 use super::{
-    DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, RetentionCutoffs,
-    RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter, TradingCutoff,
+    DeadLetter, DeadLetterQuery, EventQuery, MetricFilter, PreparedBatch, PreparingBatch,
+    RetentionCutoffs, RetentionReport, RollupRow, Store, StoreError, StoredDeadLetter,
+    TradingCutoff,
 };
 use crate::model::{CustomEventDefinition, Event, Properties};
 use crate::rollup::{Accumulator, Interval, RollupBatch, RollupKey};
@@ -620,7 +621,27 @@ const INSERT_DELTA: &str = "INSERT INTO rollup_deltas
          (owner, metric, bucket_start, dimensions, count, sum, min, max, sketch)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-fn commit_blocking(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+/// Rollups prepared for other intervals than the store's would leave its
+/// intervals inconsistent with each other.
+fn check_intervals(batch: &PreparedBatch, intervals: &[Interval]) -> Result<(), StoreError> {
+    if batch.rollups.intervals() != intervals {
+        return Err(StoreError::Corrupt(format!(
+            "batch rolled up into {:?}, the store keeps {:?}",
+            batch.rollups.intervals(),
+            intervals
+        )));
+    }
+    Ok(())
+}
+
+/// A batch for the writer: prepared, or still being prepared (its events
+/// are inserted while the rest is computed).
+enum Incoming {
+    Prepared(PreparedBatch),
+    Preparing(PreparingBatch, Arc<[Interval]>),
+}
+
+fn commit_blocking(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, StoreError> {
     let result = commit_transaction(writer, batch);
     if result.is_err() {
         // Rows merged in memory for the failed transaction were never
@@ -648,7 +669,7 @@ fn begin_writing<'a>(
     Ok(transaction)
 }
 
-fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
+fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, StoreError> {
     let Writer {
         connection,
         cache,
@@ -656,7 +677,15 @@ fn commit_transaction(writer: &mut Writer, batch: PreparedBatch) -> Result<Vec<b
         owner,
     } = writer;
     let transaction = begin_writing(connection, cache)?;
-    let inserted = insert_events(&transaction, &batch.events)?;
+    let (inserted, batch) = match batch {
+        Incoming::Prepared(batch) => (insert_events(&transaction, &batch.events)?, batch),
+        Incoming::Preparing(batch, intervals) => {
+            let inserted = insert_events(&transaction, batch.events())?;
+            let batch = batch.finish_blocking()?;
+            check_intervals(&batch, &intervals)?;
+            (inserted, batch)
+        }
+    };
     if let Some(prepared) = &batch.trading {
         let trading = TradingBatch::of_inserted_given(prepared, &batch.events, &inserted);
         write_trading(&transaction, &trading)?;
@@ -1698,17 +1727,17 @@ const DEFINITION_COLUMNS: &str =
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
-        // Rollups prepared for other intervals would leave this store's
-        // intervals inconsistent with each other.
-        if batch.rollups.intervals() != &self.intervals[..] {
-            return Err(StoreError::Corrupt(format!(
-                "batch rolled up into {:?}, the store keeps {:?}",
-                batch.rollups.intervals(),
-                self.intervals
-            )));
-        }
-        self.with_writer(move |connection| commit_blocking(connection, batch))
+        check_intervals(&batch, &self.intervals)?;
+        self.with_writer(move |writer| commit_blocking(writer, Incoming::Prepared(batch)))
             .await
+    }
+
+    async fn commit_preparing(&self, batch: PreparingBatch) -> Result<Vec<bool>, StoreError> {
+        let intervals = Arc::clone(&self.intervals);
+        self.with_writer(move |writer| {
+            commit_blocking(writer, Incoming::Preparing(batch, intervals))
+        })
+        .await
     }
 
     async fn fold_pending(&self) -> Result<(), StoreError> {

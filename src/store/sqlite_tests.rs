@@ -680,3 +680,71 @@ async fn runs_of_events_with_stored_or_repeated_ids_say_exactly_which_were_new()
     );
     assert_eq!(rows, 250);
 }
+
+/// A batch still being prepared when the writer takes it: its events are
+/// inserted first and the rest once ready. With stored and repeated ids
+/// among them it must end as the same batch prepared beforehand would:
+/// the same flags, and rollups of the new events only. A batch prepared
+/// for other intervals leaves nothing behind, not even its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_while_being_prepared_ends_as_a_prepared_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        SqliteStore::open(
+            &directory.path().join(name),
+            Synchronous::Normal,
+            &Interval::ALL,
+        )
+        .unwrap()
+    };
+    let (prepared_store, preparing_store) = (open("prepared.db"), open("preparing.db"));
+    let minute = Interval::M1.bucket_start(crate::model::event::now_ms()) - 3_600_000;
+    let stored: Vec<Event> = (0..50)
+        .map(|index| order(minute + index, index as f64))
+        .collect();
+    let mut batch: Vec<Event> = (0..200)
+        .map(|index| order(minute + 1_000 + index, (index % 13) as f64))
+        .collect();
+    batch.extend(stored[10..20].iter().cloned());
+    batch.push(batch[5].clone());
+    for store in [&prepared_store, &preparing_store] {
+        let first = PreparedBatch::prepare(stored.clone(), &Interval::ALL);
+        assert!(
+            store
+                .commit_batch(first)
+                .await
+                .unwrap()
+                .iter()
+                .all(|new| *new)
+        );
+    }
+
+    let wrong = PreparingBatch::start(batch.clone(), [Interval::M1].into(), true);
+    assert!(matches!(
+        preparing_store.commit_preparing(wrong).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let events = |path: &str| rows_of(&directory.path().join(path), "SELECT COUNT(*) FROM events");
+    assert_eq!(events("preparing.db"), 50);
+
+    let by_prepared = prepared_store
+        .commit_batch(PreparedBatch::prepare(batch.clone(), &Interval::ALL))
+        .await
+        .unwrap();
+    let by_preparing = preparing_store
+        .commit_preparing(PreparingBatch::start(batch, Interval::ALL.into(), true))
+        .await
+        .unwrap();
+    assert_eq!(by_preparing, by_prepared);
+    assert_eq!(by_preparing.iter().filter(|new| **new).count(), 200);
+    assert_eq!(events("preparing.db"), 250);
+    let mut latency = Vec::new();
+    for store in [&prepared_store, &preparing_store] {
+        store.fold_pending().await.unwrap();
+        let row = latency_row(store, minute).await;
+        latency.push((row.count(), row.sum()));
+    }
+    assert_eq!(latency[0], latency[1]);
+    let expected_sum = (0..50).sum::<i64>() + (0..200).map(|index| index % 13).sum::<i64>();
+    assert_eq!(latency[0], (250, Some(expected_sum as f64)));
+}
