@@ -562,7 +562,9 @@ async fn store_batch(
     shutdown: &CancellationToken,
 ) -> bool {
     source.stats.record_received(batch.len());
-    let (mut events, mut dead, skipped) = decode_batch(source, &batch);
+    let Some((batch, (mut events, mut dead, skipped))) = decode_apart(source, batch).await else {
+        return false;
+    };
     if skipped > 0 {
         source.stats.record_skipped(skipped);
     }
@@ -591,16 +593,37 @@ async fn store_batch(
     }
 }
 
-/// The events and dead letters of a batch, and how many messages carried
-/// nothing to store.
-fn decode_batch(
+/// [`decode_batch`] on the blocking pool: a batch of thousands of messages
+/// is milliseconds of CPU, which on an async worker would hold up the tasks
+/// queued there (the pipeline's committer among them). Hands the batch back.
+/// `None`: the runtime is shutting down.
+async fn decode_apart(
     source: &SourceContext,
-    batch: &[Received],
-) -> (
+    batch: Vec<Received>,
+) -> Option<(Vec<Received>, DecodedBatch)> {
+    let decoder = source.clone();
+    let decoding = tokio::task::spawn_blocking(move || {
+        let decoded = decode_batch(&decoder, &batch);
+        (batch, decoded)
+    });
+    match decoding.await {
+        Ok(done) => Some(done),
+        // A panic while decoding is a bug: it goes on as it would inline.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// What [`decode_batch`] gives.
+type DecodedBatch = (
     Vec<crate::model::Event>,
     Vec<crate::store::DeadLetter>,
     usize,
-) {
+);
+
+/// The events and dead letters of a batch, and how many messages carried
+/// nothing to store.
+fn decode_batch(source: &SourceContext, batch: &[Received]) -> DecodedBatch {
     let mut events = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     let mut skipped = 0;
