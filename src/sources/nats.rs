@@ -335,11 +335,75 @@ async fn process(
     shutdown: CancellationToken,
 ) -> bool {
     context.stats.record_received(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
-    let mut dead = Vec::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut skipped = 0usize;
-    for message in &batch {
+    // Decoding thousands of messages is milliseconds of CPU: on the
+    // blocking pool, not on an async worker, where it would hold up the
+    // tasks queued there (the pipeline's committer among them).
+    let decoding = {
+        let (config, context) = (Arc::clone(&config), context.clone());
+        tokio::task::spawn_blocking(move || {
+            let decoded = decode_batch(&batch, &config, &context);
+            (batch, decoded)
+        })
+    };
+    let (
+        batch,
+        DecodedBatch {
+            events,
+            dead,
+            outcomes,
+            skipped,
+        },
+    ) = match decoding.await {
+        Ok(done) => done,
+        // A panic while decoding is a bug: it goes on as it would inline.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down; the batch is redelivered.
+        Err(_) => return false,
+    };
+    match store_waiting(events, dead, &config, &context, &shutdown).await {
+        Ok(()) => {
+            context.stats.record_skipped(skipped);
+            acknowledge(&batch, &outcomes).await;
+            true
+        }
+        Err(SubmitError::ShuttingDown) => {
+            nak(&batch, None).await;
+            false
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %error,
+                messages = batch.len(),
+                delay = ?config.nak_delay,
+                "NATS batch not stored; naked for redelivery"
+            );
+            nak(&batch, Some(config.nak_delay)).await;
+            false
+        }
+    }
+}
+
+/// A batch's events and dead letters, what each message is acknowledged
+/// with, and how many messages carried nothing to store.
+struct DecodedBatch {
+    events: Vec<crate::model::Event>,
+    dead: Vec<crate::store::DeadLetter>,
+    outcomes: Vec<Outcome>,
+    skipped: usize,
+}
+
+fn decode_batch(
+    batch: &[jetstream::Message],
+    config: &NatsConfig,
+    context: &SourceContext,
+) -> DecodedBatch {
+    let mut decoded_batch = DecodedBatch {
+        events: Vec::with_capacity(batch.len()),
+        dead: Vec::new(),
+        outcomes: Vec::with_capacity(batch.len()),
+        skipped: 0,
+    };
+    for message in batch {
         let (stream, sequence, stored_ms) = match message.info() {
             Ok(info) => (
                 info.stream,
@@ -367,39 +431,18 @@ async fn process(
         match decoded {
             Decoded::Events(decoded) => {
                 if decoded.is_empty() {
-                    skipped += 1;
+                    decoded_batch.skipped += 1;
                 }
-                events.extend(decoded);
-                outcomes.push(Outcome::Done);
+                decoded_batch.events.extend(decoded);
+                decoded_batch.outcomes.push(Outcome::Done);
             }
             Decoded::Dead(letter) => {
-                dead.push(letter);
-                outcomes.push(Outcome::Dead);
+                decoded_batch.dead.push(letter);
+                decoded_batch.outcomes.push(Outcome::Dead);
             }
         }
     }
-
-    match store_waiting(events, dead, &config, &context, &shutdown).await {
-        Ok(()) => {
-            context.stats.record_skipped(skipped);
-            acknowledge(&batch, &outcomes).await;
-            true
-        }
-        Err(SubmitError::ShuttingDown) => {
-            nak(&batch, None).await;
-            false
-        }
-        Err(error) => {
-            tracing::warn!(
-                error = %error,
-                messages = batch.len(),
-                delay = ?config.nak_delay,
-                "NATS batch not stored; naked for redelivery"
-            );
-            nak(&batch, Some(config.nak_delay)).await;
-            false
-        }
-    }
+    decoded_batch
 }
 
 /// The id of an event of a message that carries none: its `Nats-Msg-Id`
