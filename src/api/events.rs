@@ -17,7 +17,7 @@ use super::body::{BodyKind, body_kind, malformed, read_body};
 use super::error::ApiError;
 use super::params::RequestedRange;
 use crate::model::event::{format_timestamp, now_ms};
-use crate::model::wire::{WireBatch, WireEvent, read_json};
+use crate::model::wire::{self, BatchSink, WireEvent, read_json};
 use crate::model::{Event, Properties};
 use crate::pipeline::validate::Rejection;
 use crate::store::EventQuery;
@@ -82,25 +82,6 @@ struct RejectedItem {
     details: Option<Value>,
 }
 
-/// Splits a batch body into its items: a JSON array, `{"events": [...]}`,
-/// or NDJSON (one event per non-blank line). NDJSON lines that are not JSON
-/// become per-item errors rather than failing the batch.
-fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<WireEvent, String>>, ApiError> {
-    match kind {
-        BodyKind::Json => match read_json(bytes).map_err(|error| malformed(&error))? {
-            WireBatch::Events(events) => Ok(events.into_iter().map(Ok).collect()),
-            WireBatch::NotABatch => Err(ApiError::bad_request(
-                "batch must be a JSON array of events or an object {\"events\": [...]}",
-            )),
-        },
-        BodyKind::Ndjson => Ok(bytes
-            .split(|byte| *byte == b'\n')
-            .filter(|line| line.iter().any(|byte| !byte.is_ascii_whitespace()))
-            .map(|line| read_json(line).map_err(|error| format!("malformed JSON: {error}")))
-            .collect()),
-    }
-}
-
 /// Bodies larger than this are read and validated on the blocking pool. A
 /// 10 000-event body takes milliseconds of CPU; on an async worker it would
 /// hold up every task queued behind it there (the committer starting the
@@ -108,61 +89,127 @@ fn batch_items(kind: BodyKind, bytes: &[u8]) -> Result<Vec<Result<WireEvent, Str
 /// would wait for them.
 const READ_INLINE_MAX_BYTES: usize = 64 * 1024;
 
+/// Validates a batch's items as they are read (see [`read_batch`]).
+struct Validating<'a> {
+    state: &'a AppState,
+    now: i64,
+    /// Items seen; past `max_batch_events` they are only counted.
+    items: usize,
+    events: Vec<Event>,
+    rejected: Vec<RejectedItem>,
+    /// The fields of the rejections, for the telemetry once the batch is
+    /// taken.
+    rejected_fields: Vec<String>,
+}
+
+impl Validating<'_> {
+    fn over_limit(&self) -> bool {
+        self.items > self.state.settings.max_batch_events
+    }
+
+    fn item(&mut self, item: Result<WireEvent, String>) {
+        let index = self.items;
+        self.items += 1;
+        if self.over_limit() {
+            return;
+        }
+        let wire = match item {
+            Ok(wire) => wire,
+            Err(error) => {
+                self.rejected.push(RejectedItem {
+                    index,
+                    error,
+                    field: String::new(),
+                    details: None,
+                });
+                return;
+            }
+        };
+        match self.state.validator.validate(wire, self.now, Uuid::now_v7) {
+            Ok(event) => self.events.push(event),
+            Err(rejection) => {
+                self.rejected_fields.push(rejection.field());
+                self.rejected.push(RejectedItem {
+                    index,
+                    error: rejection.to_string(),
+                    field: rejection.field(),
+                    details: match &rejection {
+                        Rejection::Schema { violations, .. } => {
+                            Some(json!({"violations": violations}))
+                        }
+                        Rejection::Invalid(_) => None,
+                    },
+                });
+            }
+        }
+    }
+}
+
+impl BatchSink for Validating<'_> {
+    fn event(&mut self, event: WireEvent) {
+        self.item(Ok(event));
+    }
+
+    fn restart(&mut self) {
+        self.items = 0;
+        self.events.clear();
+        self.rejected.clear();
+        self.rejected_fields.clear();
+    }
+}
+
 /// The valid events of a batch body, and its refused items.
 type ReadBatch = (Vec<Event>, Vec<RejectedItem>);
 
-/// Reads and validates a batch body (see [`batch_items`]).
+/// Reads and validates a batch body: a JSON array, `{"events": [...]}`, or
+/// NDJSON (one event per non-blank line; a line that is not JSON is a
+/// refused item rather than a malformed batch). Each item is validated as
+/// soon as it is read.
 fn read_batch(state: &AppState, kind: BodyKind, bytes: &[u8]) -> Result<ReadBatch, ApiError> {
-    let items = batch_items(kind, bytes)?;
-    if items.is_empty() {
+    let limit = state.settings.max_batch_events;
+    let mut batch = Validating {
+        state,
+        now: now_ms(),
+        items: 0,
+        // Events of more than 64 bytes of JSON (nearly all) fit at once; a
+        // larger reserve costs only address space.
+        events: Vec::with_capacity((bytes.len() / 64).min(limit)),
+        rejected: Vec::new(),
+        rejected_fields: Vec::new(),
+    };
+    match kind {
+        BodyKind::Json => {
+            if !wire::read_batch(bytes, &mut batch).map_err(|error| malformed(&error))? {
+                return Err(ApiError::bad_request(
+                    "batch must be a JSON array of events or an object {\"events\": [...]}",
+                ));
+            }
+        }
+        BodyKind::Ndjson => {
+            for line in bytes
+                .split(|byte| *byte == b'\n')
+                .filter(|line| line.iter().any(|byte| !byte.is_ascii_whitespace()))
+            {
+                batch.item(read_json(line).map_err(|error| format!("malformed JSON: {error}")));
+            }
+        }
+    }
+    if batch.items == 0 {
         return Err(ApiError::bad_request("batch is empty"));
     }
-    let limit = state.settings.max_batch_events;
-    if items.len() > limit {
+    if batch.over_limit() {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "batch has {} events, more than the limit of {limit}",
-                items.len()
+                batch.items
             ),
         ));
     }
-    let now = now_ms();
-    let mut events: Vec<Event> = Vec::with_capacity(items.len());
-    let mut rejected = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let outcome = item
-            .map_err(|error| RejectedItem {
-                index,
-                error,
-                field: String::new(),
-                details: None,
-            })
-            .and_then(|wire| {
-                state
-                    .validator
-                    .validate(wire, now, Uuid::now_v7)
-                    .map_err(|rejection| {
-                        state.telemetry.record_rejected(&rejection.field());
-                        RejectedItem {
-                            index,
-                            error: rejection.to_string(),
-                            field: rejection.field(),
-                            details: match &rejection {
-                                Rejection::Schema { violations, .. } => {
-                                    Some(json!({"violations": violations}))
-                                }
-                                Rejection::Invalid(_) => None,
-                            },
-                        }
-                    })
-            });
-        match outcome {
-            Ok(event) => events.push(event),
-            Err(item) => rejected.push(item),
-        }
+    for field in &batch.rejected_fields {
+        state.telemetry.record_rejected(field);
     }
-    Ok((events, rejected))
+    Ok((batch.events, batch.rejected))
 }
 
 /// `POST /api/v1/events/batch`: many events in one request and one commit.

@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::Value;
 
 use uuid::Uuid;
@@ -321,74 +323,92 @@ impl<'de> Deserialize<'de> for WireEvent {
     }
 }
 
-/// A JSON batch body: an array of events, or an object whose `events` is
-/// one (its other keys are ignored); anything else is `NotABatch`.
-#[derive(Debug, PartialEq)]
-pub enum WireBatch {
-    Events(Vec<WireEvent>),
-    NotABatch,
+/// Takes the events of a batch body as [`read_batch`] reads them.
+pub trait BatchSink {
+    /// The next event of the batch.
+    fn event(&mut self, event: WireEvent);
+    /// Forget the events so far: a later `events` key replaces them (the
+    /// last of repeated keys wins, as everywhere).
+    fn restart(&mut self);
 }
 
-/// The `events` value of a batch object: the events when it is an array.
-struct EventsField(Option<Vec<WireEvent>>);
-
-impl<'de> Deserialize<'de> for EventsField {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(BatchVisitor { events_value: true })
-            .map(|batch| match batch {
-                WireBatch::Events(events) => EventsField(Some(events)),
-                WireBatch::NotABatch => EventsField(None),
-            })
+/// Reads a JSON batch body, an array of events or an object whose `events`
+/// is one (its other keys are ignored), and hands each event to `sink` as
+/// soon as it is read: checked while its text and fields are still in the
+/// cache, and without a vector of every event read first. Returns `false`
+/// when the body is neither (the sink may have had events from an `events`
+/// key that a later one replaced). Bytes are read as by [`read_json`]; on
+/// an error the sink's events are to be dropped.
+pub fn read_batch<S: BatchSink>(bytes: &[u8], sink: &mut S) -> serde_json::Result<bool> {
+    let seed = BatchSeed {
+        sink,
+        events_value: false,
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => read_to_end(&mut serde_json::Deserializer::from_str(text), seed),
+        Err(_) => read_to_end(&mut serde_json::Deserializer::from_slice(bytes), seed),
     }
 }
 
+fn read_to_end<'de, R: serde_json::de::Read<'de>, T: DeserializeSeed<'de>>(
+    deserializer: &mut serde_json::Deserializer<R>,
+    seed: T,
+) -> serde_json::Result<T::Value> {
+    let value = seed.deserialize(&mut *deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
 /// Reads a batch body, or (`events_value`) the value of its `events` key,
-/// where only an array counts.
-struct BatchVisitor {
+/// where only an array counts; says whether it was a batch.
+struct BatchSeed<'s, S> {
+    sink: &'s mut S,
     events_value: bool,
 }
 
-impl<'de> Visitor<'de> for BatchVisitor {
-    type Value = WireBatch;
+impl<'de, S: BatchSink> DeserializeSeed<'de> for BatchSeed<'_, S> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, S: BatchSink> Visitor<'de> for BatchSeed<'_, S> {
+    type Value = bool;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("a JSON value")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WireBatch, A::Error> {
-        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
         while let Some(event) = seq.next_element::<WireEvent>()? {
-            events.push(event);
+            self.sink.event(event);
         }
-        Ok(WireBatch::Events(events))
+        Ok(true)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireBatch, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         if self.events_value {
             IgnoredAny.visit_map(map)?;
-            return Ok(WireBatch::NotABatch);
+            return Ok(false);
         }
-        let mut events = None;
+        let mut batch = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "events" {
-                events = map.next_value::<EventsField>()?.0;
+                self.sink.restart();
+                batch = map.next_value_seed(BatchSeed {
+                    sink: &mut *self.sink,
+                    events_value: true,
+                })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(events.map_or(WireBatch::NotABatch, WireBatch::Events))
+        Ok(batch)
     }
 
-    scalars_are!(WireBatch::NotABatch);
-}
-
-impl<'de> Deserialize<'de> for WireBatch {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(BatchVisitor {
-            events_value: false,
-        })
-    }
+    scalars_are!(false);
 }
 
 #[cfg(test)]
@@ -503,15 +523,30 @@ mod tests {
     fn malformed_json_is_still_an_error() {
         for text in [r#"{"event_type":"a""#, r#"{"a":}"#, r#"[1,"#, ""] {
             assert!(serde_json::from_str::<WireEvent>(text).is_err(), "{text}");
-            assert!(serde_json::from_str::<WireBatch>(text).is_err(), "{text}");
+            assert!(
+                read_batch(text.as_bytes(), &mut Vec::new()).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    impl BatchSink for Vec<WireEvent> {
+        fn event(&mut self, event: WireEvent) {
+            self.push(event);
+        }
+
+        fn restart(&mut self) {
+            self.clear();
         }
     }
 
     #[test]
     fn a_batch_is_an_array_or_an_object_with_an_events_array() {
-        let events = |text: &str| match serde_json::from_str::<WireBatch>(text).unwrap() {
-            WireBatch::Events(events) => Some(events.len()),
-            WireBatch::NotABatch => None,
+        let events = |text: &str| {
+            let mut events = Vec::new();
+            read_batch(text.as_bytes(), &mut events)
+                .unwrap()
+                .then_some(events.len())
         };
         assert_eq!(events(r#"[{"event_type":"a"},3,{}]"#), Some(3));
         assert_eq!(events(r#"[]"#), Some(0));
