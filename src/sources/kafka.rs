@@ -41,7 +41,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, position_id};
+use super::{
+    Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, off_the_workers,
+    position_id,
+};
 use crate::config::KafkaConfig;
 use crate::pipeline::SubmitError;
 use crate::telemetry::sources::SourceStats;
@@ -593,25 +596,18 @@ async fn store_batch(
     }
 }
 
-/// [`decode_batch`] on the blocking pool: a batch of thousands of messages
-/// is milliseconds of CPU, which on an async worker would hold up the tasks
-/// queued there (the pipeline's committer among them). Hands the batch back.
-/// `None`: the runtime is shutting down.
+/// [`decode_batch`] [`off_the_workers`]; hands the batch back. `None`: the
+/// runtime is shutting down.
 async fn decode_apart(
     source: &SourceContext,
     batch: Vec<Received>,
 ) -> Option<(Vec<Received>, DecodedBatch)> {
     let decoder = source.clone();
-    let decoding = tokio::task::spawn_blocking(move || {
+    off_the_workers(move || {
         let decoded = decode_batch(&decoder, &batch);
         (batch, decoded)
-    });
-    match decoding.await {
-        Ok(done) => Some(done),
-        // A panic while decoding is a bug: it goes on as it would inline.
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(_) => None,
-    }
+    })
+    .await
 }
 
 /// What [`decode_batch`] gives.

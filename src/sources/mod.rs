@@ -241,6 +241,20 @@ pub struct Stored {
     pub dead_lettered: usize,
 }
 
+/// Runs `work` (decoding a batch: milliseconds of CPU) on the blocking
+/// pool: on an async worker it would hold up the tasks queued there, the
+/// pipeline's committer among them. A panic in `work` goes on here, as it
+/// would inline; `None`: the runtime is shutting down.
+pub async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// The events of one message, validated; `Err` names what is wrong.
 pub fn decode_events(
     validator: &EventValidator,

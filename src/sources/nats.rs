@@ -47,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id, position_id,
+    Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id,
+    off_the_workers, position_id,
 };
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
@@ -335,17 +336,15 @@ async fn process(
     shutdown: CancellationToken,
 ) -> bool {
     context.stats.record_received(batch.len());
-    // Decoding thousands of messages is milliseconds of CPU: on the
-    // blocking pool, not on an async worker, where it would hold up the
-    // tasks queued there (the pipeline's committer among them).
     let decoding = {
         let (config, context) = (Arc::clone(&config), context.clone());
-        tokio::task::spawn_blocking(move || {
+        off_the_workers(move || {
             let decoded = decode_batch(&batch, &config, &context);
             (batch, decoded)
         })
     };
-    let (
+    // None: the runtime is shutting down; the batch is redelivered.
+    let Some((
         batch,
         DecodedBatch {
             events,
@@ -353,13 +352,11 @@ async fn process(
             outcomes,
             skipped,
         },
-    ) = match decoding.await {
-        Ok(done) => done,
-        // A panic while decoding is a bug: it goes on as it would inline.
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        // The runtime is shutting down; the batch is redelivered.
-        Err(_) => return false,
+    )) = decoding.await
+    else {
+        return false;
     };
+
     match store_waiting(events, dead, &config, &context, &shutdown).await {
         Ok(()) => {
             context.stats.record_skipped(skipped);
