@@ -89,6 +89,14 @@ struct RejectedItem {
 /// would wait for them.
 const READ_INLINE_MAX_BYTES: usize = 64 * 1024;
 
+/// Large bodies read at once: one per core, as many as the async workers
+/// that read them before; a body read holds its events, two to three times
+/// its size, so the readers are capped rather than the blocking pool's
+/// hundreds of threads.
+static LARGE_READS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+});
+
 /// Validates a batch's items as they are read (see [`read_batch`]).
 struct Validating<'a> {
     state: &'a AppState,
@@ -223,6 +231,7 @@ pub async fn track_batch(
     let (events, rejected) = if bytes.len() <= READ_INLINE_MAX_BYTES {
         read_batch(&state, kind, &bytes)?
     } else {
+        let _reading = LARGE_READS.acquire().await.map_err(ApiError::internal)?;
         let reader = state.clone();
         tokio::task::spawn_blocking(move || read_batch(&reader, kind, &bytes))
             .await
