@@ -225,8 +225,16 @@ fn main() -> ExitCode {
             command: KeysCommand::Generate { name, scopes },
         } => generate_key(&name, &scopes),
         Command::Serve => {
-            // A long-running process: freed heap memory goes back to the
-            // system instead of staying resident (see `allocator`).
+            // A long-running process: freed heap memory is reused, and goes
+            // back to the system every few seconds instead of staying
+            // resident (see `allocator`).
+            if cfg!(all(target_os = "linux", target_env = "gnu"))
+                && !analytics::allocator::keep_freed_memory()
+            {
+                eprintln!(
+                    "warning: glibc refused the malloc thresholds; freed memory is handed back at once"
+                );
+            }
             if let Err(error) =
                 analytics::allocator::start_trimming(analytics::allocator::TRIM_INTERVAL)
             {
