@@ -136,11 +136,12 @@ impl Validating<'_> {
         match self.state.validator.validate(wire, self.now, Uuid::now_v7) {
             Ok(event) => self.events.push(event),
             Err(rejection) => {
-                self.rejected_fields.push(rejection.field());
+                let field = rejection.field();
+                self.rejected_fields.push(field.clone());
                 self.rejected.push(RejectedItem {
                     index,
                     error: rejection.to_string(),
-                    field: rejection.field(),
+                    field,
                     details: match &rejection {
                         Rejection::Schema { violations, .. } => {
                             Some(json!({"violations": violations}))

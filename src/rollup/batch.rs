@@ -61,14 +61,20 @@ pub struct RollupBatch {
     series: HashMap<String, HashMap<String, FinestBuckets>>,
 }
 
+/// `intervals` finest first, each once: the intervals of a
+/// [`RollupBatch`] made for them.
+pub fn finest_first(intervals: &[Interval]) -> Vec<Interval> {
+    let mut intervals = intervals.to_vec();
+    intervals.sort_unstable();
+    intervals.dedup();
+    intervals
+}
+
 impl RollupBatch {
     /// A batch that rolls up into `intervals` (any order; duplicates ignored).
     pub fn new(intervals: &[Interval]) -> Self {
-        let mut intervals = intervals.to_vec();
-        intervals.sort_unstable();
-        intervals.dedup();
         RollupBatch {
-            intervals,
+            intervals: finest_first(intervals),
             series: HashMap::default(),
         }
     }

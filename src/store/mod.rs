@@ -184,6 +184,8 @@ impl Derived {
 #[derive(Debug)]
 pub struct PreparingBatch {
     events: Arc<Vec<Event>>,
+    /// The intervals its rollups come in, finest first.
+    intervals: Vec<Interval>,
     derived: tokio::sync::oneshot::Receiver<Derived>,
 }
 
@@ -194,6 +196,7 @@ impl PreparingBatch {
         let events = Arc::new(events);
         let (sender, derived) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(&events);
+        let rolled_up = crate::rollup::batch::finest_first(&intervals);
         tokio::task::spawn_blocking(move || {
             let parts = Derived::of(&shared, &intervals, trading);
             // Before the send, so that the receiver holds the only
@@ -202,11 +205,21 @@ impl PreparingBatch {
             // A receiver gone (its commit failed) needs nothing.
             let _ = sender.send(parts);
         });
-        PreparingBatch { events, derived }
+        PreparingBatch {
+            events,
+            intervals: rolled_up,
+            derived,
+        }
     }
 
     pub fn events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// The intervals its rollups come in, finest first (as
+    /// [`RollupBatch::intervals`] will say once it is prepared).
+    pub fn intervals(&self) -> &[Interval] {
+        &self.intervals
     }
 
     pub fn len(&self) -> usize {

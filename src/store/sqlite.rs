@@ -623,12 +623,10 @@ const INSERT_DELTA: &str = "INSERT INTO rollup_deltas
 
 /// Rollups prepared for other intervals than the store's would leave its
 /// intervals inconsistent with each other.
-fn check_intervals(batch: &PreparedBatch, intervals: &[Interval]) -> Result<(), StoreError> {
-    if batch.rollups.intervals() != intervals {
+fn check_intervals(rolled_up: &[Interval], intervals: &[Interval]) -> Result<(), StoreError> {
+    if rolled_up != intervals {
         return Err(StoreError::Corrupt(format!(
-            "batch rolled up into {:?}, the store keeps {:?}",
-            batch.rollups.intervals(),
-            intervals
+            "batch rolled up into {rolled_up:?}, the store keeps {intervals:?}"
         )));
     }
     Ok(())
@@ -638,7 +636,7 @@ fn check_intervals(batch: &PreparedBatch, intervals: &[Interval]) -> Result<(), 
 /// are inserted while the rest is computed).
 enum Incoming {
     Prepared(PreparedBatch),
-    Preparing(PreparingBatch, Arc<[Interval]>),
+    Preparing(PreparingBatch),
 }
 
 fn commit_blocking(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, StoreError> {
@@ -679,11 +677,9 @@ fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>,
     let transaction = begin_writing(connection, cache)?;
     let (inserted, batch) = match batch {
         Incoming::Prepared(batch) => (insert_events(&transaction, &batch.events)?, batch),
-        Incoming::Preparing(batch, intervals) => {
+        Incoming::Preparing(batch) => {
             let inserted = insert_events(&transaction, batch.events())?;
-            let batch = batch.finish_blocking()?;
-            check_intervals(&batch, &intervals)?;
-            (inserted, batch)
+            (inserted, batch.finish_blocking()?)
         }
     };
     if let Some(prepared) = &batch.trading {
@@ -1727,17 +1723,15 @@ const DEFINITION_COLUMNS: &str =
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit_batch(&self, batch: PreparedBatch) -> Result<Vec<bool>, StoreError> {
-        check_intervals(&batch, &self.intervals)?;
+        check_intervals(batch.rollups.intervals(), &self.intervals)?;
         self.with_writer(move |writer| commit_blocking(writer, Incoming::Prepared(batch)))
             .await
     }
 
     async fn commit_preparing(&self, batch: PreparingBatch) -> Result<Vec<bool>, StoreError> {
-        let intervals = Arc::clone(&self.intervals);
-        self.with_writer(move |writer| {
-            commit_blocking(writer, Incoming::Preparing(batch, intervals))
-        })
-        .await
+        check_intervals(batch.intervals(), &self.intervals)?;
+        self.with_writer(move |writer| commit_blocking(writer, Incoming::Preparing(batch)))
+            .await
     }
 
     async fn fold_pending(&self) -> Result<(), StoreError> {
