@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup_deltas",
         include_str!("migrations/sqlite/0006_rollup_deltas.sql"),
     ),
+    (
+        7,
+        "rollup_deltas_unindexed",
+        include_str!("migrations/sqlite/0007_rollup_deltas_unindexed.sql"),
+    ),
 ];
 
 const DEAD_LETTER_COLUMNS: &str = "id, source, topic, message_partition, message_offset, message_key, \
