@@ -1128,6 +1128,13 @@ static STORED_ORDERS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// [`STORED_ORDERS`] for one order. SQLite runs the `IN` list of the other
+/// through a temporary index of its values, so reading one order back with
+/// it cost about 40 000 instructions; single-event commits read back most
+/// of their orders one at a time.
+const STORED_ORDER: &str = "SELECT order_id, placed_at, first_fill_at, last_fill_at
+     FROM trading_orders WHERE order_id = ?1";
+
 const UPSERT_MARK: &str = "INSERT INTO trading_marks (kind, first_minute, last_minute)
      VALUES (?1, ?2, ?3)
      ON CONFLICT (kind, first_minute, last_minute) DO UPDATE SET version = version + 1";
@@ -1369,8 +1376,8 @@ fn write_trading(
 /// ones apart from the rest (each kind has its own statement). A run made
 /// only new rows when it moved the table's largest rowid by its length: a
 /// new row takes the largest rowid plus one, and a `DO UPDATE` takes none.
-/// Otherwise the run's rows are read back in one query (a one-row run too,
-/// its other parameters unbound). Merges are few (an
+/// Otherwise the run's rows are read back in one query (a one-row run by
+/// its own, [`STORED_ORDER`]). Merges are few (an
 /// order placed in an earlier batch) and, with time-ordered order ids, come
 /// together at the start of the batch, so most runs read nothing back.
 fn write_orders(
@@ -1385,6 +1392,7 @@ fn write_orders(
         .query_row([], |row| row.get(0))?;
     let mut last_insert = transaction.last_insert_rowid();
     let mut stored = transaction.prepare_cached(&STORED_ORDERS)?;
+    let mut stored_one = transaction.prepare_cached(STORED_ORDER)?;
     for (orders, upsert) in [
         (placed, &*UPSERT_ORDERS),
         (unplaced, &*UPSERT_UNPLACED_ORDERS),
@@ -1411,11 +1419,17 @@ fn write_orders(
                     }
                     return Ok(());
                 }
-                stored.clear_bindings();
-                for (index, order) in run.iter().enumerate() {
-                    stored.raw_bind_parameter(index + 1, &order.order_id)?;
-                }
-                let mut rows = stored.raw_query();
+                let read_back = if let [order] = run {
+                    stored_one.raw_bind_parameter(1, &order.order_id)?;
+                    &mut stored_one
+                } else {
+                    stored.clear_bindings();
+                    for (index, order) in run.iter().enumerate() {
+                        stored.raw_bind_parameter(index + 1, &order.order_id)?;
+                    }
+                    &mut stored
+                };
+                let mut rows = read_back.raw_query();
                 let mut found = 0;
                 while let Some(row) = rows.next()? {
                     let order_id: String = row.get(0)?;
