@@ -512,7 +512,7 @@ fn reader_statements_are_planned_once() {
 }
 
 /// An order's row as stored.
-const STORED_ORDER: &str =
+const ORDER_AS_STORED: &str =
     "SELECT placed_at, first_fill_at, last_fill_at FROM trading_orders WHERE order_id = ?1";
 
 fn order_change(order_id: &str, placed_at: Option<i64>, fill_at: Option<i64>) -> OrderDelta {
@@ -568,7 +568,7 @@ fn order_upserts_in_runs_add_the_spans_of_the_rows_as_merged() {
         let mut expected = MarkSpans::new();
         for order in orders {
             let (placed_at, first, last): (Option<i64>, Option<i64>, Option<i64>) = transaction
-                .query_row(STORED_ORDER, [&order.order_id], |row| {
+                .query_row(ORDER_AS_STORED, [&order.order_id], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
                 .unwrap();
@@ -611,7 +611,7 @@ fn order_upserts_in_runs_add_the_spans_of_the_rows_as_merged() {
         .into_iter()
         .map(|order_id| {
             connection
-                .query_row(STORED_ORDER, [order_id], |row| row.get(0))
+                .query_row(ORDER_AS_STORED, [order_id], |row| row.get(0))
                 .unwrap()
         })
         .collect();
