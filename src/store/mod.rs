@@ -13,6 +13,7 @@
 
 mod checkpoint;
 mod decoded_cache;
+mod distinct_cache;
 mod pending;
 pub mod postgres;
 mod rollup_cache;

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{self, Checkpointer};
 use super::decoded_cache::{DecodedCache, RowKey};
+use super::distinct_cache::StoredDistinct;
 use super::pending::{self, Pending};
 use super::rollup_cache::RollupCache;
 use super::{
@@ -100,10 +101,16 @@ const RETENTION_CHUNK_ROWS: usize = 5_000;
 /// Value rows the writer keeps in memory (see [`RollupCache`]); a few MiB.
 const ROLLUP_CACHE_ROWS: usize = 20_000;
 
+/// Distinct values the writer remembers as stored (see [`StoredDistinct`]);
+/// a few MiB.
+const DISTINCT_CACHE_VALUES: usize = 50_000;
+
 /// The one writer connection and what it knows about the rows it wrote.
 struct Writer {
     connection: Connection,
     cache: RollupCache,
+    /// Distinct values this writer committed and knows are still stored.
+    distinct: StoredDistinct,
     /// The deltas this instance committed and has not folded yet.
     pending: Arc<Pending>,
     /// This instance's id in `rollup_deltas.owner`.
@@ -255,6 +262,7 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(Writer {
             connection: writer,
             cache: RollupCache::new(ROLLUP_CACHE_ROWS),
+            distinct: StoredDistinct::new(DISTINCT_CACHE_VALUES),
             pending: Arc::clone(&pending),
             owner: owner_lock.owner,
         }));
@@ -321,9 +329,11 @@ impl SqliteStore {
                             .execute(delete, params![before_ms, RETENTION_CHUNK_ROWS as i64])?,
                     };
                     if changed > 0 {
-                        // Deleted rows must not live on in the cache (a late
-                        // event could otherwise resurrect a deleted bucket).
+                        // Deleted rows must not live on in the caches (a late
+                        // event could otherwise resurrect a deleted bucket,
+                        // or skip a distinct value deleted under it).
                         writer.cache.clear();
+                        writer.distinct.clear();
                     }
                     Ok(changed)
                 })
@@ -665,7 +675,7 @@ fn commit_blocking(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, St
 fn begin_writing<'a>(
     connection: &'a mut Connection,
     cache: &mut RollupCache,
-) -> Result<rusqlite::Transaction<'a>, StoreError> {
+) -> Result<(rusqlite::Transaction<'a>, i64), StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Cached like every statement of a commit: preparing one costs about
     // as much as running it, and a single-event group commits hundreds of
@@ -674,17 +684,19 @@ fn begin_writing<'a>(
         .prepare_cached("PRAGMA data_version")?
         .query_row([], |row| row.get(0))?;
     cache.validate(data_version);
-    Ok(transaction)
+    Ok((transaction, data_version))
 }
 
 fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, StoreError> {
     let Writer {
         connection,
         cache,
+        distinct: stored_distinct,
         pending,
         owner,
     } = writer;
-    let transaction = begin_writing(connection, cache)?;
+    let (transaction, data_version) = begin_writing(connection, cache)?;
+    stored_distinct.validate(data_version);
     let (inserted, batch) = match batch {
         Incoming::Prepared(batch) => (insert_events(&transaction, &batch.events)?, batch),
         Incoming::Preparing(batch) => {
@@ -697,10 +709,15 @@ fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>,
         write_trading(&transaction, &trading)?;
     }
     let (rollups, distinct) = batch.into_rollups_of_inserted(&inserted);
+    // The values this transaction inserts, for the cache once committed.
+    let mut new_distinct = Vec::new();
     {
         let mut insert_distinct = transaction.prepare_cached(INSERT_DISTINCT)?;
         for (dimension, minute, value) in distinct.iter() {
-            insert_distinct.execute(params![dimension, minute, value])?;
+            if !stored_distinct.contains(dimension, minute, value) {
+                insert_distinct.execute(params![dimension, minute, value])?;
+                new_distinct.push((dimension, minute, value));
+            }
         }
     }
     if rollups.finest_len() <= pending::DEFER_MAX_BUCKETS {
@@ -722,11 +739,13 @@ fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>,
             }
         }
         pending.commit_deltas(rollups, || transaction.commit())?;
+        stored_distinct.insert_committed(new_distinct);
         return Ok(inserted);
     }
     let written = write_rollup_rows(&transaction, cache, rollups.into_sorted())?;
     transaction.commit()?;
     cache.insert_committed(written);
+    stored_distinct.insert_committed(new_distinct);
     Ok(inserted)
 }
 
@@ -800,6 +819,7 @@ fn fold(writer: &mut Writer) -> Result<(), StoreError> {
         cache,
         pending,
         owner,
+        ..
     } = writer;
     let Some(fold) = pending.start_fold() else {
         return Ok(());
@@ -828,7 +848,7 @@ fn prepare_fold<'a>(
     deltas: &RollupBatch,
     owner: i64,
 ) -> Result<PreparedFold<'a>, StoreError> {
-    let transaction = begin_writing(connection, cache)?;
+    let (transaction, _) = begin_writing(connection, cache)?;
     let written = write_rollup_rows(&transaction, cache, deltas.clone().into_sorted())?;
     transaction.execute("DELETE FROM rollup_deltas WHERE owner = ?1", [owner])?;
     Ok((transaction, written))

@@ -105,6 +105,50 @@ async fn repeated_commits_to_one_bucket_accumulate_exactly() {
 }
 
 #[tokio::test]
+async fn a_distinct_value_deleted_under_the_writer_is_inserted_again() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("distinct.db");
+    let store = SqliteStore::open(&path, Synchronous::Normal, &[Interval::M1]).unwrap();
+    let minute = 1_700_000_040_000;
+    let by = |user: &str| {
+        let mut event = order(minute + 1_000, 1.0);
+        event.user_id = Some(user.to_owned());
+        event
+    };
+    let commit =
+        |event: Event| store.commit_batch(PreparedBatch::prepare(vec![event], &[Interval::M1]));
+    let users = || store.count_distinct("user_id", minute, minute + 60_000);
+    commit(by("u1")).await.unwrap();
+    assert_eq!(users().await.unwrap(), 1);
+    // Another connection deletes the row: the writer must not take it for
+    // stored any more.
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM distinct_values", [])
+        .unwrap();
+    assert_eq!(users().await.unwrap(), 0);
+    commit(by("u1")).await.unwrap();
+    assert_eq!(
+        users().await.unwrap(),
+        1,
+        "inserted again after another connection's delete"
+    );
+    // So does the writer's own retention, then a late event of that minute.
+    let cutoffs = RetentionCutoffs {
+        events_before_ms: minute + 60_000,
+        rollups_before_ms: Vec::new(),
+    };
+    store.delete_expired(&cutoffs).await.unwrap();
+    assert_eq!(users().await.unwrap(), 0);
+    commit(by("u1")).await.unwrap();
+    assert_eq!(users().await.unwrap(), 1, "inserted again after retention");
+    // A value stored and known is not inserted twice.
+    commit(by("u1")).await.unwrap();
+    commit(by("u2")).await.unwrap();
+    assert_eq!(users().await.unwrap(), 2);
+}
+
+#[tokio::test]
 async fn retention_deletes_in_chunks_and_only_what_expired() {
     let directory = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(
