@@ -670,12 +670,13 @@ fn commit_blocking(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, St
     result
 }
 
-/// Starts a write transaction, first dropping the cached rows when another
-/// connection has written since the cache was filled.
+/// Starts a write transaction, first dropping what the caches hold when
+/// another connection has written since they were filled.
 fn begin_writing<'a>(
     connection: &'a mut Connection,
     cache: &mut RollupCache,
-) -> Result<(rusqlite::Transaction<'a>, i64), StoreError> {
+    distinct: &mut StoredDistinct,
+) -> Result<rusqlite::Transaction<'a>, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Cached like every statement of a commit: preparing one costs about
     // as much as running it, and a single-event group commits hundreds of
@@ -684,7 +685,8 @@ fn begin_writing<'a>(
         .prepare_cached("PRAGMA data_version")?
         .query_row([], |row| row.get(0))?;
     cache.validate(data_version);
-    Ok((transaction, data_version))
+    distinct.validate(data_version);
+    Ok(transaction)
 }
 
 fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>, StoreError> {
@@ -695,8 +697,7 @@ fn commit_transaction(writer: &mut Writer, batch: Incoming) -> Result<Vec<bool>,
         pending,
         owner,
     } = writer;
-    let (transaction, data_version) = begin_writing(connection, cache)?;
-    stored_distinct.validate(data_version);
+    let transaction = begin_writing(connection, cache, stored_distinct)?;
     let (inserted, batch) = match batch {
         Incoming::Prepared(batch) => (insert_events(&transaction, &batch.events)?, batch),
         Incoming::Preparing(batch) => {
@@ -817,14 +818,14 @@ fn fold(writer: &mut Writer) -> Result<(), StoreError> {
     let Writer {
         connection,
         cache,
+        distinct,
         pending,
         owner,
-        ..
     } = writer;
     let Some(fold) = pending.start_fold() else {
         return Ok(());
     };
-    let prepared = prepare_fold(connection, cache, &fold.deltas, *owner);
+    let prepared = prepare_fold(connection, cache, distinct, &fold.deltas, *owner);
     let mut written = Vec::new();
     let result = pending.finish_fold(fold, || {
         let (transaction, rows) = prepared?;
@@ -845,10 +846,11 @@ type PreparedFold<'a> = (rusqlite::Transaction<'a>, Vec<(RollupKey, Accumulator)
 fn prepare_fold<'a>(
     connection: &'a mut Connection,
     cache: &mut RollupCache,
+    distinct: &mut StoredDistinct,
     deltas: &RollupBatch,
     owner: i64,
 ) -> Result<PreparedFold<'a>, StoreError> {
-    let (transaction, _) = begin_writing(connection, cache)?;
+    let transaction = begin_writing(connection, cache, distinct)?;
     let written = write_rollup_rows(&transaction, cache, deltas.clone().into_sorted())?;
     transaction.execute("DELETE FROM rollup_deltas WHERE owner = ?1", [owner])?;
     Ok((transaction, written))
