@@ -481,13 +481,22 @@ struct RowInsert {
 }
 
 impl RowInsert {
-    /// `INSERT INTO table (columns) VALUES (…)tail`, a parameter per column
-    /// (`columns` separated by commas).
+    /// `INSERT OR FAIL INTO table (columns) VALUES (…)tail`, a parameter
+    /// per column (`columns` separated by commas).
+    ///
+    /// `OR FAIL`, not the default `ABORT`: a statement that writes several
+    /// rows and may abort makes SQLite copy every page it changes into a
+    /// statement journal first, to undo only that statement; past 64 KiB
+    /// the journal goes to a temporary file, so a 10 000-event commit wrote
+    /// its pages twice (BENCHMARKS.md, session 20). A failed statement
+    /// fails the whole transaction here (the writer rolls it back), so
+    /// what `FAIL` leaves of it is never committed. An `ON CONFLICT` clause
+    /// in `tail` still decides the conflicts of its own target.
     fn new(table: &str, columns: &str, tail: &str) -> RowInsert {
         let parameters = columns.split(',').count();
         let insert = |rows| {
             format!(
-                "INSERT INTO {table} ({columns}) VALUES {}{tail}",
+                "INSERT OR FAIL INTO {table} ({columns}) VALUES {}{tail}",
                 values_rows(parameters, rows)
             )
         };
