@@ -162,7 +162,8 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
 
 /// One message, owned, waiting to be submitted.
 struct Received {
-    topic: String,
+    /// Shared by the messages of a topic (see [`to_received`]).
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     /// The time the broker stored with the message (epoch ms), if any.
@@ -257,7 +258,7 @@ impl ConsumerContext for KafkaContext {
                 let mut flow = self.flow();
                 // Not submitted yet: the next owner reads them again.
                 flow.pending.retain(|message| {
-                    !revoked.contains(&(message.topic.clone(), message.partition))
+                    !revoked.contains(&(message.topic.to_string(), message.partition))
                 });
                 if flow.pending.is_empty() {
                     flow.pending_since = None;
@@ -368,9 +369,15 @@ fn commit_sync(consumer: &BaseConsumer<KafkaContext>) {
 }
 
 /// An owned copy of a polled message.
-fn to_received(message: &BorrowedMessage<'_>) -> Received {
+/// `topic` holds the name of the topic of the message received last: the
+/// messages of one topic share it instead of each copying the name.
+fn to_received(message: &BorrowedMessage<'_>, topic: &mut Option<Arc<str>>) -> Received {
+    let topic = match topic {
+        Some(name) if **name == *message.topic() => Arc::clone(name),
+        _ => Arc::clone(topic.insert(Arc::from(message.topic()))),
+    };
     Received {
-        topic: message.topic().to_string(),
+        topic,
         partition: message.partition(),
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),
@@ -380,6 +387,41 @@ fn to_received(message: &BorrowedMessage<'_>) -> Received {
             .map(str::to_string),
         payload: message.payload().unwrap_or_default().to_vec(),
     }
+}
+
+/// The offset to store per partition once `batch` is stored: its last
+/// offset + 1. A batch holds runs of messages of one partition, so the map
+/// is looked up (and the topic's name copied) once a run, not once a
+/// message.
+fn next_offsets(batch: &[Received]) -> BTreeMap<(String, i32), i64> {
+    let mut next_offsets = BTreeMap::new();
+    let mut add = |topic: &str, partition: i32, next: i64| {
+        let stored = next_offsets
+            .entry((topic.to_string(), partition))
+            .or_insert(next);
+        *stored = (*stored).max(next);
+    };
+    let mut run: Option<(&str, i32, i64)> = None;
+    for message in batch {
+        let next = message.offset + 1;
+        match &mut run {
+            Some((topic, partition, highest))
+                if *topic == &*message.topic && *partition == message.partition =>
+            {
+                *highest = (*highest).max(next);
+            }
+            _ => {
+                if let Some((topic, partition, highest)) = run {
+                    add(topic, partition, highest);
+                }
+                run = Some((&message.topic, message.partition, next));
+            }
+        }
+    }
+    if let Some((topic, partition, highest)) = run {
+        add(topic, partition, highest);
+    }
+    next_offsets
 }
 
 /// The poll thread.
@@ -399,6 +441,7 @@ struct Poller {
 impl Poller {
     fn run(self) -> anyhow::Result<()> {
         let context = self.consumer.context();
+        let mut topic = None;
         while !self.shutdown.is_cancelled() {
             let (busy, blocked) = {
                 let mut flow = context.flow();
@@ -429,7 +472,7 @@ impl Poller {
                 {
                     drop(flow);
                     if let Some(message) = self.consumer.poll(Duration::ZERO) {
-                        self.accept(message.map(|message| to_received(&message)));
+                        self.accept(message.map(|message| to_received(&message, &mut topic)));
                     }
                     continue;
                 }
@@ -446,7 +489,9 @@ impl Poller {
                     let mut flow = context.flow();
                     self.dispatch_if_due(&mut flow, true);
                 }
-                Some(message) => self.accept(message.map(|message| to_received(&message))),
+                Some(message) => {
+                    self.accept(message.map(|message| to_received(&message, &mut topic)));
+                }
             }
         }
         // Shutdown: wait for what was submitted, store its offsets, commit.
@@ -495,13 +540,7 @@ impl Poller {
         let take = flow.pending.len().min(self.batch_size);
         let batch: Vec<Received> = flow.pending.drain(..take).collect();
         flow.pending_since = (!flow.pending.is_empty()).then(Instant::now);
-        let mut next_offsets = BTreeMap::new();
-        for message in &batch {
-            let next = next_offsets
-                .entry((message.topic.clone(), message.partition))
-                .or_insert(message.offset + 1);
-            *next = (*next).max(message.offset + 1);
-        }
+        let next_offsets = next_offsets(&batch);
         let (sender, stored) = oneshot::channel();
         let source = self.source.clone();
         let shutdown = self.shutdown.clone();
@@ -675,6 +714,40 @@ mod tests {
                 next_offsets,
             },
         )
+    }
+
+    #[test]
+    fn a_batch_stores_the_offset_after_the_highest_of_each_partition() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let received = |topic: &Arc<str>, partition, offset| Received {
+            topic: Arc::clone(topic),
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            payload: Vec::new(),
+        };
+        // runs of one partition, a partition in two runs, a topic's
+        // partition number repeated by another topic, offsets out of order
+        let batch = [
+            received(&a, 0, 10),
+            received(&a, 0, 12),
+            received(&a, 0, 11),
+            received(&b, 0, 3),
+            received(&a, 1, 7),
+            received(&a, 0, 20),
+            received(&a, 0, 15),
+            received(&b, 0, 2),
+        ];
+        assert_eq!(
+            next_offsets(&batch),
+            BTreeMap::from([
+                (("a".to_string(), 0), 21),
+                (("a".to_string(), 1), 8),
+                (("b".to_string(), 0), 4),
+            ])
+        );
+        assert!(next_offsets(&[]).is_empty());
     }
 
     #[test]
