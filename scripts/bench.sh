@@ -819,6 +819,7 @@ if [ "$SQLITE" = 1 ] && section streams; then
     # the whole loaded stream into a fresh store; one ratio per round.
     : > "$WORK/kafka.rounds"
     : > "$WORK/nats.rounds"
+    : > "$WORK/nats-drain.rounds"
     for round in $(seq 1 "$RATIO_ROUNDS"); do
         log "round $round/$RATIO_ROUNDS, streams baseline: batch HTTP of the same $STREAM_EVENTS events"
         start_service "stream-baseline$round"
@@ -844,6 +845,12 @@ if [ "$SQLITE" = 1 ] && section streams; then
   durable: \"bench$round\"" start_service "nats-ingest$round"
             echo "$STREAM_BASELINE_EPS $(consume_rate nats "$STREAM_EVENTS")" >> "$WORK/nats.rounds"
             stop_service
+            # The floor JetStream sets: the same stream taken and
+            # acknowledged as the source does, nothing stored.
+            log "round $round/$RATIO_ROUNDS, nats: draining the $STREAM_EVENTS events, storing nothing"
+            DRAIN="$("$BIN" bench-nats-drain --nats-url "$NATS_URL" --stream "$NATS_STREAM" --durable "drain$round" \
+                --count "$STREAM_EVENTS" 2>>"$WORK/loadgen.log")" || DRAIN='{}'
+            echo "$STREAM_BASELINE_EPS $(jq -r '.events_per_second // 0' <<<"$DRAIN")" >> "$WORK/nats-drain.rounds"
         fi
     done
     log "kafka: produce → visible at 5 000 events/s for ${DURATION}s"
@@ -879,6 +886,10 @@ if [ "$SQLITE" = 1 ] && section streams; then
             --duration "${DURATION}s" --seed 4 --probe-visible | jq -c 'select(.target | endswith("-visible"))')"
         stop_service
         stream_rows "NATS JetStream" "$WORK/nats.rounds" "$NATS_VISIBLE"
+        IFS='|' read -r DRAIN_PCT DRAIN_PCTS < <(round_percents "$WORK/nats-drain.rounds")
+        row "NATS JetStream taken and acknowledged as the source does, nothing stored (\`analytics bench-nats-drain\`; events/s, median of $RATIO_ROUNDS rounds)" \
+            "$(printf %.0f "$(median_of "$WORK/nats-drain.rounds" 2)")" "batch HTTP into the service, same rounds: $(printf %.0f "$(median_of "$WORK/nats-drain.rounds" 1)") events/s" \
+            "$DRAIN_PCT % (rounds: $DRAIN_PCTS)" "(diagnostic: the most the NATS source could reach on this machine)" "—"
     else
         row "NATS JetStream ingest vs batch HTTP" "not available (NATS unreachable at $NATS_URL)" "—" "—" "≥ 70 %" "—"
     fi

@@ -62,6 +62,10 @@ enum Command {
     /// prints the rate from the first commit seen to the last, as JSON.
     #[command(hide = true)]
     BenchCommitted(analytics::loadgen::committed::CommittedArgs),
+    /// Drains a JetStream stream as the NATS source does, storing nothing;
+    /// prints the rate as JSON.
+    #[command(hide = true)]
+    BenchNatsDrain(analytics::loadgen::nats_drain::DrainArgs),
     /// A mock Kafka cluster for benchmarks: prints its bootstrap servers,
     /// runs until SIGTERM or Ctrl-C.
     #[command(hide = true)]
@@ -337,6 +341,11 @@ fn main() -> ExitCode {
                     args.source
                 );
             }
+            Ok(())
+        }),
+        Command::BenchNatsDrain(args) => with_tool_runtime(&loaded, async move {
+            let report = analytics::loadgen::nats_drain::drain(&args).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }),
         Command::BenchBaseline(args) => with_tool_runtime(&loaded, async move {

@@ -27,6 +27,7 @@ pub mod generator;
 pub mod http;
 pub mod kafka;
 pub mod nats;
+pub mod nats_drain;
 pub mod report;
 
 use std::io::{IsTerminal, Write};

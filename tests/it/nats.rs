@@ -1012,6 +1012,83 @@ async fn wait_health(app: &TestApp, wanted: &str, within: Duration) -> Value {
     }
 }
 
+/// `analytics bench-nats-drain`, the benchmarks' floor for the NATS source,
+/// acknowledges every message it takes, the last partial batch too: on a
+/// work-queue stream an acknowledged message is removed, so the stream is
+/// empty afterwards only if every ack reached the server.
+#[tokio::test]
+async fn the_drain_benchmark_acknowledges_every_message_it_takes() {
+    let Some(client) = shared_nats().await else {
+        return;
+    };
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_uppercase();
+    let (name, subject) = (format!("T_DRAIN_{tag}"), format!("test.{tag}.events"));
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("test.{tag}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_age: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .expect("create the work-queue stream");
+    let mut acks = Vec::new();
+    for index in 0..250 {
+        let payload = json!({"event_type": "drained", "properties": {"index": index}});
+        acks.push(
+            js.publish(subject.clone(), payload.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("publish acknowledged");
+    }
+
+    let output = Command::new(env!("CARGO_BIN_EXE_analytics"))
+        .args([
+            "bench-nats-drain",
+            "--nats-url",
+            &nats_url(),
+            "--stream",
+            &name,
+        ])
+        .args([
+            "--durable",
+            "drain",
+            "--count",
+            "250",
+            "--batch-size",
+            "100",
+        ])
+        .output();
+    let mut stream = js.get_stream(&name).await.expect("stream");
+    let left = stream.info().await.expect("stream info").state.messages;
+    let consumers = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .consumer_count;
+    js.delete_stream(&name).await.expect("delete the stream");
+
+    let output = output.expect("run bench-nats-drain");
+    assert!(
+        output.status.success(),
+        "bench-nats-drain failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["messages"], 250, "{report}");
+    assert!(
+        report["events_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    assert_eq!(left, 0, "messages left unacknowledged in the work queue");
+    assert_eq!(consumers, 0, "the drain's durable was not deleted");
+}
+
 #[tokio::test]
 async fn the_source_reconnects_when_nats_restarts() {
     let Some(mut server) = PrivateNats::start() else {
