@@ -81,8 +81,19 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<DrainReport> {
         .with_context(|| format!("cannot create consumer {}", args.durable))?;
     let drained = take_and_ack(&consumer, args.count, batch_size).await;
     let deleted = stream.delete_consumer(&args.durable).await;
-    let (messages, elapsed) = drained?;
-    deleted.with_context(|| format!("cannot delete consumer {}", args.durable))?;
+    let (messages, elapsed) = match (drained, deleted) {
+        (Ok(drained), Ok(_)) => drained,
+        (Ok(_), Err(error)) => {
+            return Err(error).with_context(|| format!("cannot delete consumer {}", args.durable));
+        }
+        (Err(error), Ok(_)) => return Err(error),
+        (Err(error), Err(also)) => {
+            return Err(error.context(format!(
+                "(and consumer {} could not be deleted: {also})",
+                args.durable
+            )));
+        }
+    };
     client.flush().await.context("NATS flush")?;
     let elapsed_seconds = elapsed.as_secs_f64();
     Ok(DrainReport {
