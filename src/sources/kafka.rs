@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, off_the_workers,
-    position_id,
+    position_id_of,
 };
 use crate::config::KafkaConfig;
 use crate::pipeline::SubmitError;
@@ -664,11 +664,9 @@ fn decode_batch(source: &SourceContext, batch: &[Received]) -> DecodedBatch {
     let mut skipped = 0;
     for received in batch {
         let default_id = || {
-            position_id(
-                &format!(
-                    "{}/{}/{}",
-                    received.topic, received.partition, received.offset
-                ),
+            position_id_of(
+                &received.topic,
+                &[&received.partition, &received.offset],
                 received.timestamp,
             )
         };

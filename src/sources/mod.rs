@@ -70,6 +70,37 @@ pub fn position_id(position: &str, stored_ms: Option<i64>) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// [`position_id`] of the position `<name>/<number>[/<number>...]`, written
+/// on the stack: it is asked for once per message without an id, and a
+/// formatted `String` per message was about 2 % of the Kafka source's CPU.
+pub fn position_id_of(
+    name: &str,
+    numbers: &[&dyn std::fmt::Display],
+    stored_ms: Option<i64>,
+) -> Uuid {
+    use std::io::Write as _;
+    const ROOM: usize = 320;
+    let mut buffer = [0u8; ROOM];
+    let mut rest: &mut [u8] = &mut buffer;
+    let written = rest.write_all(name.as_bytes()).and_then(|()| {
+        numbers
+            .iter()
+            .try_for_each(|number| write!(rest, "/{number}"))
+    });
+    let len = ROOM - rest.len();
+    match (written, std::str::from_utf8(&buffer[..len])) {
+        (Ok(()), Ok(position)) => position_id(position, stored_ms),
+        // Longer than the room (a name of hundreds of bytes).
+        _ => {
+            let mut position = name.to_string();
+            for number in numbers {
+                position.push_str(&format!("/{number}"));
+            }
+            position_id(&position, stored_ms)
+        }
+    }
+}
+
 /// NATS subjects whose messages are order updates of the order-execution
 /// service rather than events (see [`order_updates`]).
 pub const ORDER_UPDATES_PREFIX: &str = "orders.updates.";
@@ -365,6 +396,32 @@ mod tests {
             .collect();
         ids.sort();
         assert!(ids.iter().map(|(_, offset)| *offset).eq(0..1000));
+    }
+
+    #[test]
+    fn position_ids_of_parts_are_those_of_the_formatted_position() {
+        let at = Some(1_764_500_000_123);
+        assert_eq!(
+            position_id_of("trading.events", &[&7, &41_i64], at),
+            position_id("trading.events/7/41", at)
+        );
+        assert_eq!(
+            position_id_of("S", &[&u64::MAX], None),
+            position_id(&format!("S/{}", u64::MAX), None)
+        );
+        assert_eq!(
+            position_id_of("t", &[&-1, &0], at),
+            position_id("t/-1/0", at)
+        );
+        // past the stack buffer, and right at its edge
+        for length in [300, 310, 318, 319, 320, 400] {
+            let name = "x".repeat(length);
+            assert_eq!(
+                position_id_of(&name, &[&3, &12_345], at),
+                position_id(&format!("{name}/3/12345"), at),
+                "a name of {length} bytes"
+            );
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use super::{
     Decoded, DefaultId, Message, NotStored, PayloadKind, SourceContext, derived_id,
-    off_the_workers, position_id,
+    off_the_workers, position_id_of,
 };
 use crate::config::NatsConfig;
 use crate::pipeline::SubmitError;
@@ -455,7 +455,7 @@ fn message_default_id(
         Some(value) => {
             Uuid::parse_str(value).unwrap_or_else(|_| derived_id(&format!("nats-msg-id/{value}")))
         }
-        None => position_id(&format!("{stream}/{sequence}"), stored_ms),
+        None => position_id_of(stream, &[&sequence], stored_ms),
     }
 }
 
@@ -583,6 +583,7 @@ async fn pause(shutdown: &CancellationToken, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::position_id;
 
     #[test]
     fn message_ids_prefer_the_header() {
