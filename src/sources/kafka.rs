@@ -688,16 +688,76 @@ fn decode_batch(source: &SourceContext, batch: &[Received]) -> DecodedBatch {
     // A batch holds runs of several partitions, each run in time order;
     // position ids begin with the broker's time, so in id order the store
     // inserts the batch into its id index front to back. Consuming a
-    // backlog of 64 partitions, the committed rate was 4-8 % higher. The
-    // sort is stable: of two events with one id, the earlier offset is
-    // still the one stored.
-    events.sort_by_key(|event| event.id);
-    (events, dead, skipped)
+    // backlog of 64 partitions, the committed rate was 4-8 % higher.
+    (in_id_order(events), dead, skipped)
+}
+
+/// `events` sorted by id, stably: of two events with one id, the earlier
+/// (the earlier offset) stays first, and is the one stored.
+///
+/// The keys are sorted, then each event moved once into place: sorting the
+/// events themselves moved each of them several times (position ids are in
+/// order only to the millisecond, so a partition's run is no sorted run),
+/// and that took a tenth of the batch's decoding.
+fn in_id_order(events: Vec<crate::model::Event>) -> Vec<crate::model::Event> {
+    if events.is_sorted_by_key(|event| event.id) {
+        return events;
+    }
+    let mut keys: Vec<(uuid::Uuid, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| (event.id, index))
+        .collect();
+    // The index makes every key distinct: unstable is stable here.
+    keys.sort_unstable();
+    let mut slots: Vec<Option<crate::model::Event>> = events.into_iter().map(Some).collect();
+    keys.into_iter()
+        .filter_map(|(_, index)| slots[index].take())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_put_in_id_order_and_equal_ids_keep_their_order() {
+        let event = |id: u128, offset: i64| crate::model::Event {
+            id: uuid::Uuid::from_u128(id),
+            event_type: "t".into(),
+            user_id: None,
+            session_id: None,
+            properties: Default::default(),
+            timestamp_ms: offset,
+            created_at_ms: 0,
+        };
+        // Two partitions' runs, each in order to the millisecond only, and
+        // one id delivered twice.
+        let ids = [5, 3, 9, 3, 1, 8, 2, 7, 9, 4];
+        let events: Vec<_> = ids.iter().zip(0..).map(|(&id, at)| event(id, at)).collect();
+        let sorted = in_id_order(events);
+        let got: Vec<(u128, i64)> = sorted
+            .iter()
+            .map(|event| (event.id.as_u128(), event.timestamp_ms))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 4),
+                (2, 6),
+                (3, 1),
+                (3, 3),
+                (4, 9),
+                (5, 0),
+                (7, 7),
+                (8, 5),
+                (9, 2),
+                (9, 8)
+            ]
+        );
+        let in_order: Vec<_> = (0..4).map(|at| event(at as u128, at)).collect();
+        assert_eq!(in_id_order(in_order).len(), 4);
+    }
 
     fn batch(offsets: &[(&str, i32, i64)]) -> (oneshot::Sender<bool>, InFlight) {
         let (sender, stored) = oneshot::channel();
