@@ -50,17 +50,22 @@ use crate::model::event::{format_timestamp, now_ms};
 /// Longest a probe waits for its event to become visible.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client of the NATS server at `url`, named `name`.
+pub(super) async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
 /// Publishes the run's events; returns the publisher's summary and, when
 /// probing, the publish → visible summary.
 pub async fn run(
     args: &LoadgenArgs,
     timestamps: Timestamps,
 ) -> anyhow::Result<(Summary, Option<Summary>)> {
-    let client = async_nats::ConnectOptions::new()
-        .name("analytics-loadgen")
-        .connect(args.nats_url.as_str())
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+    let client = connect(&args.nats_url, "analytics-loadgen").await?;
     let js = jetstream::new(client.clone());
     if !args.nats_stream.is_empty() {
         js.get_or_create_stream(stream::Config {

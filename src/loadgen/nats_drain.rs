@@ -16,6 +16,8 @@ use async_nats::jetstream::{self, message::AckKind};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::sources::nats as nats_source;
+
 /// Longest wait for a message before the drain gives up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,11 +59,7 @@ pub struct DrainReport {
 /// [`IDLE_TIMEOUT`], or an acknowledgement the server does not take, is
 /// an error.
 pub async fn drain(args: &DrainArgs) -> anyhow::Result<DrainReport> {
-    let client = async_nats::ConnectOptions::new()
-        .name("analytics-bench-drain")
-        .connect(args.nats_url.as_str())
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+    let client = super::nats::connect(&args.nats_url, "analytics-bench-drain").await?;
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(&args.stream)
@@ -73,8 +71,7 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<DrainReport> {
             durable_name: Some(args.durable.clone()),
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
-            // As the source: room for the batches in flight and prefetched.
-            max_ack_pending: i64::try_from(batch_size.saturating_mul(7)).unwrap_or(i64::MAX),
+            max_ack_pending: nats_source::max_ack_pending(batch_size),
             ..Default::default()
         })
         .await
@@ -118,6 +115,8 @@ async fn take_and_ack(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch_size)
+        .heartbeat(nats_source::PULL_HEARTBEAT)
+        .expires(nats_source::PULL_EXPIRES)
         .messages()
         .await
         .context("cannot start pulling messages")?;

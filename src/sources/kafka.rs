@@ -712,7 +712,7 @@ fn in_id_order(events: Vec<crate::model::Event>) -> Vec<crate::model::Event> {
     keys.sort_unstable();
     let mut slots: Vec<Option<crate::model::Event>> = events.into_iter().map(Some).collect();
     keys.into_iter()
-        .filter_map(|(_, index)| slots[index].take())
+        .map(|(_, index)| slots[index].take().expect("each index is taken once"))
         .collect()
 }
 

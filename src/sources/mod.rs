@@ -92,9 +92,10 @@ pub fn position_id_of(
         (Ok(()), Ok(position)) => position_id(position, stored_ms),
         // Longer than the room (a name of hundreds of bytes).
         _ => {
+            use std::fmt::Write as _;
             let mut position = name.to_string();
             for number in numbers {
-                position.push_str(&format!("/{number}"));
+                write!(position, "/{number}").expect("a String takes every write");
             }
             position_id(&position, stored_ms)
         }

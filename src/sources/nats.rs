@@ -62,6 +62,18 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 const BATCHES_IN_FLIGHT: usize = 2;
 /// Longest pause before binding the stream and consumer again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// The pull requests' idle heartbeat and expiry.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+pub const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// The durable's `max_ack_pending` for batches of `batch_size`: an
+/// instance holds up to `BATCHES_IN_FLIGHT` batches being stored plus
+/// about 1.5 prefetched; room for a second one.
+pub fn max_ack_pending(batch_size: usize) -> i64 {
+    i64::try_from(batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3))
+        .unwrap_or(i64::MAX)
+        .max(1000)
+}
 
 /// Consumes the JetStream stream `config.stream` through the durable pull consumer `config.durable` until
 /// `shutdown`, then acknowledges what it stored and returns.
@@ -192,11 +204,7 @@ async fn bind(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Re
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         deliver_policy: DeliverPolicy::All,
-        // An instance holds up to BATCHES_IN_FLIGHT batches being
-        // stored plus about 1.5 prefetched; room for a second one.
-        max_ack_pending: i64::try_from(config.batch_size.saturating_mul(2 * BATCHES_IN_FLIGHT + 3))
-            .unwrap_or(i64::MAX)
-            .max(1000),
+        max_ack_pending: max_ack_pending(config.batch_size),
         ..Default::default()
     };
     let mut consumer = stream
@@ -247,8 +255,8 @@ async fn consume(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch_size)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .heartbeat(PULL_HEARTBEAT)
+        .expires(PULL_EXPIRES)
         .messages()
         .await
         .context("cannot start pulling messages")?;
